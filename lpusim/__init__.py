@@ -1,0 +1,15 @@
+"""lpusim: an open toolchain for SRAM-only, compiler-scheduled tensor streaming processors.
+
+Submodules are imported lazily so that `import lpusim` stays cheap and never pulls in numba.
+"""
+
+__version__ = "0.1.0"
+
+from lpusim.errors import (  # noqa: F401  (re-exported)
+    ArchError,
+    AsmError,
+    HazardError,
+    IsaError,
+    LpusimError,
+    ProgramFormatError,
+)

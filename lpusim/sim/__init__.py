@@ -1,0 +1,1 @@
+"""The simulator: decode (Python/numpy), a reference interpreter, and Numba kernels."""
