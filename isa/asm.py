@@ -16,10 +16,11 @@ Operand kinds:
            and a 0 code ends the chain.
 
 Canonical text (what `disassemble_instruction` prints): operands positionally up to the first
-one that has a default; from there on `name=value`, left out when it holds the default; except in rows of at most two operands, which print everything positionally
-(`nop 5`, `repeat 3, 2`, `c2c.send E0/4, 8`). A semantic check shared by both directions
-(group widths, dtype codes, chains, ALU op types, immediate operands) keeps the two inverse:
-every word the disassembler accepts assembles back to itself.
+one that has a default; from there on `name=value`, left out when it holds the default. Rows of
+at most two operands print everything positionally (`nop 5`, `repeat 3, 2`, `c2c.send E0/4,
+8`). A semantic check shared by both directions (group widths, dtype codes, chains, ALU op
+types, immediate operands) keeps them inverse: every word the disassembler accepts assembles
+back to itself.
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ def _check(row: Instr, values: dict[str, int]) -> None:
                 raise _Problem(op.name, f"group width code {g} is not one of 1, 2, 4")
             width = GROUP_WIDTHS[g]
             if values.get(op.name, 0) % width:
-                raise _Problem(op.name, f"first stream {values.get(op.name, 0)} is not a "
-                                        f"multiple of the group width {width}")
+                raise _Problem(
+                    op.name,
+                    f"first stream {values.get(op.name, 0)} is not a "
+                    f"multiple of the group width {width}",
+                )
             if op.kind == "streamb" and values.get("imm", 0):
                 raise _Problem(op.name, "a stream operand leaves imm zero")
         if op.kind == "chain":
@@ -189,8 +193,9 @@ def _split_operands(text: str, col0: int) -> tuple[_Token, list[_Token]]:
     return mn, ops
 
 
-def assemble_instruction(text: str, *, line: int = 1, col_offset: int = 0,
-                         source: str = "<asm>") -> int:
+def assemble_instruction(
+    text: str, *, line: int = 1, col_offset: int = 0, source: str = "<asm>"
+) -> int:
     """Assemble one instruction (text after any `@cycle`) into a 128-bit word.
 
     `col_offset` is the number of characters of the source line before `text`, so that error
@@ -223,8 +228,9 @@ def assemble_instruction(text: str, *, line: int = 1, col_offset: int = 0,
             named_seen = True
             continue
         if named_seen:
-            raise _err(row, "a positional operand cannot follow a name=value operand",
-                       tok, line, source)
+            raise _err(
+                row, "a positional operand cannot follow a name=value operand", tok, line, source
+            )
         if i >= len(row.operands):
             raise _err(row, f"too many operands (syntax: {syntax(row)})", tok, line, source)
         given[row.operands[i].name] = tok
@@ -233,8 +239,7 @@ def assemble_instruction(text: str, *, line: int = 1, col_offset: int = 0,
     values: dict[str, int] = {}
     for op in row.operands:
         if op.name not in given and op.default is None:
-            raise _err(row, f"missing operand {op.name} ({_KIND_TEXT[op.kind]})",
-                       end, line, source)
+            raise _err(row, f"missing operand {op.name} ({_KIND_TEXT[op.kind]})", end, line, source)
     # dtypes first: they decide how a streamb immediate is read
     order = sorted(row.operands, key=lambda o: o.kind != "dtype")
     for op in order:
@@ -265,8 +270,9 @@ _KIND_TEXT = {
 }
 
 
-def _parse_operand(row: Instr, op, tok: _Token, values: dict[str, int], line: int,
-                   source: str) -> None:
+def _parse_operand(
+    row: Instr, op, tok: _Token, values: dict[str, int], line: int, source: str
+) -> None:
     text = tok.text
 
     def bad(expected: str) -> AsmError:
@@ -306,8 +312,14 @@ def _parse_operand(row: Instr, op, tok: _Token, values: dict[str, int], line: in
             if a is None:
                 close = difflib.get_close_matches(n, list(ALU_BY_NAME), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise _err(row, f"operand {op.name}: unknown ALU op {n!r}{hint} "
-                                f"(ops: {', '.join(ALU_BY_NAME)})", tok, line, source)
+                raise _err(
+                    row,
+                    f"operand {op.name}: unknown ALU op {n!r}{hint} "
+                    f"(ops: {', '.join(ALU_BY_NAME)})",
+                    tok,
+                    line,
+                    source,
+                )
             ops |= a.code << (CHAIN_OP_BITS * i)
         values["ops"] = ops
     else:  # pragma: no cover - validate_table admits only the kinds above
@@ -368,8 +380,9 @@ def disassemble_instruction(word: int) -> str:
     try:
         _check(row, values)
     except _Problem as p:
-        raise IsaError(f"{row.mnemonic}: operand {p.operand}: {p.message} "
-                       f"(word {word:#034x})") from None
+        raise IsaError(
+            f"{row.mnemonic}: operand {p.operand}: {p.message} (word {word:#034x})"
+        ) from None
     parts: list[str] = []
     short = len(row.operands) <= 2
     if short:

@@ -441,6 +441,14 @@ class Arch:
                 out[table] = {k: getattr(self, k) for k in _TABLES[table]}
         return out
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved preset as plain JSON-able data; `arch_from_config` rebuilds the Arch.
+        Programs carry it, so a Program file runs the same wherever it is loaded."""
+        out = self.tables()
+        out["assumed"] = list(self.assumed)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: values, provenance and derived quantities (units in the names)."""
         out = self.tables()
@@ -492,6 +500,15 @@ def load_arch(
         raw["assumed"] = list(arch.assumed)  # already checked against the file's own keys
         arch = _build(label, raw, {k for k, _ in pairs}, check_assumed=False)
     return replace(arch, overrides=tuple(pairs), source=source)
+
+
+def arch_from_config(config: Mapping[str, Any]) -> Arch:
+    """Rebuild (and re-validate) an Arch from `Arch.config` data, e.g. from a Program file."""
+    if not isinstance(config, Mapping) or "name" not in config:
+        raise ArchError("architecture configuration must be a table with a name")
+    raw = copy.deepcopy(dict(config))
+    return replace(_build(str(raw["name"]), raw, set(), check_assumed=False),
+                   source="program file")
 
 
 def _read_spec(spec: str | Path) -> tuple[str, str, str]:

@@ -34,19 +34,5 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    # Commands register themselves on `main` when their module is imported.
-    from lpusim import cli_arch  # noqa: F401
-
-    for name in ("cli_asm", "cli_sim"):
-        try:
-            __import__(f"lpusim.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lpusim.{name}":
-                raise
-
-
-_register()
-
-if __name__ == "__main__":
-    main()
+# Commands register themselves on `main` when their module is imported.
+from lpusim import cli_arch, cli_asm, cli_sim  # noqa: E402,F401

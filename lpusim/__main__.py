@@ -1,0 +1,3 @@
+from lpusim.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""`lpusim sim`: run a Program file."""

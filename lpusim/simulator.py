@@ -1,0 +1,265 @@
+"""The simulator's Python shell: validate, bind tensors, run an engine, read results, report.
+
+    result = simulate(program, {"x": x})          # functional + timing, Numba fast path
+    result.outputs["y"], result.report["cycles"]
+    simulate(program, mode="timing")              # timing only: no values, every hazard check
+                                                  # that does not depend on data
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isa.dtypes import dtype as dtype_info
+from isa.dtypes import numpy_dtype
+from lpusim.errors import HazardError, LpusimError
+from lpusim.program import Program, TensorSpec
+from lpusim.sim import opcodes as oc
+from lpusim.sim.decode import C, Decoded, decode
+
+MODES = ("functional", "timing")
+ENGINES = ("fast", "reference")
+
+
+@dataclass
+class SimResult:
+    outputs: dict[str, np.ndarray]
+    report: dict
+    decoded: Decoded = field(repr=False)
+    trace_rows: np.ndarray = field(repr=False)  # (n, 4): cycle, phase, instruction, vector
+    arch: object = field(repr=False, default=None)
+
+
+def _arch_for(program: Program, arch):
+    from lpusim.arch import arch_from_config, load_arch
+
+    if arch is None:
+        return arch_from_config(program.arch_config)
+    if isinstance(arch, str):
+        return load_arch(arch)
+    return arch
+
+
+def tensor_vectors(t: TensorSpec, values: np.ndarray, lanes: int) -> np.ndarray:
+    """Values -> (vectors, g, lanes) uint8 byte planes in the "rows" layout."""
+    rows, cols = t.rows_cols()
+    vpr = max(1, math.ceil(cols / lanes))
+    g = dtype_info(t.dtype).nbytes
+    a = np.zeros((rows, vpr * lanes), numpy_dtype(t.dtype))
+    a[:, :cols] = np.asarray(values).reshape(rows, cols)
+    b = a.reshape(rows * vpr, lanes).view(np.uint8).reshape(rows * vpr, lanes, g)
+    return np.ascontiguousarray(b.transpose(0, 2, 1))
+
+
+def vectors_tensor(t: TensorSpec, planes: np.ndarray, lanes: int) -> np.ndarray:
+    rows, cols = t.rows_cols()
+    vpr = max(1, math.ceil(cols / lanes))
+    flat = np.ascontiguousarray(planes.transpose(0, 2, 1)).view(numpy_dtype(t.dtype))
+    return flat.reshape(rows, vpr * lanes)[:, :cols].reshape(t.shape).copy()
+
+
+def _addresses(t: TensorSpec, lanes: int) -> np.ndarray:
+    return t.addr + np.arange(t.vectors(lanes)) * t.stride
+
+
+def _bind(program: Program, arch, sram: np.ndarray, inputs: dict) -> None:
+    lanes = arch.lanes
+    given = dict(inputs or {})
+    names = {t.name for t in program.tensors}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise LpusimError(f"input {unknown[0]!r} is not a tensor of the program "
+                          f"(tensors: {', '.join(sorted(names)) or 'none'})")
+    for t in program.tensors:
+        if t.name in given:
+            values = np.asarray(given[t.name])
+        elif t.kind == "input":
+            raise LpusimError(f"input tensor {t.name!r} ({t.dtype} {list(t.shape)}) was not "
+                              "given a value")
+        elif t.data is not None:
+            values = t.data
+        else:
+            if t.kind in ("weight", "const"):
+                raise LpusimError(f"{t.kind} tensor {t.name!r} has no data in the program; "
+                                  "give it as an input or run in timing mode")
+            continue
+        if tuple(values.shape) != tuple(t.shape):
+            raise LpusimError(f"tensor {t.name!r}: expected shape {list(t.shape)}, got "
+                              f"{list(values.shape)}")
+        try:
+            cast = values.astype(numpy_dtype(t.dtype))
+        except (TypeError, ValueError) as exc:
+            raise LpusimError(f"tensor {t.name!r}: cannot convert {values.dtype} to "
+                              f"{t.dtype}: {exc}") from None
+        vec = tensor_vectors(t, cast, lanes)
+        addrs = _addresses(t, lanes)
+        for b, sl in enumerate(t.slices):
+            sram[t.chip, sl, addrs] = vec[:, b]
+
+
+def _read_outputs(program: Program, arch, sram: np.ndarray) -> dict[str, np.ndarray]:
+    out = {}
+    for t in program.tensors:
+        if t.kind != "output":
+            continue
+        addrs = _addresses(t, arch.lanes)
+        planes = np.stack([sram[t.chip, sl, addrs] for sl in t.slices], axis=1)
+        out[t.name] = vectors_tensor(t, planes, arch.lanes)
+    return out
+
+
+def _inflight_bound(dec: Decoded) -> int:
+    """An upper bound on vectors between their input and output events at any one cycle."""
+    if len(dec.cols) == 0:
+        return 16
+    col = dec.cols
+    cnt, iv, lat = col[:, C["count"]], col[:, C["interval"]], col[:, C["lat"]]
+    w = np.minimum(cnt, lat // iv + 1) + 1
+    start = col[:, C["t0"]]
+    end = start + (cnt - 1) * iv + lat + 1
+    times = np.concatenate([start, end])
+    deltas = np.concatenate([w, -w])
+    order = np.lexsort((deltas, times))
+    return int(np.cumsum(deltas[order]).max()) + 16
+
+
+def simulate(program: Program, inputs: dict | None = None, *, arch=None, mode: str = "functional",
+             engine: str = "fast", trace: bool = False) -> SimResult:
+    """Run `program`. Raises HazardError if it breaks a rule of the machine."""
+    from lpusim.program_io import validate_program
+
+    if mode not in MODES:
+        raise LpusimError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if engine not in ENGINES:
+        raise LpusimError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    arch = _arch_for(program, arch)
+    validate_program(program, arch)
+    dec = decode(program, arch)
+    functional = mode == "functional"
+    shape = (dec.nchips, arch.mem_slices, arch.mem_words_per_slice, arch.lanes)
+    sram = np.zeros(shape if functional else (1, 1, 1, 1), np.uint8)
+    if functional:
+        _bind(program, arch, sram, inputs)
+    elif inputs:
+        pass  # timing mode ignores values
+    if engine == "reference":
+        from lpusim.sim import reference
+
+        rows, _ = reference.run(dec, arch, sram if functional else None, functional, trace)
+    else:
+        rows = _run_fast(dec, arch, sram, functional, trace)
+    outputs = _read_outputs(program, arch, sram) if functional else {}
+    report = make_report(dec, arch, mode, engine)
+    return SimResult(outputs, report, dec, rows, arch)
+
+
+def _run_fast(dec: Decoded, arch, sram, functional: bool, trace: bool) -> np.ndarray:
+    from lpusim.sim.kernels import run_kernel
+
+    col = dec.cols
+    n_events = int((col[:, C["count"]] * 2).sum()) if len(col) else 0
+    trace_rows = np.zeros((n_events if trace else 1, 4), np.int64)
+    pool = _inflight_bound(dec)
+    status, ntrace = run_kernel(
+        dec.cols, dec.maps, sram, functional, arch.lanes, arch.lanes_per_superlane,
+        arch.num_positions, arch.mem_slices, arch.mem_words_per_slice, arch.mem_words_per_bank,
+        arch.streams_per_direction, arch.mxm_planes, arch.mxm_rows,
+        arch.mxm_acc_vectors_per_plane, arch.vxm_alus, dec.link_vectors, dec.ring, pool,
+        trace_rows, trace)
+    if status[0] != 0:
+        raise kernel_hazard(dec, status)
+    return trace_rows[:ntrace] if trace else np.zeros((0, 4), np.int64)
+
+
+_HAZARD_TEXT = {
+    "stream-conflict": "a second producer on this stream at this position and cycle",
+    "stream-empty": "no value on the stream here in this cycle",
+    "mem-port": "MEM slice {d} port conflict (two reads, two writes, or a read and a write on "
+                "one bank) in this cycle",
+    "sram-bounds": "tile {d} address outside the slice",
+    "mxm-unloaded": "no loaded weights to install, or no weights installed",
+    "mxm-dtype": "dtype differs from the loaded/installed weights or accumulator {d}",
+    "mxm-acc-conflict": "two results into accumulator {d} in one cycle",
+    "alu-busy": "VXM ALU {d} is already busy in this cycle",
+}
+
+
+def kernel_hazard(dec: Decoded, status) -> HazardError:
+    from lpusim.sim.reference import stream_name
+
+    kind = oc.HAZARDS[int(status[0])]
+    k, t, d, s, detail = (int(x) for x in status[1:6])
+    row = dec.cols[k]
+    stream = stream_name(d, s) if s >= 0 and d >= 0 else ""
+    return HazardError(kind, f"{dec.describe(k)}: " + _HAZARD_TEXT[kind].format(d=detail),
+                       chip=int(row[C["chip"]]), unit=dec.queue_names[int(row[C["qid"]])],
+                       instr=int(row[C["sidx"]]), cycle=t, stream=stream)
+
+
+def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
+    """Counters in numbers with units. Cycles include the superlane skew: a vector op that
+    starts at tile 0 finishes superlanes - 1 cycles later at the last tile."""
+    skew = arch.superlanes - 1
+    cycles = dec.end_cycle + skew if len(dec.cols) else 0
+    seconds = cycles / (arch.clock_ghz * 1e9)
+    ctr = dec.counters
+    units = []
+    for c in range(dec.nchips):
+        for q in arch.queues:
+            b = int(dec.busy[c, q.id])
+            if b:
+                units.append({"chip": c, "unit": q.name, "kind": q.kind, "busy_cycles": b,
+                              "utilisation": b / cycles if cycles else 0.0})
+    by_kind = {}
+    for kind in ("MEM", "VXM", "MXM", "SXM", "C2C"):
+        qs = [q for q in arch.queues if q.kind == kind]
+        total = int(sum(dec.busy[c, q.id] for c in range(dec.nchips) for q in qs))
+        cap = cycles * len(qs) * dec.nchips
+        by_kind[kind] = {"busy_cycles": total, "units": len(qs) * dec.nchips,
+                         "utilisation": total / cap if cap else 0.0}
+    abc = dec.cols[:, C["op"]] == oc.OP_MXM_ABC
+    dts = sorted({int(x) for x in dec.cols[abc, C["dtype"]]})
+    from isa.dtypes import DTYPE_BY_CODE
+
+    mxm_dtypes = [DTYPE_BY_CODE[d].name for d in dts]
+    peak_macs = (arch.mxm_planes * arch.mxm_rows * arch.mxm_cols * cycles * dec.nchips
+                 * max([arch.mxm_rate_of(d) for d in mxm_dtypes] or [1.0]))
+
+    def per_s(nbytes, scale):
+        return nbytes / seconds / scale if seconds else 0.0
+
+    return {
+        "arch": arch.name,
+        "mode": "functional" if mode == "functional" else "timing-only",
+        "engine": engine,
+        "chips": dec.nchips,
+        "clock_ghz": arch.clock_ghz,
+        "cycles": cycles,
+        "latency_s": seconds,
+        "latency_us": seconds * 1e6,
+        "instructions": dec.static_instructions,
+        "issued_instructions": int(len(dec.cols)),
+        "vectors": ctr["vectors"],
+        "sram": {
+            "read_bytes": ctr["sram_read_bytes"],
+            "write_bytes": ctr["sram_write_bytes"],
+            "read_tb_s": per_s(ctr["sram_read_bytes"], 1e12),
+            "write_tb_s": per_s(ctr["sram_write_bytes"], 1e12),
+            "peak_read_tb_s": arch.sram_read_bw_tb_s * dec.nchips,
+            "peak_write_tb_s": arch.sram_write_bw_tb_s * dec.nchips,
+        },
+        "streams": {"bytes": ctr["stream_bytes"], "tb_s": per_s(ctr["stream_bytes"], 1e12),
+                    "peak_tb_s": arch.stream_bw_tb_s * dec.nchips},
+        "mxm": {"macs": ctr["mxm_macs"], "peak_macs": int(peak_macs),
+                "utilisation": ctr["mxm_macs"] / peak_macs if peak_macs else 0.0,
+                "dtypes": mxm_dtypes,
+                "emulated_dtypes": [d for d in mxm_dtypes if arch.is_emulated(d)]},
+        "links": {"bytes": ctr["link_bytes"], "gb_s": per_s(ctr["link_bytes"], 1e9),
+                  "peak_gb_s_per_link": arch.link_bw_gb_s},
+        "unit_kinds": by_kind,
+        "units": units,
+        "superlane_skew_cycles": skew,
+    }
