@@ -86,3 +86,31 @@ def field_array(words: np.ndarray, name: str) -> np.ndarray:
     if f.signed:
         v = np.where(v >= (1 << (width - 1)), v - (1 << width), v)
     return v
+
+
+def encode_array(mnemonic: str, n: int, **values) -> np.ndarray:
+    """Encode n instructions of one mnemonic at once: field values are scalars or length-n
+    arrays. Returns an (n, 2) uint64 array. Ranges are checked as in `encode`."""
+    row = BY_MNEMONIC.get(mnemonic)
+    if row is None:
+        raise IsaError(f"unknown mnemonic {mnemonic!r}")
+    extra = set(values) - set(row.fields[1:])
+    if extra:
+        raise IsaError(f"{mnemonic}: no field(s) {', '.join(sorted(extra))}")
+    lo = np.full(n, row.opcode, np.uint64)
+    hi = np.zeros(n, np.uint64)
+    for name in row.fields[1:]:
+        f = FIELDS[name]
+        v = np.broadcast_to(np.asarray(values.get(name, 0), dtype=np.int64), (n,))
+        if n and ((v < f.min_value) | (v > f.max_value)).any():
+            raise IsaError(f"{mnemonic}: a value of field {name} does not fit "
+                           f"[{f.min_value}, {f.max_value}]")
+        u = (v & ((1 << f.width) - 1)).astype(np.uint64)
+        if f.lo >= 64:
+            hi |= u << np.uint64(f.lo - 64)
+        elif f.hi <= 64:
+            lo |= u << np.uint64(f.lo)
+        else:
+            lo |= u << np.uint64(f.lo)
+            hi |= u >> np.uint64(64 - f.lo)
+    return np.stack([lo, hi], axis=1)

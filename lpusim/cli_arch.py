@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from lpusim.arch import Arch, list_presets, load_arch
 from lpusim.cli import main
+from lpusim.fileio import write_json_atomic
 
 
 def _mark(arch: Arch, key: str) -> str:
@@ -97,23 +96,6 @@ def format_report(rows: list[tuple[str, str, str]]) -> str:
         else:
             lines.append(f"  {label:<{width}}  {value:>{vwidth}}  {note}".rstrip())
     return "\n".join(lines).lstrip("\n")
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temp file beside `path`, then rename it over `path`."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @main.command("arch")

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from lpusim.cli import main
 from lpusim.errors import LpusimError
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+from lpusim.fileio import write_atomic
 
 
 @main.command("asm")
@@ -101,4 +86,4 @@ def disasm_command(program: Path, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        _write_text_atomic(output, text)
+        write_atomic(output, text)

@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import secrets
 import struct
 import sys
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 
 from isa import dtypes as isa_dtypes
 from lpusim.errors import ProgramFormatError
+from lpusim.fileio import write_atomic
 from lpusim.program import TENSOR_KINDS, ChipProgram, Program, TensorSpec
 
 MAGIC = b"LPUPROG\x00"
@@ -175,27 +174,7 @@ def _plain_int(x, min_value: int | None = None) -> int:
 def save_program(program: Program, path) -> None:
     """Write `program` to `path` atomically: either the whole new file or the old one stays."""
     data = program_to_bytes(program)  # before touching the disk: errors leave nothing behind
-    path = Path(path)
-    directory = path.parent
-    while True:
-        tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        break
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, data)
 
 
 # ----------------------------------------------------------------------------------------------

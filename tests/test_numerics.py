@@ -50,8 +50,10 @@ def _assert_same_elems(got: np.ndarray, want: np.ndarray, what: str, nan_class=T
         bad &= ~(np.isnan(gf) & np.isnan(wf))
     if bad.any():
         i = np.flatnonzero(bad)[:8]
-        raise AssertionError(f"{what}: {bad.sum()} mismatches, e.g. at {i.tolist()}: "
-                             f"got {[hex(v) for v in gb[i]]} want {[hex(v) for v in wb[i]]}")
+        raise AssertionError(
+            f"{what}: {bad.sum()} mismatches, e.g. at {i.tolist()}: "
+            f"got {[hex(v) for v in gb[i]]} want {[hex(v) for v in wb[i]]}"
+        )
 
 
 # ----------------------------------------------------------------------------- unpack
@@ -126,12 +128,36 @@ def _pack_cases(d, rng, n_random):
     m32 = mids.astype(np.float32)
     ok = np.isfinite(m32)  # bf16's edges beyond its max lie beyond float32's
     assert np.array_equal(m32[ok].astype(np.float64), mids[ok])
-    parts = [vals, m32, np.nextafter(m32, np.float32(np.inf)), np.nextafter(m32, np.float32(-np.inf)),
-             edges.astype(np.float32),
-             _f32([0x7F800000, 0xFF800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x00000001, 0x80000001,
-                   0x007FFFFF, 0x00800000, 0x7F800001, 0xFF800001, 0x7FC00000, 0xFFFFFFFF,
-                   0x7FBFFFFF, 0x7F802000, 0x7F801FFF, 0x80000000, 0]),
-             rng.integers(0, 1 << 32, n_random, dtype=np.uint64).astype(np.uint32).view(np.float32)]
+    up, down = np.float32(np.inf), np.float32(-np.inf)
+    parts = [
+        vals,
+        m32,
+        np.nextafter(m32, up),
+        np.nextafter(m32, down),
+        edges.astype(np.float32),
+        _f32(
+            [
+                0x7F800000,
+                0xFF800000,
+                0x7F7FFFFF,
+                0xFF7FFFFF,
+                0x00000001,
+                0x80000001,
+                0x007FFFFF,
+                0x00800000,
+                0x7F800001,
+                0xFF800001,
+                0x7FC00000,
+                0xFFFFFFFF,
+                0x7FBFFFFF,
+                0x7F802000,
+                0x7F801FFF,
+                0x80000000,
+                0,
+            ]
+        ),
+        rng.integers(0, 1 << 32, n_random, dtype=np.uint64).astype(np.uint32).view(np.float32),
+    ]
     return np.ascontiguousarray(np.concatenate(parts).astype(np.float32))
 
 
@@ -148,14 +174,24 @@ def test_pack_float_rounding(d):
     ref = np.zeros_like(got)
     R.pack(x, np.zeros(len(x), np.int64), d.code, ref)
     _assert_same_elems(_from_buf(ref, npdt), want, f"ref pack {d.name}")
+    q, qr = np.empty_like(x), np.empty_like(x)
+    N.quantize(x, d.code, q)
+    R.quantize(x, d.code, qr)
+    _assert_same_elems(q, want.astype(np.float32), f"quantize {d.name}")
+    _assert_same_elems(qr, want.astype(np.float32), f"ref quantize {d.name}")
+    x2 = x.copy()
+    N.quantize(x2, d.code, x2)  # in place
+    assert np.array_equal(x2.view(np.uint32), q.view(np.uint32))
 
 
 def test_pack_known_overflow():
     """Documented behaviours: e4m3fn has no inf (overflow and inf give NaN; 464 ties down to 448);
     e5m2 and fp16 overflow to inf; NaN of fp16 keeps the payload top bits."""
     cases = {
-        "fp8_e4m3": ([448, 464, 464.1, 1e9, np.inf, -np.inf, -465], [0x7E, 0x7E, 0x7F, 0x7F, 0x7F,
-                                                                     0xFF, 0xFF]),
+        "fp8_e4m3": (
+            [448, 464, 464.1, 1e9, np.inf, -np.inf, -465],
+            [0x7E, 0x7E, 0x7F, 0x7F, 0x7F, 0xFF, 0xFF],
+        ),
         "fp8_e5m2": ([57344, 61439, 61440, np.inf], [0x7B, 0x7B, 0x7C, 0x7C]),
         "fp16": ([65504, 65519.99, 65520, np.inf], [0x7BFF, 0x7BFF, 0x7C00, 0x7C00]),
         "bf16": ([3.3895314e38, np.float32(3.4028235e38), np.inf], [0x7F7F, 0x7F80, 0x7F80]),
@@ -173,17 +209,47 @@ def test_pack_known_overflow():
 
 def _float_inputs(d, rng, n):
     """Values representable in d (as the machine sees them after unpack), rich in specials."""
-    specials = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, 3.0, np.inf, -np.inf, np.nan,
-                         -np.nan, 1e-40, -1e-40, 1e-7, 88.0, 89.0, -104.0, 1e38, -1e38, 3.4e38,
-                         0.1, 10.0, 1e-3, 7.0, -7.0, 20.0, -20.0],
-                        np.float32)
+    specials = np.array(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -0.5,
+            2.0,
+            3.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+            -np.nan,
+            1e-40,
+            -1e-40,
+            1e-7,
+            88.0,
+            89.0,
+            -104.0,
+            1e38,
+            -1e38,
+            3.4e38,
+            0.1,
+            10.0,
+            1e-3,
+            7.0,
+            -7.0,
+            20.0,
+            -20.0,
+        ],
+        np.float32,
+    )
     if d.name == "fp32":
-        parts = [rng.integers(0, 1 << 32, n // 4, dtype=np.uint64).astype(np.uint32).view(
-            np.float32),
+        parts = [
+            rng.integers(0, 1 << 32, n // 4, dtype=np.uint64).astype(np.uint32).view(np.float32),
             rng.standard_normal(n // 4).astype(np.float32) * np.float32(4),
             (rng.standard_normal(n // 4) * 1e-30).astype(np.float32),
             (rng.standard_normal(n // 4) * 1e30).astype(np.float32),
-            _f32([0x7F800001, 0xFFA00000, 0x7FC00001])]
+            _f32([0x7F800001, 0xFFA00000, 0x7FC00001]),
+        ]
         raw = np.concatenate(parts)
     else:
         npdt = numpy_dtype(d)
@@ -197,8 +263,9 @@ def _float_inputs(d, rng, n):
 
 def _int_inputs(d, rng, n):
     info = np.iinfo(numpy_dtype(d))
-    sp = np.array([0, 1, -1, 2, -2, 7, -7, info.min, info.max, info.min + 1, info.max - 1,
-                   3, -3], np.int64)
+    sp = np.array(
+        [0, 1, -1, 2, -2, 7, -7, info.min, info.max, info.min + 1, info.max - 1, 3, -3], np.int64
+    )
     r = rng.integers(info.min, info.max, n, endpoint=True).astype(np.int64)
     small = rng.integers(-9, 10, n).astype(np.int64)
     x = np.concatenate([sp, np.where(rng.random(n) < 0.3, small, r)])[:n]
@@ -276,17 +343,55 @@ def test_convert_matches_reference(a, b):
     n = 3000 if JIT else 1000
     rng = np.random.default_rng(5000 + 8 * a.code + b.code)
     if a.is_float:
-        extra = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 127.5, 128.5, -128.5, -129.5,
-                          32767.5, -32768.5, 2147483520.0, 2147483648.0, -2147483648.0,
-                          -2147483904.0, 1e10, -1e10, np.nan, np.inf, -np.inf, 0.49999997],
-                         np.float32)
+        extra = np.array(
+            [
+                0.5,
+                1.5,
+                2.5,
+                -0.5,
+                -1.5,
+                -2.5,
+                127.5,
+                128.5,
+                -128.5,
+                -129.5,
+                32767.5,
+                -32768.5,
+                2147483520.0,
+                2147483648.0,
+                -2147483648.0,
+                -2147483904.0,
+                1e10,
+                -1e10,
+                np.nan,
+                np.inf,
+                -np.inf,
+                0.49999997,
+            ],
+            np.float32,
+        )
         xf = np.ascontiguousarray(np.concatenate([extra, _float_inputs(a, rng, n)]))
         m = len(xf)
         xi = np.zeros(m, np.int64)
     else:
-        xi = np.concatenate([np.array([(1 << 24) + 1, (1 << 25) + 3, -(1 << 31), (1 << 31) - 1,
-                                       65519, 65520, 65535, 2049], np.int64),
-                             _int_inputs(a, rng, n)])
+        xi = np.concatenate(
+            [
+                np.array(
+                    [
+                        (1 << 24) + 1,
+                        (1 << 25) + 3,
+                        -(1 << 31),
+                        (1 << 31) - 1,
+                        65519,
+                        65520,
+                        65535,
+                        2049,
+                    ],
+                    np.int64,
+                ),
+                _int_inputs(a, rng, n),
+            ]
+        )
         m = len(xi)
         xf = np.zeros(m, np.float32)
     zf_n, zf_r = np.zeros(m, np.float32), np.zeros(m, np.float32)
@@ -304,6 +409,9 @@ def test_convert_matches_reference(a, b):
     assert np.array_equal(bn, br)
     if a.is_float and not b.is_float:
         info = np.iinfo(numpy_dtype(b))
-        want = np.rint(np.nan_to_num(xf.astype(np.float64), nan=0.0, posinf=info.max,
-                                     neginf=info.min)).clip(info.min, info.max).astype(np.int64)
+        want = (
+            np.rint(np.nan_to_num(xf.astype(np.float64), nan=0.0, posinf=info.max, neginf=info.min))
+            .clip(info.min, info.max)
+            .astype(np.int64)
+        )
         assert np.array_equal(zi_n, want)

@@ -107,15 +107,18 @@ def _write_stream(stag, spos, sdata, functional, chip, d, s, pos, t, ring_s, row
 
 
 @njit(cache=True)
-def _sort_bucket(keys, n):
-    # insertion sort: buckets are short and nearly sorted
+def _sort_bucket(keys, slots, n):
+    # insertion sort, carrying slots along: buckets are short and nearly sorted
     for a in range(1, n):
         v = keys[a]
+        w = slots[a]
         b = a - 1
         while b >= 0 and keys[b] > v:
             keys[b + 1] = keys[b]
+            slots[b + 1] = slots[b]
             b -= 1
         keys[b + 1] = v
+        slots[b + 1] = w
 
 
 @njit(cache=True)
@@ -177,6 +180,7 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
     tmp = np.zeros((16, lanes), np.uint8)
     tmp2 = np.zeros((4, lanes), np.uint8)
     xv = np.zeros(lanes)
+    addrs = np.zeros(lanes // lps, np.int64)
     ntrace = 0
     pending_ev = 0
     nk = 0
@@ -209,12 +213,7 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
             for a in range(n):
                 bslot[a] = ev_slot[slot_of[a]] if slot_of[a] >= 0 else -1
             if n > 1:
-                # sort keys and carry slots along: encode the slot in a parallel pass
-                order = np.argsort(bkeys[:n], kind="mergesort")
-                ks = bkeys[:n][order].copy()
-                ss = bslot[:n][order].copy()
-                bkeys[:n] = ks
-                bslot[:n] = ss
+                _sort_bucket(bkeys, bslot, n)
             for a in range(n):
                 k = bkeys[a] >> 20
                 i = bkeys[a] & ((1 << 20) - 1)
@@ -237,7 +236,7 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                                    sdata, F, ring_s, sram, nwords, words_per_bank, lps, rport_t,
                                    rport_banks, alu_t, buf_dtype, buf_loaded, pend_dtype,
                                    arr_dtype, acc_kind, buffer, pending, array, acc, link, maps,
-                                   status, xf, xi, yf, yi, zf, zi, tmp, tmp2, xv, lanes)
+                                   status, xf, xi, yf, yi, zf, zi, tmp, tmp2, xv, addrs, lanes)
                     if not ok:
                         return status, ntrace
                     # schedule the next vector and this vector's commit
@@ -264,7 +263,8 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                     ok = _phase_out(cols, k, i, t, op, chip, pos, u, slot, slot_b, slot_f, stag,
                                     spos, sdata, F, ring_s, sram, nwords, words_per_bank, lps,
                                     rport_t, rport_banks, wport_t, pend_dtype, arr_dtype,
-                                    acc_kind, acc_wt, pending, array, acc, status, lanes)
+                                    acc_kind, acc_wt, pending, array, acc, status, addrs,
+                                    lanes)
                     if not ok:
                         return status, ntrace
                     if F and slot >= 0:
@@ -299,7 +299,7 @@ def _tile_addrs(base, m, lps, words_n, addrs, status, k, t):
 def _phase_in(cols, k, i, t, op, chip, pos, u, slot, slot_b, slot_f, stag, sdata, F, ring_s,
               sram, nwords, words_per_bank, lps, rport_t, rport_banks, alu_t, buf_dtype,
               buf_loaded, pend_dtype, arr_dtype, acc_kind, buffer, pending, array, acc, link,
-              maps, status, xf, xi, yf, yi, zf, zi, tmp, tmp2, xv, lanes):
+              maps, status, xf, xi, yf, yi, zf, zi, tmp, tmp2, xv, addrs, lanes):
     gin = cols[k, _GIN]
     if op == MEM_READ or op == MEM_GATHER:
         banks = 0
@@ -314,7 +314,6 @@ def _phase_in(cols, k, i, t, op, chip, pos, u, slot, slot_b, slot_f, stag, sdata
                 return False
             if F:
                 ntiles = lanes // lps
-                addrs = np.zeros(ntiles, np.int64)
                 if not _tile_addrs(cols[k, _ADDR], tmp, lps, nwords, addrs, status, k,
                                    t):
                     return False
@@ -538,11 +537,11 @@ def _vxm_compute(cols, k, op, tmp, binary, xf, xi, yf, yi, zf, zi, out, lanes):
 @njit(cache=True)
 def _phase_out(cols, k, i, t, op, chip, pos, u, slot, slot_b, slot_f, stag, spos, sdata, F,
                ring_s, sram, nwords, words_per_bank, lps, rport_t, rport_banks, wport_t,
-               pend_dtype, arr_dtype, acc_kind, acc_wt, pending, array, acc, status, lanes):
+               pend_dtype, arr_dtype, acc_kind, acc_wt, pending, array, acc, status, addrs,
+               lanes):
     if op == MEM_WRITE or op == MEM_SCATTER:
         banks = 0
         ntiles = lanes // lps
-        addrs = np.zeros(ntiles, np.int64)
         if op == MEM_WRITE:
             a = cols[k, _ADDR] + i * cols[k, _STRIDE]
             banks = 1 << (a // words_per_bank)

@@ -23,8 +23,17 @@ import math
 import numpy as np
 from numba import njit
 
-from lpusim.sim.opcodes import ALU, DT_BF16, DT_FP8E4M3, DT_FP8E5M2, DT_FP16, DT_FP32, DT_INT8
-from lpusim.sim.opcodes import DT_INT16, DT_INT32
+from lpusim.sim.opcodes import (
+    ALU,
+    DT_BF16,
+    DT_FP8E4M3,
+    DT_FP8E5M2,
+    DT_FP16,
+    DT_FP32,
+    DT_INT8,
+    DT_INT16,
+    DT_INT32,
+)
 
 # ALU op codes (module-level int constants: frozen into the kernels)
 A_COPY = ALU["copy"]
@@ -231,14 +240,22 @@ def unpack(buf, dt, outf, outi):
             outi[i] = wrap_int(np.int64(buf[0, i]) | (np.int64(buf[1, i]) << 8), 16)
     elif dt == DT_INT32:
         for i in range(n):
-            v = (np.int64(buf[0, i]) | (np.int64(buf[1, i]) << 8) | (np.int64(buf[2, i]) << 16)
-                 | (np.int64(buf[3, i]) << 24))
+            v = (
+                np.int64(buf[0, i])
+                | (np.int64(buf[1, i]) << 8)
+                | (np.int64(buf[2, i]) << 16)
+                | (np.int64(buf[3, i]) << 24)
+            )
             outi[i] = wrap_int(v, 32)
     elif dt == DT_FP32:
         ob = outf.view(np.uint32)
         for i in range(n):
-            v = (np.int64(buf[0, i]) | (np.int64(buf[1, i]) << 8) | (np.int64(buf[2, i]) << 16)
-                 | (np.int64(buf[3, i]) << 24))
+            v = (
+                np.int64(buf[0, i])
+                | (np.int64(buf[1, i]) << 8)
+                | (np.int64(buf[2, i]) << 16)
+                | (np.int64(buf[3, i]) << 24)
+            )
             ob[i] = v
     elif dt == DT_FP16 or dt == DT_BF16:
         ob = outf.view(np.uint32)
@@ -279,6 +296,21 @@ def pack(valf, vali, dt, buf):
         vb = valf.view(np.uint32)
         for i in range(n):
             buf[0, i] = f32bits_to_small(vb[i], dt) & 0xFF
+
+
+@_jit
+def quantize(valf, dt, outf):
+    """outf = valf rounded to float dtype dt and widened back to float32 (= unpack(pack(valf)));
+    outf may be valf. fp32 copies bits."""
+    n = valf.shape[0]
+    vb = valf.view(np.uint32)
+    ob = outf.view(np.uint32)
+    if dt == DT_FP32:
+        for i in range(n):
+            ob[i] = vb[i]
+    else:
+        for i in range(n):
+            ob[i] = small_to_f32bits(f32bits_to_small(vb[i], dt), dt)
 
 
 # ----------------------------------------------------------------------------- ALU

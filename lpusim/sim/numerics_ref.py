@@ -52,6 +52,11 @@ def pack(valf, vali, dt, buf) -> None:
     buf[:, :] = np.ascontiguousarray(elems).view(np.uint8).reshape(lanes, g).T
 
 
+def quantize(valf, dt, outf) -> None:
+    with np.errstate(all="ignore"):
+        outf[:] = np.asarray(valf, np.float32).astype(_npdt(dt)).astype(np.float32)
+
+
 def _b(c) -> np.ndarray:
     return np.where(c, np.float32(1.0), np.float32(0.0)).astype(np.float32)
 
@@ -161,8 +166,13 @@ def _ialu(name: str, bits: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     elif name == "xor":
         r = x ^ y
     elif name in ("eq", "lt", "le", "gt", "ge"):
-        f = {"eq": np.equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
-             "ge": np.greater_equal}[name]
+        f = {
+            "eq": np.equal,
+            "lt": np.less,
+            "le": np.less_equal,
+            "gt": np.greater,
+            "ge": np.greater_equal,
+        }[name]
         r = f(x, y).astype(np.int64)
     else:
         raise ValueError(f"ALU op {name!r} is not defined on integers")
@@ -194,4 +204,3 @@ def convert(dt_from, dt_to, xf, xi, zf, zi) -> None:
         else:
             info = np.iinfo(_INT_NP[dt_to])
             zi[:] = np.clip(np.asarray(xi, np.int64), info.min, info.max)
-
