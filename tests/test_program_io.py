@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from lpusim import program_io
+from lpusim import fileio, program_io
 from lpusim.errors import ProgramFormatError
 from lpusim.program import ChipProgram, Program, TensorSpec
 from lpusim.program_io import (
@@ -364,7 +364,7 @@ def test_atomic_save_failure_leaves_no_file(tmp_path, monkeypatch):
 
         return Half()
 
-    monkeypatch.setattr(program_io.os, "fdopen", fdopen)
+    monkeypatch.setattr(fileio.os, "fdopen", fdopen)
     with pytest.raises(Boom):
         save_program(make_program(), path)
     assert os.listdir(tmp_path) == []
@@ -378,7 +378,7 @@ def test_atomic_save_keeps_existing_file(tmp_path, monkeypatch):
     def replace(src, dst):
         raise OSError("replace failed")
 
-    monkeypatch.setattr(program_io.os, "replace", replace)
+    monkeypatch.setattr(fileio.os, "replace", replace)
     p = make_program()
     p.meta["changed"] = 1
     with pytest.raises(OSError, match="replace failed"):

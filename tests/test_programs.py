@@ -21,9 +21,6 @@ PROGRAMS = Path(__file__).parent / "programs"
 
 # mxm.lw with a 2-byte dtype: decode sets g_in = the src group width (1) instead of the dtype
 # width, so the reference engine crashes in unpack and the fast engine loads wrong weights.
-FP16_LW_BUG = ("simulator bug: mxm.lw fp16 (aux=2) unpacks each 1-byte stream as a whole "
-               "fp16 row (decode g_in = src group width 1, not the dtype width 2)")
-
 
 def _ints(rng, shape, dtype):
     info = np.iinfo(dtype)
@@ -103,7 +100,7 @@ CASES = {
     "gather": (inputs_gather, expect_gather),
     "two_chip": (inputs_two_chip, expect_two_chip),
 }
-BROKEN = {"matmul_fp16": FP16_LW_BUG}
+BROKEN: dict[str, str] = {}
 
 
 def _program(name):
@@ -155,16 +152,8 @@ def test_fast_and_reference_agree(name):
     assert ref.report["cycles"] == fast.report["cycles"]
 
 
-# reference engine, mode="timing": write_streams stores None as the stream value and
-# read_streams then does `out[b] = None` (TypeError at lpusim/sim/reference.py read_streams)
-REF_TIMING_BUG = ("simulator bug: reference engine in timing mode crashes on the first stream "
-                  "read (read_streams assigns the stored None value)")
-
-
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("engine", [
-    "fast", pytest.param("reference", marks=pytest.mark.xfail(reason=REF_TIMING_BUG,
-                                                              strict=True))])
+@pytest.mark.parametrize("engine", ["fast", "reference"])
 def test_timing_mode_matches_functional(name, engine):
     prog = _program(name)
     timing = simulate(prog, mode="timing", engine=engine, trace=True)

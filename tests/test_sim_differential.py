@@ -39,6 +39,12 @@ WIDTH = {d: DTYPE_BY_NAME[d].nbytes for d in DTYPES}
 IS_FLOAT = {d: DTYPE_BY_NAME[d].is_float for d in DTYPES}
 
 
+# fp16 is left out of the random MXM blocks until mxm.lw of a 2-byte dtype works (see
+# test_mxm_lw_fp16_engines_agree): both engines take g_in (= 1, the src group width) as the
+# element width, so the reference crashes and the fast engine loads wrong weights.
+MXM_DTYPES = ("int8",)
+
+
 def mem_w_pos(j: int) -> int:
     return 45 - j
 
@@ -224,7 +230,7 @@ class Gen:
 
     def mxm_block(self, plane_state):
         r = self.rng
-        d = str(r.choice(["int8", "fp16"]))
+        d = str(r.choice(MXM_DTYPES))
         w = WIDTH[d]
         iv = 1 if d == "int8" else 4
         q = f"MXM{int(r.integers(0, 2))}"
@@ -390,4 +396,47 @@ def test_timing_mode_cycles_match_functional(seed):
 @pytest.mark.parametrize("seed", range(1000, 1400))
 def test_engines_agree_sweep(seed):
     text, inputs = gen_program(seed)
+    compare(text, inputs)
+
+
+LW_FP16_BUG = ("mxm.lw fp16: decode sets g_in = 1 (src group width) and both engines unpack "
+               "rows of g_in bytes: the reference raises ValueError in numerics_ref.unpack, the "
+               "fast engine loads wrong weights (matmul_fp16.s is off by up to ~69)")
+
+
+@pytest.mark.xfail(strict=True, reason=LW_FP16_BUG)
+def test_mxm_lw_fp16_engines_agree():
+    text = """\
+.arch tsp-v1
+.tensor w input fp16 [2,320] slices=MEM_W43,MEM_W42 addr=0
+.tensor x input fp16 [1,320] slices=MEM_W43,MEM_W42 addr=2
+.tensor y output fp32 [1,320] slices=MEM_W40,MEM_W39,MEM_W38,MEM_W37 addr=0
+.queue MEM_W43
+@1 mem.read W0, 0, count=2
+@20 mem.read W0, 2
+.queue MEM_W42
+@0 mem.read W1, 0, count=2
+@19 mem.read W1, 2
+.queue MXM0
+@7 mxm.lw fp16, W0, 2, count=2
+@9 mxm.iw
+@26 mxm.abc fp16, W0/2
+@51 mxm.acc fp32, E0/4
+.queue MEM_W40
+@60 mem.write E0, 0
+.queue MEM_W39
+@61 mem.write E1, 0
+.queue MEM_W38
+@62 mem.write E2, 0
+.queue MEM_W37
+@63 mem.write E3, 0
+"""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(2, 320)).astype(np.float16)
+    x = np.zeros((1, 320), np.float16)
+    x[0, :2] = [1.5, -2.0]
+    inputs = {"w": w, "x": x}
+    want = (x.astype(np.float64)[:, :2] @ w.astype(np.float64)).astype(np.float32)
+    fast = simulate(assemble(text), inputs, engine="fast").outputs["y"]
+    assert np.array_equal(fast, want)
     compare(text, inputs)

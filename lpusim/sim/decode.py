@@ -468,7 +468,7 @@ def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> i
     col["imm"][op == oc.OP_SXM_ROTATE] = _signed32(col["imm"][op == oc.OP_SXM_ROTATE])
 
     # group widths seen by the kernels
-    col["g_in"][:] = np.where(elem | abc, g_dt, gw("src"))
+    col["g_in"][:] = np.where(elem | abc | lw, g_dt, gw("src"))
     col["g_out"][:] = np.where(elem, out_w, gw("dst"))
     return _links(cols, arch, nchips, queue_names)
 

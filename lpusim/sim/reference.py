@@ -74,7 +74,8 @@ class _Machine:
             if hit is None:
                 self.hazard("stream-empty", k, "no value on the stream here in this cycle", t,
                             stream_name(direction, s0 + b))
-            out[b] = hit[1]
+            if hit[1] is not None:
+                out[b] = hit[1]
         return out
 
     def write_streams(self, k, chip, direction, s0, data, pos, t, g):
