@@ -249,13 +249,12 @@ def test_sram_bounds_gather_functional_only():
                                                "d": inputs["d"]}, engine=eng)
 
 
+# regression note: was a bug, now fixed
 REF_TIMING_BUG = ("reference engine, mode='timing': write_streams stores None as the value and "
                   "read_streams does out[b] = None -> TypeError on the first stream read")
 
 
-@pytest.mark.parametrize("engine", [
-    "fast", pytest.param("reference", marks=pytest.mark.xfail(strict=True,
-                                                               reason=REF_TIMING_BUG))])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_sram_bounds_gather_timing_only_has_no_hazard(engine):
     # timing-only: the map is not known, so the gather cannot be checked
     simulate(assemble(SRAM_BOUNDS_GATHER), engine=engine, mode="timing")
@@ -347,20 +346,11 @@ DATA_INDEPENDENT = [
 ]
 
 
-# programs whose hazard comes after a stream has been read: the reference engine crashes
-# in timing mode before it gets there (REF_TIMING_BUG)
-_READS_STREAMS_FIRST = {"stream-conflict", "stream-empty", "mem-port-3", "alu-busy", "mxm-dtype"}
-
-
 def _timing_cases():
     for i, (kind, text) in enumerate(DATA_INDEPENDENT):
         name = f"{kind}-{i}"
         for eng in ENGINES:
-            marks = ()
-            if eng == "reference" and (name in _READS_STREAMS_FIRST
-                                       or kind in _READS_STREAMS_FIRST):
-                marks = pytest.mark.xfail(strict=True, reason=REF_TIMING_BUG)
-            yield pytest.param(kind, text, eng, id=f"{name}-{eng}", marks=marks)
+            yield pytest.param(kind, text, eng, id=f"{name}-{eng}")
 
 
 @pytest.mark.parametrize("kind,text,engine", list(_timing_cases()))
@@ -376,8 +366,8 @@ def test_timing_only_raises_the_same(kind, text, engine):
     assert _key(f) == _key(other)
 
 
-@pytest.mark.xfail(strict=True, reason=REF_TIMING_BUG)
 def test_reference_timing_mode_runs_vxm_add():
+    """Regression: REF_TIMING_BUG (fixed)."""
     text = HDR + """\
 .queue MEM_W1
 @0 mem.read E1, 0, count=4

@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from lpusim import fileio, program_io
+from lpusim import fileio
 from lpusim.errors import ProgramFormatError
 from lpusim.program import ChipProgram, Program, TensorSpec
 from lpusim.program_io import (

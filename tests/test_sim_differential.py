@@ -39,10 +39,9 @@ WIDTH = {d: DTYPE_BY_NAME[d].nbytes for d in DTYPES}
 IS_FLOAT = {d: DTYPE_BY_NAME[d].is_float for d in DTYPES}
 
 
-# fp16 is left out of the random MXM blocks until mxm.lw of a 2-byte dtype works (see
-# test_mxm_lw_fp16_engines_agree): both engines take g_in (= 1, the src group width) as the
-# element width, so the reference crashes and the fast engine loads wrong weights.
-MXM_DTYPES = ("int8",)
+MXM_DTYPES = ("int8", "fp16")
+# NaN, +-inf and -0 reach the MXM too (a NaN dot product is the canonical quiet NaN).
+MXM_NAN = True
 
 
 def mem_w_pos(j: int) -> int:
@@ -80,9 +79,14 @@ class Gen:
         assert t >= 0
         self.instrs.append((queue, t, len(self.instrs), text))
 
-    def values(self, dtype, shape):
+    def values(self, dtype, shape, nan=True):
         rng = self.rng
         npd = numpy_dtype(dtype)
+        if not nan and IS_FLOAT[dtype]:
+            v = rng.normal(0, 3, size=shape).astype(np.float32)
+            v[rng.random(shape) < 0.05] = np.inf
+            v[rng.random(shape) < 0.05] = -0.0
+            return v.astype(npd)
         if rng.random() < 0.5 or not IS_FLOAT[dtype]:
             raw = rng.integers(0, 256, size=shape + (WIDTH[dtype],), dtype=np.uint8)
             v = raw.view(npd).reshape(shape)
@@ -96,12 +100,12 @@ class Gen:
         v[mask] = rng.choice(sp, size=int(mask.sum()))
         return v.astype(npd)
 
-    def tensor_in(self, dtype, n, slices):
+    def tensor_in(self, dtype, n, slices, nan=True):
         nm = self.name("t")
         a = self.alloc(slices, n)
         sl = ",".join(f"MEM_W{j}" for j in slices)
         self.tensors.append(f".tensor {nm} input {dtype} [{n},{LANES}] slices={sl} addr={a}")
-        self.inputs[nm] = self.values(dtype, (n, LANES))
+        self.inputs[nm] = self.values(dtype, (n, LANES), nan)
         return a
 
     def tensor_out(self, dtype, n, slices):
@@ -238,7 +242,7 @@ class Gen:
         row0 = int(r.integers(0, LANES - rows + 1))
         ws = self.slices(w)
         sw = int(r.integers(0, 32 - w + 1))
-        aw = self.tensor_in(d, rows, ws)
+        aw = self.tensor_in(d, rows, ws, nan=MXM_NAN)
         T = max(self.now + LAT["mem_read"] + max(mem_w_pos(j) for j in ws),
                 plane_state.get(q, 0))
         self.reads(ws, aw, rows, "W", sw, T, MXM_POS)
@@ -253,7 +257,7 @@ class Gen:
         for p in range(passes):
             xs = self.slices(w)
             sx = w * int(r.integers(0, 32 // w))
-            ax = self.tensor_in(d, m, xs)
+            ax = self.tensor_in(d, m, xs, nan=MXM_NAN)
             t_a = max(t, self.now + LAT["mem_read"] + max(mem_w_pos(j) for j in xs))
             self.reads(xs, ax, m, "W", sx, t_a, MXM_POS, interval=iv)
             grp = f"W{sx}/{w}" if w > 1 else f"W{sx}"
@@ -387,9 +391,10 @@ def test_timing_mode_cycles_match_functional(seed):
     text, inputs = gen_program(seed, perturb=False)
     program = assemble(text)
     f = simulate(program, inputs, engine="fast")
-    t = simulate(program, engine="fast", mode="timing")
-    assert t.report["cycles"] == f.report["cycles"]
-    assert t.report["mode"] == "timing-only"
+    for eng in ("fast", "reference"):
+        t = simulate(program, engine=eng, mode="timing")
+        assert t.report["cycles"] == f.report["cycles"]
+        assert t.report["mode"] == "timing-only"
 
 
 @pytest.mark.slow
@@ -404,9 +409,7 @@ LW_FP16_BUG = ("mxm.lw fp16: decode sets g_in = 1 (src group width) and both eng
                "fast engine loads wrong weights (matmul_fp16.s is off by up to ~69)")
 
 
-@pytest.mark.xfail(strict=True, reason=LW_FP16_BUG)
-def test_mxm_lw_fp16_engines_agree():
-    text = """\
+FP16_PROGRAM = """\
 .arch tsp-v1
 .tensor w input fp16 [2,320] slices=MEM_W43,MEM_W42 addr=0
 .tensor x input fp16 [1,320] slices=MEM_W43,MEM_W42 addr=2
@@ -431,6 +434,11 @@ def test_mxm_lw_fp16_engines_agree():
 .queue MEM_W37
 @63 mem.write E3, 0
 """
+
+
+def test_mxm_lw_fp16_engines_agree():
+    """Regression: mxm.lw of fp16 once split each cycle's streams into 1-byte rows."""
+    text = FP16_PROGRAM
     rng = np.random.default_rng(1)
     w = rng.normal(size=(2, 320)).astype(np.float16)
     x = np.zeros((1, 320), np.float16)
@@ -440,3 +448,11 @@ def test_mxm_lw_fp16_engines_agree():
     fast = simulate(assemble(text), inputs, engine="fast").outputs["y"]
     assert np.array_equal(fast, want)
     compare(text, inputs)
+
+
+def test_mxm_nan_payload_engines_agree():
+    text = FP16_PROGRAM
+    w = np.ones((2, 320), np.float16)
+    x = np.zeros((1, 320), np.float16)
+    x[0, :2] = np.array([0x7E01, 0x7F00], np.uint16).view(np.float16)
+    compare(text, {"w": w, "x": x})

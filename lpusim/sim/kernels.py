@@ -425,6 +425,9 @@ def _phase_in(cols, k, i, t, op, chip, pos, u, slot, slot_b, slot_f, stag, sdata
                 xr = xv[r]
                 for j in range(lanes):
                     out[j] = out[j] + xr * w[r, j]
+            for j in range(lanes):
+                if out[j] != out[j]:  # a NaN result is the canonical quiet NaN
+                    out[j] = np.nan
         return True
     if op == MXM_ACC:
         a = cols[k, _ADDR] + i
@@ -601,6 +604,8 @@ def _phase_out(cols, k, i, t, op, chip, pos, u, slot, slot_b, slot_f, stag, spos
                     r = np.float32(v[j])
                     if accumulate:
                         r = np.float32(np.float32(dst[j]) + r)
+                    if r != r:
+                        r = np.float32(np.nan)
                     dst[j] = r
         return True
     if op == SXM_TRANSPOSE:

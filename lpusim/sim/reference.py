@@ -199,6 +199,7 @@ class _Machine:
                 # exact products summed in fp64 in input order: a sequential sum per column
                 prod = xv[:, None] * w
                 col = np.cumsum(prod, axis=0)[-1]
+                col[np.isnan(col)] = np.nan  # a NaN result is the canonical quiet NaN
                 self.slots[(k, i)] = col
             else:
                 self.slots[(k, i)] = None
@@ -291,6 +292,7 @@ class _Machine:
                     v = val.astype(np.float32)  # the dot product is rounded once
                     if accumulate:
                         v = (self.acc[chip, u, a].astype(np.float32) + v).astype(np.float32)
+                    v[np.isnan(v)] = np.nan
                     self.acc[chip, u, a] = v
         elif op == oc.OP_C2C_DESKEW:
             pass
@@ -408,10 +410,11 @@ def run(dec: Decoded, arch, sram, functional: bool, trace: bool):
             if op not in _NO_OUT:
                 events.append((t + lat, 1, k, i))
     events.sort()
-    for t, phase, k, i in events:
-        if phase == 0:
-            m.phase_in(k, i, t)
-        else:
-            m.phase_out(k, i, t)
+    with np.errstate(all="ignore"):  # NaN and inf are values here, as in IEEE hardware
+        for t, phase, k, i in events:
+            if phase == 0:
+                m.phase_in(k, i, t)
+            else:
+                m.phase_out(k, i, t)
     rows = np.array(events, np.int64).reshape(-1, 4) if trace else np.zeros((0, 4), np.int64)
     return rows, m
