@@ -59,8 +59,8 @@ FIELDS: dict[str, Field] = dict(
         _f("addr", 56, 16),  # SRAM address, accumulator address or weight-buffer row
         _f("stride", 72, 8, signed=True),
         _f("ops", 56, 24),  # VXM chain: four 6-bit ALU op codes (0 ends the chain)
-        _f("imm", 80, 32),
-        _f("shift", 80, 32, signed=True),  # SXM lane shift/rotate amount (+ north, - south)  # immediate: cycles, repeat count, shift, map index, scalar bits
+        _f("imm", 80, 32),  # immediate: cycles, repeat count, map index, scalar bits
+        _f("shift", 80, 32, signed=True),  # SXM lane shift/rotate amount (+ north, - south)
         _f("aux", 112, 15),  # second small immediate: repeat gap, stream count
         _f("flag", 127, 1),  # instruction-specific switch: accumulate, immediate operand
     ]

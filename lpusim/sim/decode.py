@@ -10,7 +10,6 @@ the interpreters, which see only these arrays.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +17,7 @@ import numpy as np
 from isa.dtypes import DTYPE_BY_CODE
 from isa.encoding import field_array
 from isa.fields import FIELDS
-from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_MAX, CHAIN_OP_BITS, LATENCY_CLASSES
+from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_MAX, CHAIN_OP_BITS
 from lpusim.errors import HazardError, ProgramFormatError
 from lpusim.sim import opcodes as oc
 
@@ -82,7 +81,7 @@ def _opcode_tables(arch):
     return unit, lat, alu_lat, alu_ok
 
 
-def _dispatch(chip, qname, op, cost, notify_lat, sync_lat, queues_state):
+def _dispatch(chip, qname, op, cost, queues_state):
     """Record a queue's segments (split after each sync) with in-segment offsets."""
     is_sync = op == oc.OP_SYNC
     seg = np.concatenate([[0], np.cumsum(is_sync)[:-1]]) if len(op) else np.zeros(0, np.int64)
@@ -119,7 +118,7 @@ def _resolve_syncs(states, notify_lat: int, sync_lat: int) -> None:
             if not parked:
                 break
             cand = []
-            for q, s_at in parked:
+            for _q, s_at in parked:
                 later = [n for n in notifies if n >= s_at]
                 cand.append(min(later) if later else None)
             known = [c for c in cand if c is not None]
@@ -185,7 +184,7 @@ def decode(program, arch) -> Decoded:
                 raise _err(c, qname, i, "nop and repeat need counts >= 1")
             cost[nop] = f["imm"][nop]
             cost[rep] = f["imm"][rep] * f["aux"][rep]
-            _dispatch(c, qname, op, cost, notify_lat, sync_lat, states)
+            _dispatch(c, qname, op, cost, states)
             per_queue.append((c, qi, f, states[-1]))
     _resolve_syncs(states, notify_lat, sync_lat)
 
@@ -450,8 +449,7 @@ def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> i
          f"weight rows out of range (0..{arch.mxm_rows - 1})")
 
     # SXM
-    nmaps = np.array([int((maps[c, :, 0] != -1).sum() if False else maps.shape[1])
-                      for c in range(nchips)])
+    nmaps = np.full(nchips, maps.shape[1])
     has_map = np.array([(maps[c] != -1).any(axis=1) for c in range(nchips)])
     mp = (op == oc.OP_SXM_PERMUTE) | (op == oc.OP_SXM_DISTRIBUTE)
     bad_map = mp & ((col["imm"] < 0) | (col["imm"] >= nmaps[col["chip"]]))
@@ -572,13 +570,10 @@ def _counters(dec: Decoded, arch) -> dict:
     lanes = arch.lanes
     rd = np.isin(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER])
     wr = np.isin(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER])
-    writes_stream = np.array([bool(BY_OPCODE[int(o)].writes) for o in range(256)
-                              if True] if False else [0])
     ws = np.zeros(len(op), bool)
     for code, row in BY_OPCODE.items():
         if row.writes:
             ws |= op == code
-    del writes_stream
     abc = op == oc.OP_MXM_ABC
     send = op == oc.OP_C2C_SEND
     return {
@@ -599,4 +594,4 @@ def _has_stream(op, name: str) -> np.ndarray:
     return out
 
 
-__all__ = ["COLUMNS", "C", "Decoded", "decode", "LATENCY_CLASSES", "math"]
+__all__ = ["COLUMNS", "C", "Decoded", "decode"]
