@@ -126,10 +126,14 @@ MXM_UNLOADED_IW = """\
 @3 mxm.iw
 """
 
+# activations arrive (MEM_W43 at position 2 reads at 0, on W0 there at 4, at the MXM at 6),
+# but no weights were ever installed on the plane
 MXM_UNLOADED_ABC = """\
 .arch tsp-v1
+.queue MEM_W43
+@0 mem.read W0, 0
 .queue MXM1
-@2 mxm.abc int8, W0
+@6 mxm.abc int8, W0
 """
 
 # int8 weights loaded from W0 (MEM_W43 at 2 -> MXM at 0 two cycles later) and installed,
@@ -139,6 +143,9 @@ MXM_DTYPE = """\
 .tensor w input int8 [1,320] slices=MEM_W43 addr=0
 .queue MEM_W43
 @0 mem.read W0, 0
+@14 mem.read W0, 0               ; activation byte 0: at the MXM (position 0) in cycle 20
+.queue MEM_W42
+@13 mem.read W1, 0               ; activation byte 1 from position 3: at the MXM in cycle 20
 .queue MXM0
 @6 mxm.lw int8, W0, 1
 @7 mxm.iw
@@ -265,7 +272,7 @@ def test_mxm_unloaded_install():
 
 
 def test_mxm_unloaded_activation():
-    check(MXM_UNLOADED_ABC, None, "mxm-unloaded", "MXM1", 1, 2)
+    check(MXM_UNLOADED_ABC, None, "mxm-unloaded", "MXM1", 1, 6)
 
 
 def test_mxm_dtype():

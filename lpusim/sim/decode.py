@@ -27,6 +27,9 @@ COLUMNS = (
     "dtype", "dtype2", "dst", "dst_dir", "dst_g", "src", "src_dir", "src_g",
     "src2", "src2_dir", "src2_g", "addr", "stride", "imm", "aux", "flag", "ops",
     "sidx", "rep", "link_base", "nops", "g_in", "g_out",
+    # the streams an instruction reads (two groups) and writes, as (direction, first stream,
+    # number of streams, step between streams); n = 0 where there is none
+    "r1_dir", "r1_s", "r1_n", "r1_step", "r2_dir", "r2_s", "r2_n", "w_dir", "w_s", "w_n", "w_step",
 )  # fmt: skip
 C = {name: i for i, name in enumerate(COLUMNS)}
 NCOL = len(COLUMNS)
@@ -468,7 +471,36 @@ def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> i
     # group widths seen by the kernels
     col["g_in"][:] = np.where(elem | abc | lw, g_dt, gw("src"))
     col["g_out"][:] = np.where(elem, out_w, gw("dst"))
+    _stream_specs(col, op, binary_any, vxm)
     return _links(cols, arch, nchips, queue_names)
+
+
+def _stream_specs(col, op, binary_any, vxm) -> None:
+    """Which streams each instruction reads and writes, so the kernels check them generically."""
+    reads_src = _has_stream(op, "src") & ~np.isin(op, [oc.OP_MEM_SCATTER])
+    col["r1_dir"][:] = np.where(reads_src, col["src_dir"], col["src_dir"])
+    col["r1_s"][:] = col["src"]
+    col["r1_n"][:] = np.where(reads_src, col["g_in"], 0)
+    col["r1_n"][op == oc.OP_MXM_LW] = col["aux"][op == oc.OP_MXM_LW]
+    col["r1_n"][op == oc.OP_MEM_GATHER] = 2
+    col["r1_n"][np.isin(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER])] = 1
+    col["r1_step"][:] = 1
+    tr = op == oc.OP_SXM_TRANSPOSE
+    col["r1_n"][tr] = 16
+    col["r1_step"][tr] = col["aux"][tr]
+    b = vxm & binary_any & (col["flag"] == 0)
+    sc = op == oc.OP_MEM_SCATTER
+    col["r2_dir"][:] = col["src2_dir"]
+    col["r2_s"][:] = col["src2"]
+    col["r2_n"][:] = np.where(b, col["g_in"], np.where(sc, 2, 0))
+    writes = _has_stream(op, "dst")
+    col["w_dir"][:] = col["dst_dir"]
+    col["w_s"][:] = col["dst"]
+    col["w_n"][:] = np.where(writes, col["g_out"], 0)
+    col["w_n"][np.isin(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER])] = 1
+    col["w_step"][:] = 1
+    col["w_n"][tr] = 16
+    col["w_step"][tr] = col["aux"][tr]
 
 
 def _signed32(v):

@@ -4,7 +4,9 @@ It is slow on purpose: events are Python tuples sorted by (cycle, phase, instruc
 state lives in dicts, and each instruction's effect is written out once, readably. The Numba
 kernels must agree with it exactly (tests/test_sim_differential.py).
 
-Timing model (shared with the kernels). Dynamic instruction k issues at t0 and handles vector i
+Timing model (shared with the kernels). In each event the stream operands are read first,
+then the unit's own rules are checked (ports, ALUs, MXM state); commits check the unit's rules
+first, then write the streams. Dynamic instruction k issues at t0 and handles vector i
 at t_in = t0 + i*interval: in phase 0 of that cycle it reads its inputs (streams at its own
 position, SRAM, accumulators, the link buffer); in phase 1 of cycle t_in + lat it commits its
 output (streams, SRAM, accumulators, installed weights). All phase-0 events of a cycle come
@@ -151,16 +153,16 @@ class _Machine:
             m = self.read_streams(k, chip, int(r[C["src2_dir"]]), int(r[C["src2"]]), 2, pos, t)
             self.slots[(k, i)] = (d, m)
         elif op >= oc.VXM_ALU_BASE or op in (oc.OP_VXM_CHAIN, oc.OP_VXM_CVT):
-            n = max(int(r[C["nops"]]), 1)
-            for alu in range(u, u + n):
-                if self.alu_busy.get((chip, alu)) == t:
-                    self.hazard("alu-busy", k, f"VXM ALU {alu} is already busy in this cycle", t)
-                self.alu_busy[(chip, alu)] = t
             x = src()
             y = None
             if op != oc.OP_VXM_CVT and int(r[C["flag"]]) == 0 and self._binary(r):
                 y = self.read_streams(k, chip, int(r[C["src2_dir"]]), int(r[C["src2"]]),
                                       int(r[C["g_in"]]), pos, t)
+            n = max(int(r[C["nops"]]), 1)
+            for alu in range(u, u + n):
+                if self.alu_busy.get((chip, alu)) == t:
+                    self.hazard("alu-busy", k, f"VXM ALU {alu} is already busy in this cycle", t)
+                self.alu_busy[(chip, alu)] = t
             self.slots[(k, i)] = self._vxm(r, x, y) if F else None
         elif op == oc.OP_MXM_LW:
             dt, g = int(r[C["dtype"]]), int(r[C["g_in"]])
@@ -185,13 +187,13 @@ class _Machine:
             self.pending_dtype[chip, u] = self.buf_dtype[chip, u]
         elif op == oc.OP_MXM_ABC:
             dt = int(r[C["dtype"]])
+            x = src()
             if self.array_dtype[chip, u] < 0:
                 self.hazard("mxm-unloaded", k, "streams activations with no weights "
                             "installed", t)
             if self.array_dtype[chip, u] != dt:
                 self.hazard("mxm-dtype", k, "activation dtype differs from the installed "
                             "weights", t)
-            x = src()
             if F:
                 xf, xi = _unpack(x, dt)
                 xv = (xf if _is_float(dt) else xi).astype(np.float64)

@@ -1,0 +1,125 @@
+"""Export tiny Hugging Face transformers models to ONNX with torch.onnx.export, so the real
+exporter's graph patterns are tested in CI without torch (models/data/hf-*.onnx).
+
+    python tools/export_hf.py            # rewrites models/data/hf-{gpt2,llama,bert}.onnx
+    python tools/export_hf.py --out DIR
+
+Nothing is downloaded: each model is built from a small config with random initialisation
+under a fixed torch seed. Needs torch and transformers (not project dependencies; CI never runs
+this script). The committed files were made with:
+
+    python 3.11.7, torch 2.13.0+cpu, transformers 5.24.0, onnx 1.23.2
+    exporter: the TorchScript-based torch.onnx.export (dynamo=False), opset 17,
+    dynamic axes batch/seq on every input and output, eager attention.
+
+The exact versions used are also written into each file's metadata_props
+(lpusim.export.torch, lpusim.export.transformers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import onnx
+
+OPSET = 17
+SEED = 0
+DATA_DIR = Path(__file__).resolve().parent.parent / "models" / "data"
+
+
+def _configs():
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    return {
+        "hf-gpt2": GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64,
+                              n_inner=128, use_cache=False),
+        "hf-llama": LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                max_position_embeddings=64, rope_theta=10000.0,
+                                use_cache=False),
+        "hf-bert": BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=128, vocab_size=256, max_position_embeddings=64,
+                              type_vocab_size=2),
+    }
+
+
+def export(name: str, out_dir: Path) -> Path:
+    import torch
+    import transformers
+    from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM
+
+    config = _configs()[name]
+    config._attn_implementation = "eager"
+    torch.manual_seed(SEED)
+    cls = {"hf-gpt2": GPT2LMHeadModel, "hf-llama": LlamaForCausalLM, "hf-bert": BertModel}[name]
+    model = cls(config).eval()
+
+    batch, seq = 2, 8
+    g = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
+    dyn = {0: "batch", 1: "seq"}
+    if name == "hf-bert":
+        class Wrapped(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, token_type_ids, attention_mask):
+                out = self.m(input_ids=input_ids, token_type_ids=token_type_ids,
+                             attention_mask=attention_mask, return_dict=False)
+                return out[0], out[1]
+
+        args = (ids, torch.zeros_like(ids), torch.ones_like(ids))
+        in_names = ["input_ids", "token_type_ids", "attention_mask"]
+        out_names = ["last_hidden_state", "pooler_output"]
+        axes = {n: dyn for n in in_names} | {"last_hidden_state": dyn,
+                                             "pooler_output": {0: "batch"}}
+    else:
+        class Wrapped(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask):
+                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                              use_cache=False, return_dict=False)[0]
+
+        args = (ids, torch.ones_like(ids))
+        in_names, out_names = ["input_ids", "attention_mask"], ["logits"]
+        axes = {"input_ids": dyn, "attention_mask": dyn, "logits": dyn}
+
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(Wrapped(model), args, buf, input_names=in_names,
+                          output_names=out_names, dynamic_axes=axes, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    onnx.helper.set_model_props(proto, {
+        "lpusim.export.tool": "torch.onnx.export(dynamo=False)",
+        "lpusim.export.torch": torch.__version__,
+        "lpusim.export.transformers": transformers.__version__,
+        "lpusim.export.config": config.to_json_string(use_diff=True).replace("\n", " "),
+    })
+    onnx.checker.check_model(proto, full_check=True)
+    path = out_dir / f"{name}.onnx"
+    onnx.save(proto, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DATA_DIR)
+    parser.add_argument("names", nargs="*", default=list(_configs()))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.names:
+        path = export(name, args.out)
+        print(f"{path}: {path.stat().st_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
