@@ -12,7 +12,9 @@ this script). The committed files were made with:
     exporter: the TorchScript-based torch.onnx.export (dynamo=False), opset 17,
     dynamic axes batch/seq on every input and output, eager attention.
 
-The exact versions used are also written into each file's metadata_props
+Beside each model, NAME.expected.npz holds torch's inputs and outputs for a shape other than
+the traced one (batch 3, seq 11, one left-padded row), so tests can compare a runtime against
+torch without torch. The exact versions used are also written into each file's metadata_props
 (lpusim.export.torch, lpusim.export.transformers).
 """
 
@@ -23,6 +25,7 @@ import io
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 OPSET = 17
@@ -106,7 +109,40 @@ def export(name: str, out_dir: Path) -> Path:
     onnx.checker.check_model(proto, full_check=True)
     path = out_dir / f"{name}.onnx"
     onnx.save(proto, path)
+
+    # Torch's own outputs on a shape other than the traced one, with padding in the mask, kept
+    # beside the model so tests can check any runtime against torch without torch installed.
+    b2, s2 = 3, 11
+    ids2 = torch.randint(0, config.vocab_size, (b2, s2), generator=g)
+    mask2 = torch.ones_like(ids2)
+    mask2[1, :3] = 0  # left padding in one row
+    feeds = {"input_ids": ids2, "attention_mask": mask2}
+    if name == "hf-bert":
+        types2 = torch.zeros_like(ids2)
+        types2[:, s2 // 2:] = 1
+        feeds["token_type_ids"] = types2
+    wrapped = Wrapped(model)
+    with torch.no_grad():
+        outs = wrapped(*[feeds[n] for n in in_names])
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    arrays = {k: v.numpy() for k, v in feeds.items()}
+    arrays |= {n: o.numpy() for n, o in zip(out_names, outs, strict=True)}
+    np.savez(out_dir / f"{name}.expected.npz", **arrays)
+    _check_with_onnxruntime(path, arrays, in_names, out_names)
     return path
+
+
+def _check_with_onnxruntime(path, arrays, in_names, out_names) -> None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(out_names, {n: arrays[n] for n in in_names})
+    for n, g in zip(out_names, got, strict=True):
+        err = float(np.max(np.abs(g - arrays[n])))
+        if not err < 1e-4:
+            raise AssertionError(f"{path.name}: {n} differs from torch by {err}")
 
 
 def main(argv: list[str] | None = None) -> int:

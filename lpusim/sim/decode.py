@@ -10,6 +10,7 @@ the interpreters, which see only these arrays.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -194,7 +195,7 @@ def decode(program, arch) -> Decoded:
     blocks = []
     for c, qi, f, st in per_queue:
         op = f["opcode"]
-        t = np.array([st["base"][s] for s in st["seg"]], np.int64) + st["offset"] \
+        t = np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"] \
             if len(op) else np.zeros(0, np.int64)
         real = unit_of[op] != 0
         sidx = np.arange(len(op))
@@ -226,45 +227,35 @@ def decode(program, arch) -> Decoded:
         blocks.append(rows)
 
     N = sum(len(b["t0"]) for b in blocks)
-    cols = np.zeros((N, NCOL), np.int64)
-    at = 0
-    for b in blocks:
-        m = len(b["t0"])
-        for name, v in b.items():
-            cols[at:at + m, C[name]] = v
-        at += m
-    order = np.lexsort((cols[:, C["rep"]], cols[:, C["sidx"]], cols[:, C["qid"]],
-                        cols[:, C["chip"]], cols[:, C["t0"]]))
-    cols = np.ascontiguousarray(cols[order])
+    # columns stay separate contiguous arrays while decoding (numpy is slow on strided views);
+    # the kernels get one row per instruction at the end
+    col = {name: (np.concatenate([b[name] for b in blocks]) if blocks and name in blocks[0]
+                  else np.zeros(N, np.int64)).astype(np.int64, copy=False) for name in COLUMNS}
+    order = np.lexsort((col["rep"], col["sidx"], col["qid"], col["chip"], col["t0"]))
+    col = {name: v[order] for name, v in col.items()}
     maps = _stack_maps(program, arch)
-    link_vectors = _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names)
+    link_vectors = _derive(col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names)
 
-    col = {name: cols[:, C[name]] for name in COLUMNS}
     span = (col["count"] - 1) * col["interval"] + col["lat"]
     ends = col["t0"] + np.maximum(span, 0) + 1
     end_cycle = int(ends.max()) if N else 0
     reach = int(max((col["interval"].max() if N else 1), (col["lat"].max() if N else 1)))
     ring = 1 << max(4, (reach + 2).bit_length())
-    busy = _busy(cols, nchips, len(queue_names))
+    busy = _busy(col, nchips, len(queue_names))
+    cols = np.empty((N, NCOL), np.int64)
+    for name, i in C.items():
+        cols[:, i] = col[name]
     dec = Decoded(cols, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
                   static_instructions=static_n)
-    dec.counters = _counters(dec, arch)
+    dec.counters = _counters(col, arch)
     return dec
 
 
 def _check_stray_bits(words, op, chip, qname):
     from isa.encoding import decode as decode_word
 
-    used = {}
-    for code in np.unique(op):
-        row = BY_OPCODE[int(code)]
-        mask = 0
-        for name in row.fields:
-            mask |= FIELDS[name].mask
-        used[int(code)] = (np.uint64(mask & 0xFFFF_FFFF_FFFF_FFFF), np.uint64(mask >> 64))
-    lo_mask = np.array([used[int(o)][0] for o in op], np.uint64) if len(op) else np.zeros(0,
-                                                                                         np.uint64)
-    hi_mask = np.array([used[int(o)][1] for o in op], np.uint64) if len(op) else lo_mask
+    lo_table, hi_table = _field_masks()
+    lo_mask, hi_mask = lo_table[op], hi_table[op]
     stray = ((words[:, 0] & ~lo_mask) != 0) | ((words[:, 1] & ~hi_mask) != 0)
     if stray.any():
         i = int(np.flatnonzero(stray)[0])
@@ -302,25 +293,22 @@ def _stack_maps(program, arch) -> np.ndarray:
     return out
 
 
-def _fail(cols, k, queue_names, msg, kind=None, arch=None, cycle=-1, stream=""):
-    row = cols[k]
-    qname = queue_names[int(row[C["qid"]])]
-    idx = int(row[C["sidx"]])
+def _fail(col, k, queue_names, msg, kind=None, cycle=-1, stream=""):
+    qname = queue_names[int(col["qid"][k])]
+    idx, chip = int(col["sidx"][k]), int(col["chip"][k])
+    mn = BY_OPCODE[int(col["op"][k])].mnemonic
     if kind:
-        mn = BY_OPCODE[int(row[C["op"]])].mnemonic
-        raise HazardError(kind, f"{mn}: {msg}", chip=int(row[C["chip"]]), unit=qname, instr=idx,
-                          cycle=cycle if cycle >= 0 else int(row[C["t0"]]), stream=stream)
-    raise _err(int(row[C["chip"]]), qname, idx,
-               f"{BY_OPCODE[int(row[C['op']])].mnemonic}: {msg}")
+        raise HazardError(kind, f"{mn}: {msg}", chip=chip, unit=qname, instr=idx,
+                          cycle=cycle if cycle >= 0 else int(col["t0"][k]), stream=stream)
+    raise _err(chip, qname, idx, f"{mn}: {msg}")
 
 
 def _first(mask):
     return int(np.flatnonzero(mask)[0])
 
 
-def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> int:
+def _derive(col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> int:
     """Fill interval, lat, nops, g_in, g_out, link_base; run the static checks."""
-    col = {name: cols[:, C[name]] for name in COLUMNS}
     op = col["op"]
     N = len(op)
     S = arch.streams_per_direction
@@ -333,14 +321,14 @@ def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> i
 
     def fail(mask, msg, kind=None):
         if mask.any():
-            _fail(cols, _first(mask), queue_names, msg, kind)
+            _fail(col, _first(mask), queue_names, msg, kind)
 
     col["interval"][:] = 1
     col["lat"][:] = lat_of[op]
     col["count"][(op == oc.OP_MXM_IW) | (op == oc.OP_C2C_DESKEW)] = 1
     fail(col["count"] < 1, "count must be at least 1")
 
-    uses_dtype = np.isin(op, [oc.OP_MXM_LW, oc.OP_MXM_ABC, oc.OP_MXM_ACC, oc.OP_SXM_SHIFT,
+    uses_dtype = _opset(op, [oc.OP_MXM_LW, oc.OP_MXM_ABC, oc.OP_MXM_ACC, oc.OP_SXM_SHIFT,
                               oc.OP_SXM_ROTATE, oc.OP_SXM_PERMUTE, oc.OP_SXM_DISTRIBUTE,
                               oc.OP_VXM_CVT, oc.OP_VXM_CHAIN]) | (op >= oc.VXM_ALU_BASE)
     fail(uses_dtype & (col["dtype"] >= len(DTYPE_BY_CODE)), "invalid dtype code")
@@ -357,17 +345,17 @@ def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> i
         if name == "src2":
             bad &= col["flag"] == 0
         fail(bad & _has_stream(op, name), f"stream group {name} not aligned or out of range")
-    one = np.isin(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER, oc.OP_SXM_TRANSPOSE])
+    one = _opset(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER, oc.OP_SXM_TRANSPOSE])
     fail(one & (col["dst_g"] != 0), "dst must be a single stream (group width 1)")
-    fail(np.isin(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER, oc.OP_MXM_LW, oc.OP_SXM_TRANSPOSE])
+    fail(_opset(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER, oc.OP_MXM_LW, oc.OP_SXM_TRANSPOSE])
          & (col["src_g"] != 0), "src must be a single stream (group width 1)")
-    fail(np.isin(op, [oc.OP_MEM_GATHER]) & (col["src_g"] != 1),
+    fail(_opset(op, [oc.OP_MEM_GATHER]) & (col["src_g"] != 1),
          "the address map must be a group of 2 streams")
     fail((op == oc.OP_MEM_SCATTER) & (col["src2_g"] != 1),
          "the address map must be a group of 2 streams")
 
     vxm = (op >= oc.VXM_ALU_BASE) | (op == oc.OP_VXM_CHAIN) | (op == oc.OP_VXM_CVT)
-    sxm_el = np.isin(op, [oc.OP_SXM_SHIFT, oc.OP_SXM_ROTATE, oc.OP_SXM_PERMUTE,
+    sxm_el = _opset(op, [oc.OP_SXM_SHIFT, oc.OP_SXM_ROTATE, oc.OP_SXM_PERMUTE,
                           oc.OP_SXM_DISTRIBUTE])
     elem = vxm | sxm_el
     fail(elem & (gw("src") != g_dt), "src group width must equal the element width")
@@ -416,23 +404,23 @@ def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> i
     oob = mem & ((np.minimum(col["addr"], last) < 0) | (np.maximum(col["addr"], last) >= words))
     if oob.any():
         k = _first(oob)
-        _fail(cols, k, queue_names, f"addresses {int(col['addr'][k])}..{int(last[k])} outside "
+        _fail(col, k, queue_names, f"addresses {int(col['addr'][k])}..{int(last[k])} outside "
               f"the slice (0..{words - 1})", kind="sram-bounds")
     gs = (op == oc.OP_MEM_GATHER) | (op == oc.OP_MEM_SCATTER)
     fail(gs & ((col["addr"] < 0) | (col["addr"] >= words)), "base address outside the slice",
          kind="sram-bounds")
 
     # MXM
-    mxm_dt = np.isin(op, [oc.OP_MXM_LW, oc.OP_MXM_ABC])
+    mxm_dt = _opset(op, [oc.OP_MXM_LW, oc.OP_MXM_ABC])
     for code in np.unique(dt[mxm_dt]):
         name = DTYPE_BY_CODE[int(code)].name
         try:
             rate = arch.mxm_rate_of(name)
         except Exception as exc:
-            _fail(cols, _first(mxm_dt & (dt == code)), queue_names, str(exc))
+            _fail(col, _first(mxm_dt & (dt == code)), queue_names, str(exc))
         step = 1.0 / rate
         if abs(step - round(step)) > 1e-9:
-            _fail(cols, _first(mxm_dt & (dt == code)), queue_names,
+            _fail(col, _first(mxm_dt & (dt == code)), queue_names,
                   f"MXM rate {rate} for {name} is not 1/integer")
         col["interval"][(op == oc.OP_MXM_ABC) & (dt == code)] = int(round(step))
     abc, acc, lw = op == oc.OP_MXM_ABC, op == oc.OP_MXM_ACC, op == oc.OP_MXM_LW
@@ -459,7 +447,7 @@ def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> i
     fail(bad_map, "map index not in the program's map table")
     ok_idx = np.clip(col["imm"], 0, maps.shape[1] - 1)
     fail(mp & ~has_map[col["chip"], ok_idx], "map index not in the program's map table")
-    _check_maps(cols, maps, arch, queue_names)
+    _check_maps(col, maps, arch, queue_names)
     tr = op == oc.OP_SXM_TRANSPOSE
     fail(tr & ~np.isin(col["aux"], [1, 2]), "aux (stream step) must be 1 or 2")
     span = 15 * col["aux"]
@@ -472,18 +460,18 @@ def _derive(cols, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> i
     col["g_in"][:] = np.where(elem | abc | lw, g_dt, gw("src"))
     col["g_out"][:] = np.where(elem, out_w, gw("dst"))
     _stream_specs(col, op, binary_any, vxm)
-    return _links(cols, arch, nchips, queue_names)
+    return _links(col, arch, nchips, queue_names)
 
 
 def _stream_specs(col, op, binary_any, vxm) -> None:
     """Which streams each instruction reads and writes, so the kernels check them generically."""
-    reads_src = _has_stream(op, "src") & ~np.isin(op, [oc.OP_MEM_SCATTER])
+    reads_src = _has_stream(op, "src") & ~_opset(op, [oc.OP_MEM_SCATTER])
     col["r1_dir"][:] = np.where(reads_src, col["src_dir"], col["src_dir"])
     col["r1_s"][:] = col["src"]
     col["r1_n"][:] = np.where(reads_src, col["g_in"], 0)
     col["r1_n"][op == oc.OP_MXM_LW] = col["aux"][op == oc.OP_MXM_LW]
     col["r1_n"][op == oc.OP_MEM_GATHER] = 2
-    col["r1_n"][np.isin(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER])] = 1
+    col["r1_n"][_opset(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER])] = 1
     col["r1_step"][:] = 1
     tr = op == oc.OP_SXM_TRANSPOSE
     col["r1_n"][tr] = 16
@@ -497,7 +485,7 @@ def _stream_specs(col, op, binary_any, vxm) -> None:
     col["w_dir"][:] = col["dst_dir"]
     col["w_s"][:] = col["dst"]
     col["w_n"][:] = np.where(writes, col["g_out"], 0)
-    col["w_n"][np.isin(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER])] = 1
+    col["w_n"][_opset(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER])] = 1
     col["w_step"][:] = 1
     col["w_n"][tr] = 16
     col["w_step"][tr] = col["aux"][tr]
@@ -507,13 +495,13 @@ def _signed32(v):
     return np.where(v >= 1 << 31, v - (1 << 32), v)
 
 
-def _check_maps(cols, maps, arch, queue_names):
-    op = cols[:, C["op"]]
+def _check_maps(col, maps, arch, queue_names):
+    op = col["op"]
     lanes = arch.lanes
     sl = np.arange(lanes) // arch.lanes_per_superlane
     for kind, code in (("permute", oc.OP_SXM_PERMUTE), ("distribute", oc.OP_SXM_DISTRIBUTE)):
-        used = {(int(r[C["chip"]]), int(r[C["imm"]])): k
-                for k, r in zip(np.flatnonzero(op == code), cols[op == code], strict=True)}
+        ks = np.flatnonzero(op == code)
+        used = {(int(col["chip"][k]), int(col["imm"][k])): int(k) for k in ks[::-1]}
         for (c, m), k in sorted(used.items()):
             v = maps[c, m].astype(np.int64)
             if kind == "permute":
@@ -524,12 +512,11 @@ def _check_maps(cols, maps, arch, queue_names):
                 ok = ok and bool(((v == -1) | (sl[np.clip(v, 0, lanes - 1)] == sl)).all())
                 why = "moves data across superlanes (or has an index out of range)"
             if not ok:
-                _fail(cols, k, queue_names, f"map {m} {why}")
+                _fail(col, k, queue_names, f"map {m} {why}")
 
 
-def _links(cols, arch, nchips, queue_names) -> int:
+def _links(col, arch, nchips, queue_names) -> int:
     """Serialisation, link occupancy and send/receive matching (all static)."""
-    col = {name: cols[:, C[name]] for name in COLUMNS}
     op = col["op"]
     send, recv = op == oc.OP_C2C_SEND, op == oc.OP_C2C_RECV
     if not (send.any() or recv.any()):
@@ -545,11 +532,11 @@ def _links(cols, arch, nchips, queue_names) -> int:
         c, link = int(col["chip"][k]), int(col["uidx"][k])
         peer = arch.link_peer(nchips, c, link)
         if peer is None:
-            _fail(cols, k, queue_names, f"link {link} of chip {c} is not connected in a system "
+            _fail(col, k, queue_names, f"link {link} of chip {c} is not connected in a system "
                   f"of {nchips} chip(s)")
         lst = arrivals.setdefault(peer, [])
         if lst and lst[-1][1] > col["t0"][k]:
-            _fail(cols, k, queue_names, f"link {link} is still busy until cycle {lst[-1][1]}",
+            _fail(col, k, queue_names, f"link {link} is still busy until cycle {lst[-1][1]}",
                   kind="link-busy", stream=f"link {link}")
         n, t0 = int(col["count"][k]), int(col["t0"][k])
         arr = t0 + np.arange(n) * ser[k] + col["lat"][k]
@@ -564,16 +551,16 @@ def _links(cols, arch, nchips, queue_names) -> int:
         first = consumed.get(key, 0)
         flat = [(a, gg, b + i) for (_, _, arr, gg, b, _) in sends for i, a in enumerate(arr)]
         if first + n > len(flat):
-            _fail(cols, k, queue_names, f"receives vector {len(flat)} on link {key[1]} but the "
+            _fail(col, k, queue_names, f"receives vector {len(flat)} on link {key[1]} but the "
                   f"peer sends only {len(flat)} vector(s)", kind="recv-unmatched",
                   stream=f"link {key[1]}")
         for i in range(n):
             a, gg, b = flat[first + i]
             if gg != int(g[k]):
-                _fail(cols, k, queue_names, f"group width {int(g[k])} differs from the send's "
+                _fail(col, k, queue_names, f"group width {int(g[k])} differs from the send's "
                       f"{gg}", kind="recv-unmatched", stream=f"link {key[1]}")
             if a >= t0 + i:
-                _fail(cols, k, queue_names, f"vector {first + i} arrives at cycle {a}, after the "
+                _fail(col, k, queue_names, f"vector {first + i} arrives at cycle {a}, after the "
                       f"receive reads it at cycle {t0 + i}", kind="recv-early",
                       cycle=t0 + i, stream=f"link {key[1]}")
         col["link_base"][k] = flat[first][2]
@@ -581,9 +568,8 @@ def _links(cols, arch, nchips, queue_names) -> int:
     return base
 
 
-def _busy(cols, nchips, nq) -> np.ndarray:
+def _busy(col, nchips, nq) -> np.ndarray:
     busy = np.zeros((nchips, nq), np.int64)
-    col = {name: cols[:, C[name]] for name in COLUMNS}
     span = col["count"] * col["interval"]
     single = (col["op"] == oc.OP_MXM_IW) | (col["op"] == oc.OP_C2C_DESKEW)
     span = np.where(single, col["lat"], span)
@@ -596,16 +582,12 @@ def _busy(cols, nchips, nq) -> np.ndarray:
     return busy
 
 
-def _counters(dec: Decoded, arch) -> dict:
-    col = {name: dec.cols[:, C[name]] for name in COLUMNS}
+def _counters(col, arch) -> dict:
     op, cnt = col["op"], col["count"]
     lanes = arch.lanes
-    rd = np.isin(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER])
-    wr = np.isin(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER])
-    ws = np.zeros(len(op), bool)
-    for code, row in BY_OPCODE.items():
-        if row.writes:
-            ws |= op == code
+    rd = _opset(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER])
+    wr = _opset(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER])
+    ws = _opset(op, [code for code, row in BY_OPCODE.items() if row.writes])
     abc = op == oc.OP_MXM_ABC
     send = op == oc.OP_C2C_SEND
     return {
@@ -619,11 +601,28 @@ def _counters(dec: Decoded, arch) -> dict:
 
 
 def _has_stream(op, name: str) -> np.ndarray:
-    out = np.zeros(len(op), bool)
+    return _opset(op, [code for code, row in BY_OPCODE.items()
+                       if name in row.reads or name in row.writes])
+
+
+def _opset(op: np.ndarray, codes) -> np.ndarray:
+    """op in codes, by table lookup (np.isin sorts; this is a gather)."""
+    table = np.zeros(1 << FIELDS["opcode"].width, bool)
+    table[list(codes)] = True
+    return table[op]
+
+
+@functools.cache
+def _field_masks() -> tuple[np.ndarray, np.ndarray]:
+    """Per opcode: the bits its fields use, low and high halves of the word."""
+    n = 1 << FIELDS["opcode"].width
+    lo, hi = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
     for code, row in BY_OPCODE.items():
-        if name in row.reads or name in row.writes:
-            out |= op == code
-    return out
+        mask = 0
+        for name in row.fields:
+            mask |= FIELDS[name].mask
+        lo[code], hi[code] = mask & 0xFFFF_FFFF_FFFF_FFFF, mask >> 64
+    return lo, hi
 
 
 __all__ = ["COLUMNS", "C", "Decoded", "decode"]

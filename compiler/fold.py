@@ -1,0 +1,104 @@
+"""Constant folding over the IR: the engine behind the fold-constants pass and the frontend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.errors import CompileError
+from compiler.ir import Graph, TensorType, const_kind, dtype_name
+
+# Ops whose result depends only on the input's type, not its data.
+SHAPE_OPS = ("Shape", "Size")
+
+
+def _shape_result(graph: Graph, node: str) -> np.ndarray | None:
+    a = graph.node(node)
+    ty = graph.values.get(a["inputs"][0])
+    if ty is None:
+        return None
+    if a["op"] == "Size":
+        return np.array(ty.size, dtype=np.int64)
+    rank = ty.rank
+    start = int(a["attrs"].get("start", 0))
+    end = int(a["attrs"].get("end", rank))
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = min(max(end + rank if end < 0 else end, 0), rank)
+    return np.array(ty.shape[start:end], dtype=np.int64)
+
+
+def fold_constants(graph: Graph, *, max_elements: int = 1 << 24) -> bool:
+    """Replace every foldable op by consts, then prune; True if anything changed.
+
+    An op folds when all its inputs are consts with data (evaluated with compiler.interp), when
+    it is Shape/Size of a value with a known type, or when all its inputs are consts, some
+    shape-only, and its output types are known (the result is a shape-only const). Results
+    with more than `max_elements` elements stay ops.
+    """
+    from compiler.interp import eval_op
+
+    changed = False
+    opset = int(graph.meta.get("opset", 23))
+    for n in graph.topo_order():
+        a = graph.node(n)
+        if a["op"] in ("Constant",) and not a["inputs"]:
+            results: list[np.ndarray | None] = [_constant_attr(n, a["attrs"])]
+        elif a["op"] in SHAPE_OPS:
+            r = _shape_result(graph, n)
+            if r is None:
+                continue
+            results = [r]
+        else:
+            ins = [v for v in a["inputs"] if v]
+            if not ins or not all(graph.is_const(v) for v in ins):
+                continue
+            outs_ty = [graph.values.get(o) for o in a["outputs"] if o]
+            if any(graph.const_array(v) is None for v in ins):
+                if any(t is None for t in outs_ty):
+                    continue
+                results = [None] * len(a["outputs"])
+            else:
+                if any(t is not None and t.size > max_elements for t in outs_ty):
+                    continue
+                args = [graph.const_array(v) if v else None for v in a["inputs"]]
+                results = list(eval_op(a["op"], args, a["attrs"], len(a["outputs"]),
+                                       domain=a["domain"], opset=opset))
+        weight_in = any(graph.consts[v].kind == "weight" for v in a["inputs"]
+                        if v in graph.consts)
+        outputs = list(a["outputs"])
+        old_types = {o: graph.values.get(o) for o in outputs if o}
+        graph.remove_node(n)
+        for o, r in zip(outputs, results, strict=False):
+            if not o:
+                continue
+            ty = old_types.get(o)
+            if r is not None:
+                r = np.asarray(r)
+                if ty is not None and dtype_name(r.dtype) != ty.dtype:
+                    r = r.astype(ty.dtype)
+                if ty is not None and tuple(r.shape) != ty.shape:
+                    raise CompileError(f"folding node {n!r} ({a['op']}) gave shape "
+                                       f"{list(r.shape)} for {o!r}, inferred {list(ty.shape)}")
+                ty = TensorType(dtype_name(r.dtype), tuple(int(d) for d in r.shape))
+            assert ty is not None
+            kind = ("weight" if weight_in and const_kind(ty.dtype, ty.shape) == "weight"
+                    else "const")
+            graph.values.pop(o, None)
+            graph.add_const(o, r, ty=ty, kind=kind)
+        changed = True
+    before = (graph.g.number_of_nodes(), len(graph.consts))
+    graph.prune()
+    return changed or before != (graph.g.number_of_nodes(), len(graph.consts))
+
+
+def _constant_attr(node: str, attrs: dict) -> np.ndarray:
+    """The value of an ONNX Constant op (its attrs already converted to numpy by the frontend)."""
+    for key in ("value", "value_float", "value_int", "value_floats", "value_ints"):
+        if key in attrs:
+            v = attrs[key]
+            if isinstance(v, np.ndarray):
+                return v
+            if key in ("value_float", "value_floats"):
+                return np.array(v, dtype=np.float32)
+            return np.array(v, dtype=np.int64)
+    raise CompileError(f"Constant node {node!r} has no supported value attribute "
+                       f"({', '.join(sorted(attrs)) or 'none'})")

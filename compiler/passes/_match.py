@@ -1,0 +1,75 @@
+"""Small helpers the pattern-matching passes share (no pass lives here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from compiler.ir import Graph
+
+
+def op_of(graph: Graph, value: str, op: str | tuple[str, ...]) -> str | None:
+    """The node producing `value` if its op is `op` (or one of them), else None."""
+    n = graph.producer(value)
+    if n is None:
+        return None
+    ops = (op,) if isinstance(op, str) else op
+    return n if graph.node(n)["op"] in ops else None
+
+
+def scalar(graph: Graph, value: str) -> float | None:
+    """The value of a const whose elements are all equal (any shape), else None."""
+    arr = graph.const_array(value)
+    if arr is None or arr.size == 0:
+        return None
+    flat = arr.reshape(-1)
+    if not np.all(flat == flat[0]):
+        return None
+    return float(flat[0])
+
+
+def is_scalar(graph: Graph, value: str, want: float, rel: float = 1e-3) -> bool:
+    got = scalar(graph, value)
+    return got is not None and abs(got - want) <= rel * abs(want) + 1e-12
+
+
+def only_user(graph: Graph, value: str) -> str | None:
+    """The single op reading `value` once, if `value` has no other reader (nor is an output)."""
+    if graph.num_uses(value) != 1:
+        return None
+    users = graph.consumers(value)
+    return users[0] if users else None
+
+
+def other(node_inputs: list[str], value: str) -> str | None:
+    """For a binary op reading `value`, the other operand (None if it reads `value` twice)."""
+    if len(node_inputs) != 2 or value not in node_inputs:
+        return None
+    a, b = node_inputs
+    if a == b:
+        return None
+    return b if a == value else a
+
+
+def reduce_axes(graph: Graph, node: str) -> tuple[int, ...] | None:
+    """A Reduce* op's axes (attribute before opset 18, const input after), or None if unknown."""
+    a = graph.node(node)
+    if len(a["inputs"]) > 1 and a["inputs"][1]:
+        arr = graph.const_array(a["inputs"][1])
+        return None if arr is None else tuple(int(x) for x in arr.reshape(-1))
+    axes = a["attrs"].get("axes")
+    return None if axes is None else tuple(int(x) for x in axes)
+
+
+def is_last_axis_reduce(graph: Graph, node: str, rank: int) -> bool:
+    a: dict[str, Any] = graph.node(node)
+    axes = reduce_axes(graph, node)
+    return (axes is not None and len(axes) == 1 and axes[0] % rank == rank - 1
+            and int(a["attrs"].get("keepdims", 1)) == 1)
+
+
+def remove_all(graph: Graph, nodes: list[str]) -> None:
+    for n in nodes:
+        if n in graph.g:
+            graph.remove_node(n)
