@@ -87,7 +87,7 @@ def _sort_bucket(keys, slots, n):
 @njit(cache=True)
 def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices, nwords,
                words_per_bank, nstreams, planes, rows, accv, nalus, link_vectors, ring, pool,
-               trace_rows, do_trace):
+               trace_rows, do_trace, check_streams):
     N = cols.shape[0]
     nchips = maps.shape[0]
     F = functional
@@ -180,7 +180,7 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                 u = cols[k, _UIDX]
                 if phase == 0:
                     # --- reads: streams (generic), then the unit's own rules
-                    for grp in range(2):
+                    for grp in range(2 if check_streams else 0):
                         if grp == 0:
                             d, s0, ns, step, row0 = (cols[k, _R1D], cols[k, _R1S], cols[k, _R1N],
                                                      cols[k, _R1K], 0)
@@ -305,7 +305,7 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                             _hz(status, HZ_MXM_DTYPE, k, t, -1, -1, ac)
                             return status, ntrace
                         acc_kind[chip, u, ac] = kind
-                    ns = cols[k, _WN]
+                    ns = cols[k, _WN] if check_streams else 0
                     if ns > 0:
                         d = cols[k, _WD]
                         dg = t - pos if d == 0 else t + pos
