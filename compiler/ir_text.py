@@ -238,7 +238,7 @@ def parse_ir(text: str) -> Any:
         if not stripped or stripped.startswith("#"):
             continue
         body, name = raw, None
-        m = re.search(r"\s#\s*(\S+)\s*$", raw)
+        m = re.search(r'\s#\s*("(?:[^"\\]|\\.)*"|\S+)\s*$', raw)
         if m:
             body, name = raw[: m.start()], m.group(1)
             name = json.loads(name) if name.startswith('"') else name

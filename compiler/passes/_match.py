@@ -73,3 +73,57 @@ def remove_all(graph: Graph, nodes: list[str]) -> None:
     for n in nodes:
         if n in graph.g:
             graph.remove_node(n)
+
+
+def vector_const(graph: Graph, value: str, n: int) -> bool:
+    """True if `value` is a const broadcasting along the last axis only, with last dim `n`."""
+    if not graph.is_const(value):
+        return False
+    shape = graph.values[value].shape
+    return bool(shape) and shape[-1] == n and all(d == 1 for d in shape[:-1])
+
+
+def as_vector(graph: Graph, value: str, n: int) -> str:
+    """`value` (a vector_const) as a rank-1 [n] const, adding a reshaped copy if needed."""
+    from compiler.ir import TensorType
+
+    ty = graph.values[value]
+    if ty.shape == (n,):
+        return value
+    arr = graph.const_array(value)
+    return graph.add_const(graph.fresh_name(f"{value}_1d"),
+                           None if arr is None else arr.reshape(n),
+                           ty=TensorType(ty.dtype, (n,)), kind=graph.consts[value].kind)
+
+
+def affine_tail(graph: Graph, value: str, n: int, *, with_bias: bool
+                ) -> tuple[str | None, str | None, str, list[str]]:
+    """Follow `value` through an optional Mul by a [n] const and (if `with_bias`) an Add of a
+    [n] const. Returns (scale, bias, final value, matched nodes)."""
+    scale = bias = None
+    nodes: list[str] = []
+    mul = only_user(graph, value)
+    if mul is not None and graph.node(mul)["op"] == "Mul":
+        g = other(graph.node(mul)["inputs"], value)
+        if g is not None and vector_const(graph, g, n):
+            scale = g
+            nodes.append(mul)
+            value = graph.node(mul)["outputs"][0]
+    if with_bias:
+        add = only_user(graph, value)
+        if add is not None and graph.node(add)["op"] == "Add":
+            b = other(graph.node(add)["inputs"], value)
+            if b is not None and vector_const(graph, b, n):
+                bias = b
+                nodes.append(add)
+                value = graph.node(add)["outputs"][0]
+    return scale, bias, value, nodes
+
+
+def ones_vector(graph: Graph, dtype: str, n: int) -> str:
+    return graph.add_const(graph.fresh_name("ones"), np.ones(n, dtype=dtype))
+
+
+def f32(x: float) -> float:
+    """`x` rounded to float32 and back, printed shortest (ONNX float attributes are float32)."""
+    return float(str(np.float32(x)))
