@@ -46,6 +46,7 @@ def load_bundled(name: str) -> onnx.ModelProto:
 
 __all__ = [
     "DATA_DIR", "PRESETS", "PUBLISHED_PARAMS", "SHAPE_ONLY_KEY", "SHAPE_ONLY_LOCATION",
-    "bert", "build_preset", "check_model", "bundled_models", "bundled_path", "gpt2", "is_shape_only",
-    "list_presets", "llama", "load_bundled", "model_is_shape_only", "parameter_count",
+    "bert", "build_preset", "bundled_models", "bundled_path", "check_model", "gpt2",
+    "is_shape_only", "list_presets", "llama", "load_bundled", "model_is_shape_only",
+    "parameter_count",
 ]

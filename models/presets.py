@@ -9,6 +9,7 @@ tiny-* test instances.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import onnx
 
@@ -71,3 +72,21 @@ def build_preset(name: str, **overrides) -> onnx.ModelProto:
         kwargs["weights"] = "shape-only"
     kwargs.update(overrides)
     return builder(**kwargs)
+
+
+BUNDLED = ("tiny-gpt2", "tiny-llama", "tiny-bert")
+
+
+def write_bundled(out_dir: Path | None = None) -> list[Path]:
+    """(Re)write models/data/tiny-*.onnx from the builders (seed 0, random weights):
+    python -c "from models.presets import write_bundled; write_bundled()"
+    """
+    out_dir = Path(__file__).parent / "data" if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in BUNDLED:
+        path = out_dir / f"{name}.onnx"
+        onnx.save(build_preset(name), path)
+        paths.append(path)
+    return paths
+

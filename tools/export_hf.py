@@ -38,7 +38,7 @@ def _configs():
 
     return {
         "hf-gpt2": GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64,
-                              n_inner=128, use_cache=False),
+                              n_inner=128, bos_token_id=0, eos_token_id=0, use_cache=False),
         "hf-llama": LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
                                 max_position_embeddings=64, rope_theta=10000.0,
@@ -94,9 +94,12 @@ def export(name: str, out_dir: Path) -> Path:
         in_names, out_names = ["input_ids", "attention_mask"], ["logits"]
         axes = {"input_ids": dyn, "attention_mask": dyn, "logits": dyn}
 
+    # eval() on the wrapper: the exporter restores the wrapper's mode recursively afterwards,
+    # which would otherwise leave the inner model in training mode (dropout on).
+    wrapped = Wrapped(model).eval()
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(Wrapped(model), args, buf, input_names=in_names,
+        torch.onnx.export(wrapped, args, buf, input_names=in_names,
                           output_names=out_names, dynamic_axes=axes, opset_version=OPSET,
                           do_constant_folding=True, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
@@ -121,7 +124,6 @@ def export(name: str, out_dir: Path) -> Path:
         types2 = torch.zeros_like(ids2)
         types2[:, s2 // 2:] = 1
         feeds["token_type_ids"] = types2
-    wrapped = Wrapped(model)
     with torch.no_grad():
         outs = wrapped(*[feeds[n] for n in in_names])
     outs = outs if isinstance(outs, tuple) else (outs,)
