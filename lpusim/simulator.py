@@ -114,11 +114,11 @@ def _read_outputs(program: Program, arch, sram: np.ndarray) -> dict[str, np.ndar
 
 def _inflight_bound(col: np.ndarray) -> int:
     """An upper bound on events pending (and vectors in flight) at any one cycle."""
-    if len(col) == 0:
+    if col.shape[1] == 0:
         return 16
-    cnt, iv, lat = col[:, C["count"]], col[:, C["interval"]], col[:, C["lat"]]
+    cnt, iv, lat = col[C["count"]], col[C["interval"]], col[C["lat"]]
     w = np.minimum(cnt, lat // iv + 1) + 1
-    start = col[:, C["t0"]]
+    start = col[C["t0"]]
     end = start + (cnt - 1) * iv + lat + 1
     times = np.concatenate([start, end])
     deltas = np.concatenate([w, -w])
@@ -161,7 +161,7 @@ def simulate(program: Program, inputs: dict | None = None, *, arch=None, mode: s
 def _kernel(dec: Decoded, cols, arch, sram, functional: bool, trace: bool, streams: bool):
     from lpusim.sim.kernels import run_kernel
 
-    n_events = int((cols[:, C["count"]] * 2).sum()) if len(cols) else 0
+    n_events = int((cols[C["count"]] * 2).sum()) if cols.shape[1] else 0
     trace_rows = np.zeros((n_events if trace else 1, 4), np.int64)
     status, ntrace = run_kernel(
         cols, dec.maps, sram, functional, arch.lanes, arch.lanes_per_superlane,
@@ -182,7 +182,7 @@ def _run_fast(dec: Decoded, arch, sram, functional: bool, trace: bool) -> np.nda
 def run_mxm_only(dec: Decoded, arch, mask: np.ndarray) -> bool:
     """The MXM state rules on the MXM instructions alone (streams unchecked): True if clean."""
     sram = np.zeros((1, 1, 1, 1), np.uint8)
-    status, _ = _kernel(dec, np.ascontiguousarray(dec.cols[mask]), arch, sram, False, False,
+    status, _ = _kernel(dec, np.ascontiguousarray(dec.cols[:, mask]), arch, sram, False, False,
                         False)
     return status[0] == 0
 
@@ -205,7 +205,7 @@ def kernel_hazard(dec: Decoded, status) -> HazardError:
 
     kind = oc.HAZARDS[int(status[0])]
     k, t, d, s, detail = (int(x) for x in status[1:6])
-    row = dec.cols[k]
+    row = dec.row(k)
     stream = stream_name(d, s) if s >= 0 and d >= 0 else ""
     return HazardError(kind, f"{dec.describe(k)}: " + _HAZARD_TEXT[kind].format(d=detail),
                        chip=int(row[C["chip"]]), unit=dec.queue_names[int(row[C["qid"]])],
@@ -216,7 +216,7 @@ def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
     """Counters in numbers with units. Cycles include the superlane skew: a vector op that
     starts at tile 0 finishes superlanes - 1 cycles later at the last tile."""
     skew = arch.superlanes - 1
-    cycles = dec.end_cycle + skew if len(dec.cols) else 0
+    cycles = dec.end_cycle + skew if dec.n else 0
     seconds = cycles / (arch.clock_ghz * 1e9)
     ctr = dec.counters
     units = []
@@ -233,8 +233,8 @@ def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
         cap = cycles * len(qs) * dec.nchips
         by_kind[kind] = {"busy_cycles": total, "units": len(qs) * dec.nchips,
                          "utilisation": total / cap if cap else 0.0}
-    abc = dec.cols[:, C["op"]] == oc.OP_MXM_ABC
-    dts = sorted({int(x) for x in dec.cols[abc, C["dtype"]]})
+    abc = dec.cols[C["op"]] == oc.OP_MXM_ABC
+    dts = sorted({int(x) for x in dec.cols[C["dtype"], abc]})
     from isa.dtypes import DTYPE_BY_CODE
 
     mxm_dtypes = [DTYPE_BY_CODE[d].name for d in dts]
@@ -254,7 +254,7 @@ def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
         "latency_s": seconds,
         "latency_us": seconds * 1e6,
         "instructions": dec.static_instructions,
-        "issued_instructions": int(len(dec.cols)),
+        "issued_instructions": dec.n,
         "vectors": ctr["vectors"],
         "sram": {
             "read_bytes": ctr["sram_read_bytes"],

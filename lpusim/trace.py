@@ -22,7 +22,7 @@ from lpusim.sim.decode import C, Decoded
 
 
 def _word(dec: Decoded, k: int) -> str:
-    row = dec.cols[k]
+    row = dec.row(k)
     ins = BY_OPCODE[int(row[C["op"]])]
     values = {}
     for name in ins.fields[1:]:
@@ -46,7 +46,7 @@ def _streams(row, name: str, g: int, step: int = 1) -> str:
 
 
 def _event(dec: Decoded, k: int, i: int, phase: int) -> str:
-    row = dec.cols[k]
+    row = dec.row(k)
     op = int(row[C["op"]])
     ins = BY_OPCODE[op]
     gin, gout = int(row[C["g_in"]]), int(row[C["g_out"]])
@@ -113,7 +113,7 @@ def text_trace(dec: Decoded, rows: np.ndarray, header: str = "") -> str:
     for t, phase, k, i in rows.tolist():
         if k not in texts:
             texts[k] = _word(dec, k)
-        row = dec.cols[k]
+        row = dec.row(k)
         rep = int(row[C["rep"]])
         tag = f"#{int(row[C['sidx']])}" + (f".{rep}" if rep else "")
         unit = dec.queue_names[int(row[C["qid"]])]
@@ -128,7 +128,8 @@ def perfetto_trace(dec: Decoded, arch) -> dict:
     chip, one track per unit; each issued instruction is a slice from issue to last commit."""
     mhz = arch.clock_ghz * 1e3
     events: list[dict] = []
-    used = sorted({(int(r[C["chip"]]), int(r[C["qid"]])) for r in dec.cols})
+    used = sorted({(int(c), int(q)) for c, q in zip(dec.cols[C["chip"]], dec.cols[C["qid"]],
+                                                      strict=True)})
     for chip in sorted({c for c, _ in used}):
         events.append({"ph": "M", "name": "process_name", "pid": chip, "tid": 0,
                        "args": {"name": f"chip {chip}"}})
@@ -137,7 +138,8 @@ def perfetto_trace(dec: Decoded, arch) -> dict:
                        "args": {"name": dec.queue_names[qid]}})
         events.append({"ph": "M", "name": "thread_sort_index", "pid": chip, "tid": qid,
                        "args": {"sort_index": qid}})
-    for k, r in enumerate(dec.cols):
+    for k in range(dec.n):
+        r = dec.row(k)
         t0 = int(r[C["t0"]])
         span = (int(r[C["count"]]) - 1) * int(r[C["interval"]]) + int(r[C["lat"]]) + 1
         events.append({

@@ -22,7 +22,7 @@ from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_MAX, CHAIN_OP_BITS
 from lpusim.errors import HazardError, ProgramFormatError
 from lpusim.sim import opcodes as oc
 
-# Per-instruction integer columns, in this order, in Decoded.cols (an (N, NCOL) int64 array).
+# Per-instruction integer columns, in this order: Decoded.cols is an (NCOL, N) int64 array.
 COLUMNS = (
     "chip", "qid", "unit", "uidx", "pos", "op", "t0", "count", "interval", "lat",
     "dtype", "dtype2", "dst", "dst_dir", "dst_g", "src", "src_dir", "src_g",
@@ -43,7 +43,7 @@ _FIELD_COLS = ("count", "dtype", "dtype2", "dst", "dst_dir", "dst_g", "src", "sr
 class Decoded:
     """A program ready to run: per dynamic instruction columns, sorted by issue cycle."""
 
-    cols: np.ndarray  # (N, NCOL) int64
+    cols: np.ndarray  # (NCOL, N) int64: one contiguous row per column, for the kernels
     nchips: int
     queue_names: tuple[str, ...]  # by queue id
     maps: np.ndarray  # (nchips, max_maps, lanes) int16
@@ -55,11 +55,20 @@ class Decoded:
     static_instructions: int = 0
 
     def col(self, name: str) -> np.ndarray:
-        return self.cols[:, C[name]]
+        return self.cols[C[name]]
+
+    @property
+    def n(self) -> int:
+        """Issued (dynamic) instructions."""
+        return self.cols.shape[1]
+
+    def row(self, k: int) -> np.ndarray:
+        """The columns of instruction k (index with C[name])."""
+        return self.cols[:, k]
 
     def describe(self, k: int) -> str:
         """'MEM_W0 #3 mem.read' for dynamic instruction k."""
-        row = self.cols[k]
+        row = self.row(k)
         name = BY_OPCODE[int(row[C["op"]])].mnemonic
         rep = int(row[C["rep"]])
         r = f" (repeat {rep})" if rep else ""
@@ -219,20 +228,27 @@ def decode(program, arch) -> Decoded:
             rows = {k2: np.concatenate([rows[k2], extra[k2]]) for k2 in rows}
         m = len(rows["t0"])
         rows["op"] = np.concatenate([op[real], op[src]]) if len(rep_idx) else op[real]
+        if len(rep_idx):  # repetitions go right after the instruction they repeat
+            within = np.lexsort((rows["rep"], rows["sidx"]))
+            rows = {k2: v[within] for k2, v in rows.items()}
         rows["chip"] = np.full(m, c, np.int64)
         rows["qid"] = np.full(m, qi.id, np.int64)
         rows["unit"] = unit_of[rows["op"]]
         rows["uidx"] = np.full(m, qi.index, np.int64)
         rows["pos"] = np.full(m, qi.position, np.int64)
-        blocks.append(rows)
+        blocks.append(((c, qi.id), rows))
 
+    blocks = [b for _, b in sorted(blocks, key=lambda kb: kb[0])]
     N = sum(len(b["t0"]) for b in blocks)
-    # columns stay separate contiguous arrays while decoding (numpy is slow on strided views);
-    # the kernels get one row per instruction at the end
-    col = {name: (np.concatenate([b[name] for b in blocks]) if blocks and name in blocks[0]
-                  else np.zeros(N, np.int64)).astype(np.int64, copy=False) for name in COLUMNS}
-    order = np.lexsort((col["rep"], col["sidx"], col["qid"], col["chip"], col["t0"]))
-    col = {name: v[order] for name, v in col.items()}
+    # Columns stay separate contiguous arrays while decoding (numpy is slow on strided views);
+    # the kernels get one row per instruction at the end. Blocks are in (chip, queue) order
+    # and each is in (static index, repetition) order, so a stable sort on the issue cycle
+    # gives the order (t0, chip, queue, static index, repetition).
+    order = np.argsort(np.concatenate([b["t0"] for b in blocks]) if blocks
+                       else np.zeros(0, np.int64), kind="stable")
+    col = {name: (np.concatenate([b[name] for b in blocks])[order].astype(np.int64, copy=False)
+                  if blocks and name in blocks[0] else np.zeros(N, np.int64))
+           for name in COLUMNS}
     maps = _stack_maps(program, arch)
     link_vectors = _derive(col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names)
 
@@ -242,9 +258,7 @@ def decode(program, arch) -> Decoded:
     reach = int(max((col["interval"].max() if N else 1), (col["lat"].max() if N else 1)))
     ring = 1 << max(4, (reach + 2).bit_length())
     busy = _busy(col, nchips, len(queue_names))
-    cols = np.empty((N, NCOL), np.int64)
-    for name, i in C.items():
-        cols[:, i] = col[name]
+    cols = np.stack([col[name] for name in COLUMNS]) if N else np.zeros((NCOL, 0), np.int64)
     dec = Decoded(cols, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
                   static_instructions=static_n)
     dec.counters = _counters(col, arch)

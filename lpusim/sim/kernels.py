@@ -88,7 +88,7 @@ def _sort_bucket(keys, slots, n):
 def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices, nwords,
                words_per_bank, nstreams, planes, rows, accv, nalus, link_vectors, ring, pool,
                trace_rows, do_trace, check_streams):
-    N = cols.shape[0]
+    N = cols.shape[1]
     nchips = maps.shape[0]
     F = functional
     status = np.zeros(8, np.int64)
@@ -139,10 +139,10 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
     ntrace = 0
     pending_ev = 0
     nk = 0
-    t = cols[0, _T0] if N > 0 else 0
+    t = cols[_T0, 0] if N > 0 else 0
     while nk < N or pending_ev > 0:
-        if pending_ev == 0 and cols[nk, _T0] > t:
-            t = cols[nk, _T0]
+        if pending_ev == 0 and cols[_T0, nk] > t:
+            t = cols[_T0, nk]
         b = t & (ring - 1)
         for phase in range(2):
             n = 0
@@ -158,7 +158,7 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                 pending_ev -= 1
             head[phase, b] = -1
             if phase == 0:
-                while nk < N and cols[nk, _T0] == t:
+                while nk < N and cols[_T0, nk] == t:
                     bkeys[n] = nk << 20
                     bslot[n] = -1
                     n += 1
@@ -174,18 +174,18 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                     trace_rows[ntrace, 2] = k
                     trace_rows[ntrace, 3] = i
                     ntrace += 1
-                op = cols[k, _OP]
-                chip = cols[k, _CHIP]
-                pos = cols[k, _POS]
-                u = cols[k, _UIDX]
+                op = cols[_OP, k]
+                chip = cols[_CHIP, k]
+                pos = cols[_POS, k]
+                u = cols[_UIDX, k]
                 if phase == 0:
                     # --- reads: streams (generic), then the unit's own rules
                     for grp in range(2 if check_streams else 0):
                         if grp == 0:
-                            d, s0, ns, step, row0 = (cols[k, _R1D], cols[k, _R1S], cols[k, _R1N],
-                                                     cols[k, _R1K], 0)
+                            d, s0, ns, step, row0 = (cols[_R1D, k], cols[_R1S, k], cols[_R1N, k],
+                                                     cols[_R1K, k], 0)
                         else:
-                            d, s0, ns, step, row0 = (cols[k, _R2D], cols[k, _R2S], cols[k, _R2N],
+                            d, s0, ns, step, row0 = (cols[_R2D, k], cols[_R2S, k], cols[_R2N, k],
                                                      1, R2_ROW)
                         dg = t - pos if d == 0 else t + pos
                         r = dg & rmask
@@ -198,29 +198,29 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                                 tmp[row0 + j] = sdata[chip, d, s, r]
                     if op == MEM_READ or op == MEM_GATHER:
                         if op == MEM_READ:
-                            banks = 1 << ((cols[k, _ADDR] + i * cols[k, _STRIDE])
+                            banks = 1 << ((cols[_ADDR, k] + i * cols[_STRIDE, k])
                                           // words_per_bank)
                         elif F:
-                            banks = _gather_banks(cols[k, _ADDR], tmp, lps, nwords,
+                            banks = _gather_banks(cols[_ADDR, k], tmp, lps, nwords,
                                                   words_per_bank, addrs)
                             if banks < 0:
                                 _hz(status, HZ_SRAM_BOUNDS, k, t, -1, -1, -banks - 1)
                                 return status, ntrace
                         else:
-                            banks = 1 << (cols[k, _ADDR] // words_per_bank)
+                            banks = 1 << (cols[_ADDR, k] // words_per_bank)
                         if rport_t[chip, u] == t:
                             _hz(status, HZ_MEM_PORT, k, t, -1, -1, u)
                             return status, ntrace
                         rport_t[chip, u] = t
                         rport_banks[chip, u] = banks
                     elif op >= VXM_BASE or op == VXM_CHAIN or op == VXM_CVT:
-                        for alu in range(u, u + max(cols[k, _NOPS], 1)):
+                        for alu in range(u, u + max(cols[_NOPS, k], 1)):
                             if alu_t[chip, alu] == t:
                                 _hz(status, HZ_ALU_BUSY, k, t, -1, -1, alu)
                                 return status, ntrace
                             alu_t[chip, alu] = t
                     elif op == MXM_LW:
-                        dt = cols[k, _DT]
+                        dt = cols[_DT, k]
                         if buf_loaded[chip, u] and buf_dtype[chip, u] != dt:
                             _hz(status, HZ_MXM_DTYPE, k, t, -1, -1, u)
                             return status, ntrace
@@ -236,12 +236,12 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                         if arr_dtype[chip, u] < 0:
                             _hz(status, HZ_MXM_UNLOADED, k, t, -1, -1, u)
                             return status, ntrace
-                        if arr_dtype[chip, u] != cols[k, _DT]:
+                        if arr_dtype[chip, u] != cols[_DT, k]:
                             _hz(status, HZ_MXM_DTYPE, k, t, -1, -1, u)
                             return status, ntrace
                     elif op == MXM_ACC:
-                        ac = cols[k, _ADDR] + i
-                        want = 0 if cols[k, _DT] == DT_INT32 else 1
+                        ac = cols[_ADDR, k] + i
+                        want = 0 if cols[_DT, k] == DT_INT32 else 1
                         if acc_kind[chip, u, ac] != want:
                             _hz(status, HZ_MXM_DTYPE, k, t, -1, -1, ac)
                             return status, ntrace
@@ -254,12 +254,12 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                                     maps, buffer, pending, array, acc, link, scratch_f,
                                     scratch_i, xv, addrs, lanes, lps)
                     # schedule the next vector and this vector's commit
-                    if i + 1 < cols[k, _COUNT]:
+                    if i + 1 < cols[_COUNT, k]:
                         nfree_ev -= 1
                         e = free_ev[nfree_ev]
                         ev_key[e] = (k << 20) | (i + 1)
                         ev_slot[e] = -1
-                        tb = (t + cols[k, _IV]) & (ring - 1)
+                        tb = (t + cols[_IV, k]) & (ring - 1)
                         ev_next[e] = head[0, tb]
                         head[0, tb] = e
                         pending_ev += 1
@@ -268,7 +268,7 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                         e = free_ev[nfree_ev]
                         ev_key[e] = (k << 20) | i
                         ev_slot[e] = slot
-                        tb = (t + cols[k, _LAT]) & (ring - 1)
+                        tb = (t + cols[_LAT, k]) & (ring - 1)
                         ev_next[e] = head[1, tb]
                         head[1, tb] = e
                         pending_ev += 1
@@ -277,16 +277,16 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                     # --- commits: the unit's own rules, then streams (generic)
                     if op == MEM_WRITE or op == MEM_SCATTER:
                         if op == MEM_WRITE:
-                            banks = 1 << ((cols[k, _ADDR] + i * cols[k, _STRIDE])
+                            banks = 1 << ((cols[_ADDR, k] + i * cols[_STRIDE, k])
                                           // words_per_bank)
                         elif F:
-                            banks = _gather_banks(cols[k, _ADDR], slot_b[slot, 1:3], lps,
+                            banks = _gather_banks(cols[_ADDR, k], slot_b[slot, 1:3], lps,
                                                   nwords, words_per_bank, addrs)
                             if banks < 0:
                                 _hz(status, HZ_SRAM_BOUNDS, k, t, -1, -1, -banks - 1)
                                 return status, ntrace
                         else:
-                            banks = 1 << (cols[k, _ADDR] // words_per_bank)
+                            banks = 1 << (cols[_ADDR, k] // words_per_bank)
                         if wport_t[chip, u] == t or (rport_t[chip, u] == t
                                                      and (rport_banks[chip, u] & banks) != 0):
                             _hz(status, HZ_MEM_PORT, k, t, -1, -1, u)
@@ -295,23 +295,23 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                     elif op == MXM_IW:
                         arr_dtype[chip, u] = pend_dtype[chip, u]
                     elif op == MXM_ABC:
-                        ac = cols[k, _ADDR] + i
+                        ac = cols[_ADDR, k] + i
                         if acc_wt[chip, u, ac] == t:
                             _hz(status, HZ_ACC_CONFLICT, k, t, -1, -1, ac)
                             return status, ntrace
                         acc_wt[chip, u, ac] = t
-                        kind = 1 if _is_float(cols[k, _DT]) else 0
-                        if cols[k, _FLAG] == 1 and acc_kind[chip, u, ac] != kind:
+                        kind = 1 if _is_float(cols[_DT, k]) else 0
+                        if cols[_FLAG, k] == 1 and acc_kind[chip, u, ac] != kind:
                             _hz(status, HZ_MXM_DTYPE, k, t, -1, -1, ac)
                             return status, ntrace
                         acc_kind[chip, u, ac] = kind
-                    ns = cols[k, _WN] if check_streams else 0
+                    ns = cols[_WN, k] if check_streams else 0
                     if ns > 0:
-                        d = cols[k, _WD]
+                        d = cols[_WD, k]
                         dg = t - pos if d == 0 else t + pos
                         r = dg & rmask
                         for j in range(ns):
-                            s = cols[k, _WS] + j * cols[k, _WK]
+                            s = cols[_WS, k] + j * cols[_WK, k]
                             if stag[chip, d, s, r] == dg and spos[chip, d, s, r] == pos:
                                 _hz(status, HZ_STREAM_CONFLICT, k, t, d, s, 0)
                                 return status, ntrace
@@ -348,9 +348,9 @@ def _gather_banks(base, m, lps, nwords, words_per_bank, addrs):
 def _compute_in(cols, k, i, op, chip, u, tmp, slot, slot_b, slot_f, sram, maps, buffer,
                 pending, array, acc, link, sf, si, xv, addrs, lanes, lps):
     """Functional mode: the values an event reads (tmp holds its input streams)."""
-    gin = cols[k, _GIN]
+    gin = cols[_GIN, k]
     if op == MEM_READ:
-        slot_b[slot, 0] = sram[chip, u, cols[k, _ADDR] + i * cols[k, _STRIDE]]
+        slot_b[slot, 0] = sram[chip, u, cols[_ADDR, k] + i * cols[_STRIDE, k]]
     elif op == MEM_GATHER:
         for tile in range(addrs.shape[0]):
             for j in range(lps):
@@ -365,10 +365,10 @@ def _compute_in(cols, k, i, op, chip, u, tmp, slot, slot_b, slot_f, sram, maps, 
         _vxm_compute(cols, k, op, tmp, sf[0], si[0], sf[1], si[1], sf[2], si[2],
                      slot_b[slot], lanes)
     elif op == MXM_LW:
-        dt = cols[k, _DT]
-        per = cols[k, _AUX] // gin
+        dt = cols[_DT, k]
+        per = cols[_AUX, k] // gin
         for j in range(per):
-            row = cols[k, _ADDR] + i * per + j
+            row = cols[_ADDR, k] + i * per + j
             nm.unpack(tmp[j * gin:(j + 1) * gin], dt, sf[0], si[0])
             if _is_float(dt):
                 for lane in range(lanes):
@@ -379,7 +379,7 @@ def _compute_in(cols, k, i, op, chip, u, tmp, slot, slot_b, slot_f, sram, maps, 
     elif op == MXM_IW:
         pending[chip, u] = buffer[chip, u]
     elif op == MXM_ABC:
-        dt = cols[k, _DT]
+        dt = cols[_DT, k]
         nm.unpack(tmp[:gin], dt, sf[0], si[0])
         if _is_float(dt):
             for r in range(lanes):
@@ -399,8 +399,8 @@ def _compute_in(cols, k, i, op, chip, u, tmp, slot, slot_b, slot_f, sram, maps, 
             if out[j] != out[j]:  # a NaN result is the canonical quiet NaN
                 out[j] = np.nan
     elif op == MXM_ACC:
-        v = acc[chip, u, cols[k, _ADDR] + i]
-        if cols[k, _DT] == DT_INT32:
+        v = acc[chip, u, cols[_ADDR, k] + i]
+        if cols[_DT, k] == DT_INT32:
             for j in range(lanes):
                 si[0, j] = np.int64(v[j])
             nm.pack(sf[0], si[0], DT_INT32, slot_b[slot, :4])
@@ -410,7 +410,7 @@ def _compute_in(cols, k, i, op, chip, u, tmp, slot, slot_b, slot_f, sram, maps, 
             nm.pack(sf[0], si[0], DT_FP32, slot_b[slot, :4])
     elif op == SXM_SHIFT or op == SXM_ROTATE or op == SXM_PERMUTE or op == SXM_DISTRIBUTE:
         out = slot_b[slot]
-        imm = cols[k, _IMM]
+        imm = cols[_IMM, k]
         for lane in range(lanes):
             if op == SXM_SHIFT:
                 srcl = lane - imm
@@ -429,10 +429,10 @@ def _compute_in(cols, k, i, op, chip, u, tmp, slot, slot_b, slot_f, sram, maps, 
                 for bb in range(lps):
                     out[a, sl * lps + bb] = tmp[bb, sl * lps + a]
     elif op == C2C_SEND:
-        link[cols[k, _LBASE] + i, :gin] = tmp[:gin]
+        link[cols[_LBASE, k] + i, :gin] = tmp[:gin]
     elif op == C2C_RECV:
-        g = cols[k, _GOUT]
-        slot_b[slot, :g] = link[cols[k, _LBASE] + i, :g]
+        g = cols[_GOUT, k]
+        slot_b[slot, :g] = link[cols[_LBASE, k] + i, :g]
 
 
 @njit(cache=True)
@@ -440,7 +440,7 @@ def _compute_out(cols, k, i, op, chip, u, slot, slot_b, slot_f, sram, pending, a
                  addrs, lanes, lps):
     """Functional mode: the values an event commits outside the streams."""
     if op == MEM_WRITE:
-        sram[chip, u, cols[k, _ADDR] + i * cols[k, _STRIDE]] = slot_b[slot, 0]
+        sram[chip, u, cols[_ADDR, k] + i * cols[_STRIDE, k]] = slot_b[slot, 0]
     elif op == MEM_SCATTER:
         for tile in range(addrs.shape[0]):
             for j in range(lps):
@@ -449,9 +449,9 @@ def _compute_out(cols, k, i, op, chip, u, slot, slot_b, slot_f, sram, pending, a
         array[chip, u] = pending[chip, u]
     elif op == MXM_ABC:
         v = slot_f[slot]
-        dst = acc[chip, u, cols[k, _ADDR] + i]
-        accumulate = cols[k, _FLAG] == 1
-        if not _is_float(cols[k, _DT]):
+        dst = acc[chip, u, cols[_ADDR, k] + i]
+        accumulate = cols[_FLAG, k] == 1
+        if not _is_float(cols[_DT, k]):
             for j in range(lanes):
                 s = np.int64(v[j])
                 if accumulate:
@@ -470,17 +470,17 @@ def _compute_out(cols, k, i, op, chip, u, slot, slot_b, slot_f, sram, pending, a
 
 @njit(cache=True)
 def _vxm_compute(cols, k, op, tmp, xf, xi, yf, yi, zf, zi, out, lanes):
-    dt = cols[k, _DT]
-    nm.unpack(tmp[:cols[k, _GIN]], dt, xf, xi)
+    dt = cols[_DT, k]
+    nm.unpack(tmp[:cols[_GIN, k]], dt, xf, xi)
     if op == VXM_CVT:
-        dt2 = cols[k, _DT2]
+        dt2 = cols[_DT2, k]
         nm.convert(dt, dt2, xf, xi, zf, zi)
-        nm.pack(zf, zi, dt2, out[:cols[k, _GOUT]])
+        nm.pack(zf, zi, dt2, out[:cols[_GOUT, k]])
         return
-    if cols[k, _R2N] > 0:
-        nm.unpack(tmp[R2_ROW:R2_ROW + cols[k, _GIN]], dt, yf, yi)
+    if cols[_R2N, k] > 0:
+        nm.unpack(tmp[R2_ROW:R2_ROW + cols[_GIN, k]], dt, yf, yi)
     else:  # immediate B operand: fp32 bits, or int32 wrapped to the element width
-        bits = cols[k, _IMM] & 0xFFFFFFFF
+        bits = cols[_IMM, k] & 0xFFFFFFFF
         fb = np.zeros(1, np.uint32)
         fb[0] = np.uint32(bits)
         fval = fb.view(np.float32)[0]
@@ -496,7 +496,7 @@ def _vxm_compute(cols, k, op, tmp, xf, xi, yf, yi, zf, zi, out, lanes):
         nm.alu(op - VXM_BASE, dt, xf, xi, yf, yi, zf, zi)
     else:
         for sl in range(4):
-            c = (cols[k, _OPS] >> (6 * sl)) & 63
+            c = (cols[_OPS, k] >> (6 * sl)) & 63
             if c == 0:
                 break
             if sl > 0:
@@ -504,4 +504,4 @@ def _vxm_compute(cols, k, op, tmp, xf, xi, yf, yi, zf, zi, out, lanes):
                     xf[lane] = zf[lane]
                     xi[lane] = zi[lane]
             nm.alu(c, dt, xf, xi, yf, yi, zf, zi)
-    nm.pack(zf, zi, dt, out[:cols[k, _GOUT]])
+    nm.pack(zf, zi, dt, out[:cols[_GOUT, k]])

@@ -60,7 +60,7 @@ class _Machine:
 
     # --- helpers -------------------------------------------------------------------------
     def hazard(self, kind, k, msg, t, stream=""):
-        row = self.dec.cols[k]
+        row = self.dec.row(k)
         raise HazardError(kind, f"{self.dec.describe(k)}: {msg}", chip=int(row[C["chip"]]),
                           unit=self.dec.queue_names[int(row[C["qid"]])],
                           instr=int(row[C["sidx"]]), cycle=t, stream=stream)
@@ -116,7 +116,7 @@ class _Machine:
 
     # --- the instructions ----------------------------------------------------------------
     def phase_in(self, k, i, t):
-        r = self.dec.cols[k]
+        r = self.dec.row(k)
         op, chip, pos = int(r[C["op"]]), int(r[C["chip"]]), int(r[C["pos"]])
         u = int(r[C["uidx"]])
         F = self.functional
@@ -246,7 +246,7 @@ class _Machine:
             self.slots[(k, i)] = self.link[int(r[C["link_base"]]) + i, :g].copy() if F else None
 
     def phase_out(self, k, i, t):
-        r = self.dec.cols[k]
+        r = self.dec.row(k)
         op, chip, pos = int(r[C["op"]]), int(r[C["chip"]]), int(r[C["pos"]])
         u = int(r[C["uidx"]])
         F = self.functional
@@ -402,10 +402,10 @@ def run(dec: Decoded, arch, sram, functional: bool, trace: bool):
     m = _Machine(dec, arch, sram, functional)
     cols = dec.cols
     events = []
-    for k in range(len(cols)):
-        op = int(cols[k, C["op"]])
-        t0, n = int(cols[k, C["t0"]]), int(cols[k, C["count"]])
-        iv, lat = int(cols[k, C["interval"]]), int(cols[k, C["lat"]])
+    for k in range(dec.n):
+        op = int(cols[C["op"], k])
+        t0, n = int(cols[C["t0"], k]), int(cols[C["count"], k])
+        iv, lat = int(cols[C["interval"], k]), int(cols[C["lat"], k])
         for i in range(n):
             t = t0 + i * iv
             events.append((t, 0, k, i))

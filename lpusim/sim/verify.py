@@ -103,9 +103,9 @@ def _streams_covered(group, pos_key, is_read, d0, n, step, nxt_buf):
 def timing_clean(dec: Decoded, arch) -> bool:
     """True if the program has no timing hazard (see the module docstring)."""
     cols = dec.cols
-    if len(cols) == 0:
+    if cols.shape[1] == 0:
         return True
-    col = {name: np.ascontiguousarray(cols[:, C[name]]) for name in
+    col = {name: cols[C[name]] for name in
            ("op", "chip", "pos", "uidx", "t0", "count", "interval", "lat", "nops", "addr",
             "stride", "r1_dir", "r1_s", "r1_n", "r1_step", "r2_dir", "r2_s", "r2_n", "w_dir",
             "w_s", "w_n", "w_step")}
