@@ -13,3 +13,14 @@ from lpusim.errors import (  # noqa: F401  (re-exported)
     LpusimError,
     ProgramFormatError,
 )
+
+
+_API = ("compile_onnx", "run_onnx", "simulate", "RunResult")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from lpusim import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'lpusim' has no attribute {name!r}")

@@ -35,4 +35,4 @@ def main() -> None:
 
 
 # Commands register themselves on `main` when their module is imported.
-from lpusim import cli_arch, cli_asm, cli_sim  # noqa: E402,F401
+from lpusim import cli_arch, cli_asm, cli_compile, cli_sim  # noqa: E402,F401

@@ -19,6 +19,7 @@ from lpusim.errors import HazardError, LpusimError
 from lpusim.program import Program, TensorSpec
 from lpusim.sim import opcodes as oc
 from lpusim.sim.decode import C, Decoded, decode
+from lpusim.roofline import roofline
 from lpusim.sim.verify import timing_clean
 
 MODES = ("functional", "timing")
@@ -272,6 +273,7 @@ def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
                 "emulated_dtypes": [d for d in mxm_dtypes if arch.is_emulated(d)]},
         "links": {"bytes": ctr["link_bytes"], "gb_s": per_s(ctr["link_bytes"], 1e9),
                   "peak_gb_s_per_link": arch.link_bw_gb_s},
+        **roofline(dec, arch, cycles),
         "unit_kinds": by_kind,
         "units": units,
         "superlane_skew_cycles": skew,

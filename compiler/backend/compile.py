@@ -1,0 +1,230 @@
+"""IR graph -> Program: place tensors, lower and schedule every op in order, emit queues."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.backend import lower
+from compiler.backend.placement import Allocator, Placement, rows_cols
+from compiler.backend.schedule import Scheduler
+from compiler.errors import CompileError
+from compiler.ir import Graph
+from isa.dtypes import dtype as dtype_info
+from isa.dtypes import numpy_dtype
+from isa.encoding import encode, to_words
+from lpusim.program import ChipProgram, Program, TensorSpec
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
+                           | lower.ALIASES | lower.MATMULS))
+# IR dtype -> machine dtype in the fp32 exact mode
+_MACHINE = {"float32": "fp32"}
+
+
+def _machine_dtype(ir_dtype: str, what: str) -> str:
+    try:
+        return _MACHINE[ir_dtype]
+    except KeyError:
+        raise CompileError(f"{what}: element type {ir_dtype} is not lowered yet "
+                           f"(lowered: {', '.join(_MACHINE)})") from None
+
+
+def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
+    """Lower a canonicalised graph to a single-chip Program for `arch`."""
+    if precision not in PRECISIONS:
+        raise CompileError(f"unknown precision {precision!r} (choose from "
+                           f"{', '.join(PRECISIONS)})")
+    if precision != "fp32":
+        raise CompileError(f"precision {precision} is not implemented yet; the backend "
+                           "lowers the fp32 exact mode only")
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        if nd["op"] not in LOWERED_OPS:
+            raise CompileError(f"op {nd['op']!r} (node {name!r}) is not lowered to the machine "
+                               f"yet; lowered ops: {', '.join(LOWERED_OPS)}")
+    west = [q.index for q in arch.queues if q.kind == "MEM" and q.hemisphere == "W"]
+    alloc = Allocator(arch, west)
+    sch = Scheduler(arch)
+    place: dict[str, Placement] = {}
+    ready: dict[str, int] = {}
+    tensors: list[TensorSpec] = []
+
+    def new(value: str, not_before: int = 0) -> tuple[Placement, int]:
+        ty = graph.values[value]
+        md = _machine_dtype(ty.dtype, f"value {value!r}")
+        p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes)
+        place[value] = p
+        return p, max(after, not_before)
+
+    for v in graph.inputs:
+        new(v)
+        ready[v] = 0
+    for v, c in graph.consts.items():
+        new(v)
+        ready[v] = 0
+    last_use = _last_uses(graph)
+    releases: dict[str, int] = {}
+    order = graph.topo_order()
+    for step, name in enumerate(order):
+        nd = graph.node(name)
+        op, ins, outs = nd["op"], [i for i in nd["inputs"]], nd["outputs"]
+        what = f"{op} (node {name!r})"
+        start = max([ready[i] for i in ins if i] + [0])
+        if op in lower.ALIASES or (op == "Identity"):
+            src = place[ins[0]]
+            ty = graph.values[outs[0]]
+            rows, cols = rows_cols(tuple(ty.shape))
+            if cols != src.cols:
+                raise CompileError(f"{what}: a reshape that changes the last dimension "
+                                   f"({src.cols} -> {cols}) is not lowered yet")
+            place[outs[0]] = Placement(src.dtype, tuple(ty.shape), rows, cols, src.vpr,
+                                       src.slices, src.addr)
+            ready[outs[0]] = ready[ins[0]]
+            continue
+        out = outs[0]
+        if op in lower.MATMULS:
+            x, w = place[ins[0]], place[ins[1]]
+            if not graph.is_const(ins[1]):
+                raise CompileError(f"{what}: the weight must be a constant (activation x "
+                                   "activation matmul is not lowered yet)")
+            bias = ins[2] if len(ins) > 2 and ins[2] else None
+            if bias is None:
+                y, nb = new(out, start)
+                ready[out] = lower.matmul(sch, x, w, y, max(start, nb), what)
+            else:
+                tmp_ty = graph.values[out]
+                mdt = _machine_dtype(tmp_ty.dtype, what)
+                tmp, nb = alloc.alloc(mdt, tuple(tmp_ty.shape), dtype_info(mdt).nbytes)
+                t1 = lower.matmul(sch, x, w, tmp, max(start, nb), what)
+                y, nb2 = new(out, t1)
+                ready[out] = lower.elementwise(sch, ["add"], tmp, place[bias], None, y,
+                                               max(t1, nb2), what + " bias")
+                alloc.release(tmp, ready[out])
+        else:
+            ready[out] = _elementwise(graph, sch, nd, place, new, start, what)
+        # free the inputs whose last reader this was (never graph inputs, outputs or consts)
+        for i in ins:
+            if i and last_use.get(i) == name and i not in graph.outputs \
+                    and i not in graph.inputs and not graph.is_const(i) and i in place:
+                releases[i] = ready[out]
+                if not _aliased(i, place, graph.outputs):
+                    alloc.release(place[i], ready[out])
+    for v in graph.inputs:
+        tensors.append(_spec(v, "input", place[v], None))
+    for v, c in graph.consts.items():
+        kind = "weight" if c.kind == "weight" else "const"
+        tensors.append(_spec(v, kind, place[v], c.array))
+    for v in graph.outputs:
+        if v in graph.inputs or graph.is_const(v):
+            raise CompileError(f"graph output {v!r} is an input or a constant: nothing to "
+                               "compute")
+        tensors.append(_spec(v, "output", place[v], None))
+    _check_distinct(tensors)
+    chip = _emit(sch, arch)
+    return Program(arch.config, [chip], tensors, {"generator": "lpusim compile",
+                                                  "precision": precision,
+                                                  "graph": graph.name})
+
+
+def _elementwise(graph, sch, nd, place, new, start, what) -> int:
+    op, ins, out = nd["op"], nd["inputs"], nd["outputs"][0]
+    if op in lower.CHAINS:
+        z, nb = new(out, start)
+        return lower.elementwise(sch, lower.CHAINS[op], place[ins[0]], None, None, z,
+                                 max(start, nb), what, y_is_x=True)
+    if op in lower.UNARY:
+        z, nb = new(out, start)
+        return lower.elementwise(sch, [lower.UNARY[op]], place[ins[0]], None, None, z,
+                                 max(start, nb), what)
+    alu = lower.BINARY[op]
+    a, b = ins[0], ins[1]
+    zt = graph.values[out]
+    full = tuple(zt.shape)
+
+    def scalar(v):
+        arr = graph.const_array(v) if graph.is_const(v) else None
+        return float(arr.reshape(-1)[0]) if arr is not None and arr.size == 1 else None
+
+    def role(v):
+        ty = graph.values[v]
+        if tuple(ty.shape) == full:
+            return "full"
+        if scalar(v) is not None:
+            return "imm"
+        r, c = rows_cols(tuple(ty.shape))
+        if r == 1 and c == full[-1] if full else False:
+            return "row"
+        return "other"
+
+    ra, rb = role(a), role(b)
+    if ra != "full" and rb == "full":
+        if alu in COMMUTATIVE:
+            a, b, ra, rb = b, a, rb, ra
+        elif alu in lower.SWAPPED:
+            a, b, ra, rb, alu = b, a, rb, ra, lower.SWAPPED[alu]
+        elif ra == "imm" and alu == "sub":  # s - x = (-x) + s
+            z, nb = new(out, start)
+            return lower.elementwise(sch, ["neg", "add"], place[b], None, scalar(a), z,
+                                     max(start, nb), what)
+    if ra != "full" or rb == "other":
+        raise CompileError(f"{what}: this broadcast ({list(graph.values[a].shape)} with "
+                           f"{list(graph.values[b].shape)}) is not lowered yet")
+    z, nb = new(out, start)
+    if rb == "imm":
+        return lower.elementwise(sch, [alu], place[a], None, scalar(b), z, max(start, nb), what)
+    return lower.elementwise(sch, [alu], place[a], place[b], None, z, max(start, nb), what)
+
+
+COMMUTATIVE = lower.COMMUTATIVE
+
+
+def _aliased(v, place, outputs) -> bool:
+    p = place[v]
+    return any(place.get(o) is not None and place[o].addr == p.addr
+               and place[o].slices == p.slices for o in outputs)
+
+
+def _last_uses(graph: Graph) -> dict[str, str]:
+    last: dict[str, str] = {}
+    for name in graph.topo_order():
+        for i in graph.node(name)["inputs"]:
+            if i:
+                last[i] = name
+    return last
+
+
+def _spec(name: str, kind: str, p: Placement, data) -> TensorSpec:
+    arr = None
+    if data is not None:
+        arr = np.asarray(data).astype(numpy_dtype(p.dtype)).reshape(p.shape)
+    return TensorSpec(name, kind, p.dtype, tuple(p.shape), 0, tuple(p.slices), p.addr, 1, arr)
+
+
+def _check_distinct(tensors):
+    seen = {}
+    for t in tensors:
+        key = (t.slices, t.addr, t.kind)
+        if t.kind == "output" and key in seen:
+            raise CompileError(f"outputs {seen[key]!r} and {t.name!r} share storage")
+        seen[key] = t.name
+
+
+def _emit(sch: Scheduler, arch) -> ChipProgram:
+    by_q: dict[str, list] = {}
+    for e in sch.code:
+        by_q.setdefault(e.queue, []).append(e)
+    chip = ChipProgram()
+    order = {q.name: q.id for q in arch.queues}
+    for qname in sorted(by_q, key=order.__getitem__):
+        lst = sorted(by_q[qname], key=lambda e: e.cycle)
+        words = []
+        t = 0
+        for e in lst:
+            if e.cycle < t:
+                raise CompileError(f"internal: two instructions at cycle {e.cycle} on {qname}")
+            if e.cycle > t:
+                words.append(encode("nop", imm=e.cycle - t))
+            words.append(encode(e.mnemonic, **e.fields))
+            t = e.cycle + 1
+        chip.queues[qname] = to_words(words)
+    return chip

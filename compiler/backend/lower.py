@@ -1,0 +1,215 @@
+"""Lowering: each IR op becomes scheduled vector work on the units.
+
+Supported now (fp32 exact mode, tensors in the west hemisphere):
+- elementwise ops on the VXM: same-shape operands, a row operand broadcast over rows, or a
+  scalar constant as an immediate;
+- MatMul / MatMulBias / Gemm-derived MatMulBias with a constant [K, N] weight on MXM plane 0:
+  K and N in tiles of 320, accumulating over K tiles, weights double-buffered;
+- Reshape / Flatten / Squeeze / Unsqueeze / Identity that keep the last dimension: no code,
+  the output shares the input's placement.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from compiler.backend.placement import Placement
+from compiler.backend.schedule import Emitted, Scheduler
+from compiler.errors import CompileError
+from isa.table import ALU_BY_NAME
+
+UNARY = {"Relu": "relu", "Neg": "neg", "Abs": "abs", "Exp": "exp", "Tanh": "tanh",
+         "Sqrt": "sqrt", "Reciprocal": "recip", "Log": "log", "Erf": "erf", "Sigmoid": "sigmoid",
+         "Identity": "copy", "Not": "not", "IsNaN": "isnan"}
+BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min",
+          "Pow": "pow", "Equal": "eq", "Less": "lt", "Greater": "gt", "LessOrEqual": "le",
+          "GreaterOrEqual": "ge", "And": "and", "Or": "or", "Xor": "xor"}
+COMMUTATIVE = {"add", "mul", "max", "min", "eq", "and", "or", "xor"}
+SWAPPED = {"lt": "gt", "gt": "lt", "le": "ge", "ge": "le"}
+CHAINS = {"Silu": ["sigmoid", "mul"]}  # x * sigmoid(x): the B operand is x itself
+ALIASES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+MATMULS = {"MatMul", "MatMulBias"}
+CHUNK = 4096  # vectors per elementwise job
+
+
+def fp32_bits(v: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", float(np.float32(v))))[0]
+
+
+def _log2(g: int) -> int:
+    return {1: 0, 2: 1, 4: 2}[g]
+
+
+def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | None,
+                imm: float | None, z: Placement, ready: int, what: str,
+                y_is_x: bool = False) -> int:
+    """z = ops(x, B) on the VXM, B a placement (same shape or a broadcast row), x itself, or an
+    immediate; returns the cycle from which z is in SRAM."""
+    arch = sch.arch
+    V = arch.vxm_position
+    g = len(x.slices)
+    lat = sum(arch.lat(ALU_BY_NAME[o].latency) for o in ops)
+    done = ready
+    for lo in range(0, z.nvec, CHUNK):
+        n = min(CHUNK, z.nvec - lo)
+        vs = list(range(lo, lo + n))
+        xa = [x.addr + v for v in vs]
+        if y is not None:
+            ya = [y.addr + (v % y.nvec) for v in vs]
+        za = [z.addr + v for v in vs]
+
+        def build(res, T, n=n, xa=xa, za=za, ya=(ya if y is not None else None)):
+            arrive = [T + i for i in range(n)]
+            bx = sch.read_flow(res, x, xa, arrive, V, 0, ready)
+            if bx is None:
+                return None
+            by = None
+            if y is not None:
+                by = sch.read_flow(res, y, ya, arrive, V, 0, ready)
+                if by is None:
+                    return None
+            for a in range(arch.vxm_alus - len(ops) + 1):
+                if all(c not in sch.table.alu[a + j] for j in range(len(ops))
+                       for c in range(T, T + n)):
+                    break
+            else:
+                return None
+            for j in range(len(ops)):
+                for c in range(T, T + n):
+                    res.take_alu(a + j, c)
+            q = f"VXM{a}"
+            if not res.take_issue(q, T):
+                return None
+            leave = [T + lat + i for i in range(n)]
+            dests = [sch.slice_pos[s] for s in z.slices]
+            bz = sch.free_group(res, len(z.slices), 1, V, dests, leave)
+            if bz is None:
+                return None
+            code = sch.write_flow(res, z, za, leave, V, 1, bz)
+            if code is None:
+                return None
+            rx = sch.read_code(res, x, xa, arrive, V, 0, bx)
+            ry = sch.read_code(res, y, ya, arrive, V, 0, by) if y is not None else []
+            if rx is None or ry is None:
+                return None
+            f = dict(dtype=_dt(x), dst=bz, dst_dir=1, dst_g=_log2(g), src=bx, src_dir=0,
+                     src_g=_log2(g), count=n)
+            if y is not None:
+                f.update(src2=by, src2_dir=0, src2_g=_log2(g))
+            elif y_is_x:
+                f.update(src2=bx, src2_dir=0, src2_g=_log2(g))
+            elif imm is not None:
+                f.update(imm=fp32_bits(imm), flag=1)
+            if len(ops) == 1:
+                mn = f"vxm.{ops[0]}"
+                if ALU_BY_NAME[ops[0]].arity == 1:
+                    for k in ("src2", "src2_dir", "src2_g", "imm", "flag"):
+                        f.pop(k, None)
+            else:
+                mn = "vxm.chain"
+                f["ops"] = sum(ALU_BY_NAME[o].code << (6 * i) for i, o in enumerate(ops))
+            return rx + ry + code + [Emitted(q, T, mn, f)]
+
+        T = sch.place(ready, build, what)
+        far = max(abs(V - sch.slice_pos[s]) for s in z.slices)
+        done = max(done, T + lat + n + far + arch.lat("mem_write") + 1)
+    return done
+
+
+def _dt(p: Placement) -> int:
+    from isa.dtypes import dtype
+
+    return dtype(p.dtype).code
+
+
+def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int, what: str,
+           plane: int = 0) -> int:
+    """y[M, N] = x[M, K] @ w[K, N] on one MXM plane; returns when y is in SRAM."""
+    arch = sch.arch
+    lanes = arch.lanes
+    M, K, N = x.rows, x.cols, w.cols
+    if w.rows != K:
+        raise CompileError(f"{what}: inner dimensions differ ({K} vs {w.rows})")
+    if M > arch.mxm_acc_vectors_per_plane:
+        raise CompileError(f"{what}: {M} rows exceed the {arch.mxm_acc_vectors_per_plane} "
+                           "accumulators of a plane (tiling over rows is not implemented yet)")
+    q = f"MXM{plane}"
+    P = arch.mxm_position(plane)
+    west = P == 0
+    to_mxm, from_mxm = (1, 0) if west else (0, 1)
+    g = len(x.slices)
+    rate = arch.mxm_rate_of(x.dtype)
+    iv = int(round(1 / rate))
+    kt_n, nt_n = math.ceil(K / lanes), math.ceil(N / lanes)
+    t_free = ready  # the plane's buffer is free to load from here
+    array_busy_until = ready  # last ABC input of the installed weights
+    acc_free = ready  # accumulators may be overwritten from here
+    done = ready
+    for nt in range(nt_n):
+        last_abc_in = None
+        for kt in range(kt_n):
+            rk = min(lanes, K - kt * lanes)
+            wa = [w.addr + (kt * lanes + r) * w.vpr + nt for r in range(rk)]
+
+            def lw(res, T, wa=wa, rk=rk):
+                arrive = [T + i for i in range(rk)]
+                b = sch.read_flow(res, w, wa, arrive, P, to_mxm, ready)
+                if b is None or not res.take_issue(q, T):
+                    return None
+                rc = sch.read_code(res, w, wa, arrive, P, to_mxm, b)
+                if rc is None:
+                    return None
+                return rc + [Emitted(q, T, "mxm.lw", dict(dtype=_dt(w), src=b, src_dir=to_mxm,
+                                                          aux=g, count=rk, addr=0))]
+
+            t_lw = sch.place(t_free, lw, f"{what} weight load")
+            earliest_iw = max(t_lw + rk, array_busy_until - arch.lat("mxm_install") + 1)
+
+            def iw(res, T):
+                return [Emitted(q, T, "mxm.iw", {})] if res.take_issue(q, T) else None
+
+            t_iw = sch.place(earliest_iw, iw, f"{what} install")
+            t_free = t_iw + 1
+            xa = [x.addr + m * x.vpr + kt for m in range(M)]
+            flag = 1 if kt > 0 else 0
+
+            def abc(res, T, xa=xa, flag=flag):
+                arrive = [T + m * iv for m in range(M)]
+                b = sch.read_flow(res, x, xa, arrive, P, to_mxm, ready)
+                if b is None or not res.take_issue(q, T):
+                    return None
+                rc = sch.read_code(res, x, xa, arrive, P, to_mxm, b)
+                if rc is None:
+                    return None
+                return rc + [Emitted(q, T, "mxm.abc", dict(dtype=_dt(x), src=b, src_dir=to_mxm,
+                                                           src_g=_log2(g), count=M, addr=0,
+                                                           flag=flag))]
+
+            start = max(t_iw + arch.lat("mxm_install") + 1, acc_free if kt == 0 else 0)
+            t_abc = sch.place(start, abc, f"{what} activations")
+            last_abc_in = t_abc + (M - 1) * iv
+            array_busy_until = last_abc_in + 1
+        ya = [y.addr + m * y.vpr + nt for m in range(M)]
+        dests = [sch.slice_pos[s] for s in y.slices]
+
+        def acc(res, T, ya=ya, dests=dests):
+            if not res.take_issue(q, T):
+                return None
+            leave = [T + arch.lat("mxm_accumulate") + m for m in range(M)]
+            b = sch.free_group(res, 4, from_mxm, P, dests, leave)
+            if b is None:
+                return None
+            code = sch.write_flow(res, y, ya, leave, P, from_mxm, b)
+            if code is None:
+                return None
+            return code + [Emitted(q, T, "mxm.acc", dict(dtype=_dt(y), dst=b, dst_dir=from_mxm,
+                                                         dst_g=2, count=M, addr=0))]
+
+        t_acc = sch.place(last_abc_in + arch.lat("mxm_activate") + 1, acc, f"{what} results")
+        acc_free = t_acc + M
+        far = max(abs(sch.slice_pos[s] - P) for s in y.slices)
+        done = max(done, t_acc + arch.lat("mxm_accumulate") + M + far + arch.lat("mem_write") + 1)
+    return done

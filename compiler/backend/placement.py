@@ -1,0 +1,112 @@
+"""Where tensors live: the "rows" layout of lpusim.program, and an SRAM allocator.
+
+A tensor is viewed as (rows, cols) with cols its last dimension; each row takes
+vpr = ceil(cols / lanes) vectors; byte b of every element lives in slice slices[b] at
+addr + vector index. The allocator hands out address ranges common to a group of slices and
+remembers, for a range it takes back, the cycle after which it may be written again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from compiler.errors import CompileError
+
+
+@dataclass(frozen=True)
+class Placement:
+    dtype: str  # machine dtype (isa.dtypes name)
+    shape: tuple[int, ...]
+    rows: int
+    cols: int
+    vpr: int
+    slices: tuple[int, ...]
+    addr: int
+
+    @property
+    def nvec(self) -> int:
+        return self.rows * self.vpr
+
+    def vaddr(self, row: int, tile: int) -> int:
+        return self.addr + row * self.vpr + tile
+
+
+def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 0:
+        return 1, 1
+    return (math.prod(shape[:-1]) if len(shape) > 1 else 1), shape[-1]
+
+
+class Allocator:
+    """First-fit over groups of consecutive slices (one slice per byte of the element)."""
+
+    def __init__(self, arch, slices: list[int]):
+        self.arch = arch
+        self.words = arch.mem_words_per_slice
+        self.slices = slices
+        # per slice: sorted list of free ranges (start, end, free_after_cycle)
+        self.free: dict[int, list[tuple[int, int, int]]] = {s: [(0, self.words, 0)]
+                                                            for s in slices}
+        self.cursor = 0
+
+    def alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int) -> tuple[Placement, int]:
+        """A placement and the first cycle at which it may be written."""
+        rows, cols = rows_cols(shape)
+        vpr = max(1, math.ceil(cols / self.arch.lanes))
+        n = max(1, rows * vpr)
+        groups = [self.slices[i:i + nbytes] for i in range(0, len(self.slices) - nbytes + 1,
+                                                           nbytes)]
+        for j in range(len(groups)):
+            grp = groups[(self.cursor + j) % len(groups)]
+            got = self._common(grp, n)
+            if got is not None:
+                addr, after = got
+                for s in grp:
+                    self._take(s, addr, addr + n)
+                self.cursor = (self.cursor + j + 1) % len(groups)
+                return Placement(dtype, shape, rows, cols, vpr, tuple(grp), addr), after
+        need = n * nbytes * self.arch.lanes
+        have = sum(e - a for s in self.slices for (a, e, _) in self.free[s])
+        raise CompileError(f"the model does not fit one chip: a tensor of shape {list(shape)} "
+                           f"needs {need:,} bytes in {nbytes} slice(s) and no range is free "
+                           f"({have * self.arch.lanes:,} bytes free in all, fragmented); "
+                           f"SRAM is {self.arch.sram_bytes:,} bytes")
+
+    def release(self, p: Placement, after_cycle: int) -> None:
+        for s in p.slices:
+            merged: list[tuple[int, int, int]] = []
+            for a, e, f in sorted(self.free[s] + [(p.addr, p.addr + p.nvec, after_cycle)]):
+                if merged and a <= merged[-1][1]:
+                    pa, pe, pf = merged[-1]
+                    merged[-1] = (pa, max(pe, e), max(pf, f))
+                else:
+                    merged.append((a, e, f))
+            self.free[s] = merged
+
+    def _common(self, grp, n):
+        cands = sorted({a for s in grp for (a, e, _) in self.free[s] if e - a >= n})
+        for addr in cands:
+            after = 0
+            ok = True
+            for s in grp:
+                hit = [(a, e, f) for (a, e, f) in self.free[s] if a <= addr and addr + n <= e]
+                if not hit:
+                    ok = False
+                    break
+                after = max(after, hit[0][2])
+            if ok:
+                return addr, after
+        return None
+
+    def _take(self, s, lo, hi):
+        out = []
+        for a, e, f in self.free[s]:
+            if e <= lo or a >= hi:
+                out.append((a, e, f))
+                continue
+            if a < lo:
+                out.append((a, lo, f))
+            if hi < e:
+                out.append((hi, e, f))
+        self.free[s] = out

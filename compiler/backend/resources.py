@@ -1,0 +1,112 @@
+"""The reservation table of the static scheduler: every resource the simulator checks.
+
+A Reservation is built for a candidate start cycle and either committed whole or dropped, so a
+job never holds half its resources. The rules are the simulator's (lpusim/sim/reference.py):
+- a queue issues at most one instruction per cycle;
+- a MEM slice reads one vector and writes one vector per cycle, on different banks;
+- a VXM ALU takes one vector per cycle;
+- a stream carries one value per diagonal between its writer and its reader: two flows on one
+  stream and diagonal conflict when their position spans [writer, reader) overlap.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+def diagonal(direction: int, position: int, cycle: int) -> int:
+    return cycle - position if direction == 0 else cycle + position
+
+
+def span(direction: int, writer: int, reader: int) -> tuple[int, int]:
+    """Positions a value occupies from its writer to its reader, half-open."""
+    return (writer, reader) if direction == 0 else (reader + 1, writer + 1)
+
+
+@dataclass
+class Table:
+    issue: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    read_port: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    write_port: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    alu: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    streams: dict[tuple[int, int, int], list[tuple[int, int]]] = field(
+        default_factory=lambda: defaultdict(list))
+
+
+class Reservation:
+    """Resources a job would take if placed at one start cycle; check as you add."""
+
+    def __init__(self, table: Table):
+        self.t = table
+        self.issue: list[tuple[str, int]] = []
+        self.reads: list[tuple[int, int, int]] = []
+        self.writes: list[tuple[int, int, int]] = []
+        self.alus: list[tuple[int, int]] = []
+        self.flows: list[tuple[tuple[int, int, int], tuple[int, int]]] = []
+        self._mine_issue: set[tuple[str, int]] = set()
+        self._mine_r: dict[tuple[int, int], int] = {}
+        self._mine_w: dict[tuple[int, int], int] = {}
+        self._mine_alu: set[tuple[int, int]] = set()
+        self._mine_streams: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
+
+    def take_issue(self, queue: str, cycle: int) -> bool:
+        if cycle < 0 or cycle in self.t.issue[queue] or (queue, cycle) in self._mine_issue:
+            return False
+        self._mine_issue.add((queue, cycle))
+        self.issue.append((queue, cycle))
+        return True
+
+    def take_read(self, sl: int, cycle: int, bank: int) -> bool:
+        if cycle < 0 or cycle in self.t.read_port[sl] or (sl, cycle) in self._mine_r:
+            return False
+        w = self.t.write_port[sl].get(cycle, self._mine_w.get((sl, cycle)))
+        if w is not None and w == bank:
+            return False
+        self._mine_r[(sl, cycle)] = bank
+        self.reads.append((sl, cycle, bank))
+        return True
+
+    def take_write(self, sl: int, cycle: int, bank: int) -> bool:
+        if cycle < 0 or cycle in self.t.write_port[sl] or (sl, cycle) in self._mine_w:
+            return False
+        r = self.t.read_port[sl].get(cycle, self._mine_r.get((sl, cycle)))
+        if r is not None and r == bank:
+            return False
+        self._mine_w[(sl, cycle)] = bank
+        self.writes.append((sl, cycle, bank))
+        return True
+
+    def take_alu(self, alu: int, cycle: int) -> bool:
+        if cycle in self.t.alu[alu] or (alu, cycle) in self._mine_alu:
+            return False
+        self._mine_alu.add((alu, cycle))
+        self.alus.append((alu, cycle))
+        return True
+
+    def stream_free(self, direction: int, s: int, diag: int, sp: tuple[int, int]) -> bool:
+        key = (direction, s, diag)
+        for a, b in self.t.streams.get(key, ()):
+            if a < sp[1] and sp[0] < b:
+                return False
+        for a, b in self._mine_streams.get(key, ()):
+            if a < sp[1] and sp[0] < b:
+                return False
+        return True
+
+    def take_stream(self, direction: int, s: int, diag: int, sp: tuple[int, int]) -> None:
+        key = (direction, s, diag)
+        self._mine_streams[key].append(sp)
+        self.flows.append((key, sp))
+
+    def commit(self) -> None:
+        for q, c in self.issue:
+            self.t.issue[q].add(c)
+        for sl, c, b in self.reads:
+            self.t.read_port[sl][c] = b
+        for sl, c, b in self.writes:
+            self.t.write_port[sl][c] = b
+        for a, c in self.alus:
+            self.t.alu[a].add(c)
+        for key, sp in self.flows:
+            self.t.streams[key].append(sp)

@@ -1,0 +1,158 @@
+"""Static list scheduling of vector work, and the flows that move vectors between MEM slices
+and units on streams. Every placement respects the rules in resources.py, so the emitted
+program runs on the simulator without a hazard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from compiler.backend.placement import Placement
+from compiler.backend.resources import Reservation, Table, diagonal, span
+from compiler.errors import CompileError
+
+SEARCH_LIMIT = 200_000  # cycles past the earliest start before a job is declared unplaceable
+
+
+@dataclass
+class Emitted:
+    queue: str
+    cycle: int
+    mnemonic: str
+    fields: dict
+
+
+@dataclass
+class Scheduler:
+    arch: object
+    table: Table = field(default_factory=Table)
+    code: list[Emitted] = field(default_factory=list)
+
+    def __post_init__(self):
+        a = self.arch
+        self.lat = a.lat
+        self.S = a.streams_per_direction
+        self.wpb = a.mem_words_per_bank
+        self.slice_names = {q.index: q.name for q in a.queues if q.kind == "MEM"}
+        self.slice_pos = {q.index: q.position for q in a.queues if q.kind == "MEM"}
+
+    def place(self, earliest: int, build: Callable[[Reservation, int], list[Emitted] | None],
+              what: str) -> int:
+        """Commit `build` at the first start cycle >= earliest where it fits; return it."""
+        for t in range(max(0, earliest), max(0, earliest) + SEARCH_LIMIT):
+            res = Reservation(self.table)
+            code = build(res, t)
+            if code is not None:
+                res.commit()
+                self.code.extend(code)
+                return t
+        raise CompileError(f"could not schedule {what} within {SEARCH_LIMIT} cycles")
+
+    # -- flows --------------------------------------------------------------------------------
+    def read_flow(self, res: Reservation, p: Placement, addrs: list[int], arrive: list[int],
+                  dest: int, direction: int, not_before: int = 0) -> int | None:
+        """Stream the vectors at `addrs` of every byte plane of `p` so that vector i reaches
+        position `dest` in cycle arrive[i], reading SRAM no earlier than `not_before` (when the
+        data is there). Returns the first stream of the group, or None."""
+        g = len(p.slices)
+        lat = self.lat("mem_read")
+        plans = []
+        for b, sl in enumerate(p.slices):
+            pos = self.slice_pos[sl]
+            if (direction == 0) != (pos < dest):
+                raise CompileError("internal: a read flow against the stream direction")
+            hops = abs(dest - pos)
+            for a, t in zip(addrs, arrive, strict=True):
+                rc = t - lat - hops
+                if rc < max(0, not_before):
+                    return None
+                plans.append((b, sl, pos, a, rc, diagonal(direction, pos, rc + lat)))
+        for base in range(0, self.S - g + 1, g):
+            if all(res.stream_free(direction, base + b, d, span(direction, pos, dest))
+                   for b, _, pos, _, _, d in plans):
+                break
+        else:
+            return None
+        for b, sl, pos, a, rc, d in plans:
+            if not res.take_read(sl, rc, a // self.wpb):
+                return None
+            res.take_stream(direction, base + b, d, span(direction, pos, dest))
+        return base
+
+    def read_code(self, res: Reservation, p: Placement, addrs: list[int], arrive: list[int],
+                  dest: int, direction: int, base: int) -> list[Emitted] | None:
+        """The mem.read instructions for a flow placed by read_flow (runs of consecutive cycles
+        and a constant address step become one instruction)."""
+        lat = self.lat("mem_read")
+        out = []
+        for b, sl in enumerate(p.slices):
+            pos = self.slice_pos[sl]
+            hops = abs(dest - pos)
+            cycles = [t - lat - hops for t in arrive]
+            for start, count, stride in _runs(cycles, addrs):
+                q = self.slice_names[sl]
+                if not res.take_issue(q, cycles[start]):
+                    return None
+                out.append(Emitted(q, cycles[start], "mem.read",
+                                   dict(dst=base + b, dst_dir=direction, addr=addrs[start],
+                                        count=count, stride=stride)))
+        return out
+
+    def write_flow(self, res: Reservation, p: Placement, addrs: list[int], leave: list[int],
+                   src: int, direction: int, base: int) -> list[Emitted] | None:
+        """Vector i leaves position `src` on streams base.. in cycle leave[i] (its producer
+        commits then); write it to `addrs` of every byte plane of `p`."""
+        lat = self.lat("mem_write")
+        out = []
+        for b, sl in enumerate(p.slices):
+            pos = self.slice_pos[sl]
+            if (direction == 0) != (pos > src):
+                raise CompileError("internal: a write flow against the stream direction")
+            hops = abs(pos - src)
+            for i, (a, t) in enumerate(zip(addrs, leave, strict=True)):
+                d = diagonal(direction, src, t)
+                sp = span(direction, src, pos)
+                if not res.stream_free(direction, base + b, d, sp):
+                    return None
+                if not res.take_write(sl, t + hops + lat, a // self.wpb):
+                    return None
+                res.take_stream(direction, base + b, d, sp)
+            cycles = [t + hops for t in leave]
+            for start, count, stride in _runs(cycles, addrs):
+                q = self.slice_names[sl]
+                if not res.take_issue(q, cycles[start]):
+                    return None
+                out.append(Emitted(q, cycles[start], "mem.write",
+                                   dict(src=base + b, src_dir=direction, addr=addrs[start],
+                                        count=count, stride=stride)))
+        return out
+
+    def free_group(self, res: Reservation, g: int, direction: int, src: int, dests: list[int],
+                   leave: list[int], avoid: set[int] = frozenset()) -> int | None:
+        """A group of g streams free from position src to the farthest of dests at `leave`."""
+        far = min(dests) if direction == 1 else max(dests)
+        sp = span(direction, src, far)
+        for base in range(0, self.S - g + 1, g):
+            if base in avoid:
+                continue
+            if all(res.stream_free(direction, base + b, diagonal(direction, src, t), sp)
+                   for b in range(g) for t in leave):
+                return base
+        return None
+
+
+def _runs(cycles: list[int], addrs: list[int]):
+    """Split vectors into runs of consecutive cycles with a constant address step."""
+    i, n = 0, len(cycles)
+    max_count = (1 << 16) - 1
+    while i < n:
+        j = i + 1
+        stride = addrs[j] - addrs[i] if j < n else 1
+        while (j < n and cycles[j] == cycles[j - 1] + 1 and addrs[j] - addrs[j - 1] == stride
+               and j - i < max_count and -128 <= stride <= 127):
+            j += 1
+        if j == i + 1:
+            stride = 1
+        yield i, j - i, stride
+        i = j

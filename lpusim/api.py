@@ -1,0 +1,119 @@
+"""The public Python API: compile an ONNX model, simulate a Program, or both with a check
+against a reference runtime.
+
+    import lpusim
+    res = lpusim.run_onnx("model.onnx", {"x": x})
+    res.outputs["y"], res.report["cycles"], res.report["roofline_ratio"]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lpusim.errors import LpusimError
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray]
+    report: dict
+    reference_outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+
+def _arch(arch, overrides=()):
+    from lpusim.arch import Arch, load_arch
+
+    return arch if isinstance(arch, Arch) else load_arch(arch, overrides)
+
+
+def compile_onnx(model, *, arch="tsp-v1", precision: str = "fp32", dims=None, overrides=(),
+                 dump_ir_after: str | None = None, dump=print):
+    """ONNX model (path or ModelProto) -> Program for one chip of `arch`."""
+    from compiler.backend.compile import compile_graph
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import default_pipeline, run_pipeline
+
+    a = _arch(arch, overrides)
+    graph = import_onnx(model, dims or {})
+    graph = run_pipeline(graph, default_pipeline(), dump_after=dump_ir_after, dump=dump)
+    program = compile_graph(graph, a, precision=precision)
+    program.meta["model"] = str(model) if isinstance(model, (str, Path)) else graph.name
+    return program
+
+
+def simulate(program, inputs=None, **kwargs):
+    """Run a Program (see lpusim.simulator.simulate)."""
+    from lpusim.simulator import simulate as _simulate
+
+    return _simulate(program, inputs, **kwargs)
+
+
+def random_inputs_for(program, seed: int = 0) -> dict[str, np.ndarray]:
+    from lpusim.cli_sim import random_inputs
+
+    return random_inputs(program, seed)
+
+
+def reference_outputs(model, inputs: dict[str, np.ndarray], dims=None) -> tuple[dict, str]:
+    """Outputs of the reference runtime: onnxruntime where installed (the onnx package's
+    ReferenceEvaluator fails on some valid exported graphs), else the ReferenceEvaluator."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        names = [o.name for o in proto.graph.output]
+        got = ReferenceEvaluator(proto).run(None, inputs)
+        return dict(zip(names, got, strict=True)), f"onnx.reference {onnx.__version__}"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    got = sess.run(None, inputs)
+    return dict(zip(names, got, strict=True)), f"onnxruntime {ort.__version__}"
+
+
+def run_onnx(model, inputs=None, *, arch="tsp-v1", precision: str = "fp32", dims=None,
+             overrides=(), seed: int = 0, engine: str = "fast",
+             dump_ir_after: str | None = None, dump=print) -> RunResult:
+    """Compile, simulate and compare with the reference runtime. Inputs not given get seeded
+    random values of the right type; the report gives the error per output."""
+    t = time.perf_counter()
+    program = compile_onnx(model, arch=arch, precision=precision, dims=dims,
+                           overrides=overrides, dump_ir_after=dump_ir_after, dump=dump)
+    compile_s = time.perf_counter() - t
+    given = dict(inputs or {})
+    for name, v in random_inputs_for(program, seed).items():
+        given.setdefault(name, v)
+    res = simulate(program, given, engine=engine)
+    ref, ref_name = reference_outputs(model, {k: v for k, v in given.items()
+                                              if any(t.name == k and t.kind == "input"
+                                                     for t in program.tensors)})
+    errors = {}
+    for name, got in res.outputs.items():
+        want = np.asarray(ref[name], dtype=np.float64)
+        diff = np.abs(got.astype(np.float64) - want)
+        scale = np.maximum(np.abs(want), 1e-30)
+        errors[name] = {"max_abs": float(diff.max()) if diff.size else 0.0,
+                        "max_rel": float((diff / scale).max()) if diff.size else 0.0}
+    report = dict(res.report)
+    report.update(precision=precision, reference=ref_name, errors=errors,
+                  compile_s=compile_s, exact_fp32_mode=precision == "fp32",
+                  note=("fp32 is the exact mode for checking; the MXM runs it at the preset's "
+                        "emulated rate, which is not a hardware mode of "
+                        f"{report['arch']}") if precision == "fp32" else "")
+    return RunResult(res.outputs, report, ref)
+
+
+def check_inputs(program, inputs) -> None:
+    names = [t.name for t in program.tensors if t.kind == "input"]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise LpusimError(f"missing input(s) {', '.join(missing)} (inputs: {', '.join(names)})")
