@@ -14,7 +14,6 @@ from lpusim.errors import (  # noqa: F401  (re-exported)
     ProgramFormatError,
 )
 
-
 _API = ("compile_onnx", "run_onnx", "simulate", "RunResult")
 
 

@@ -17,9 +17,9 @@ from isa.dtypes import dtype as dtype_info
 from isa.dtypes import numpy_dtype
 from lpusim.errors import HazardError, LpusimError
 from lpusim.program import Program, TensorSpec
+from lpusim.roofline import roofline
 from lpusim.sim import opcodes as oc
 from lpusim.sim.decode import C, Decoded, decode
-from lpusim.roofline import roofline
 from lpusim.sim.verify import timing_clean
 
 MODES = ("functional", "timing")

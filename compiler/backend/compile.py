@@ -43,6 +43,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             raise CompileError(f"op {nd['op']!r} (node {name!r}) is not lowered to the machine "
                                f"yet; lowered ops: {', '.join(LOWERED_OPS)}")
     west = [q.index for q in arch.queues if q.kind == "MEM" and q.hemisphere == "W"]
+    _check_fits(graph, arch, len(west))
     alloc = Allocator(arch, west)
     sch = Scheduler(arch)
     place: dict[str, Placement] = {}
@@ -59,15 +60,14 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     for v in graph.inputs:
         new(v)
         ready[v] = 0
-    for v, c in graph.consts.items():
+    for v in graph.consts:
         new(v)
         ready[v] = 0
     last_use = _last_uses(graph)
-    releases: dict[str, int] = {}
     order = graph.topo_order()
-    for step, name in enumerate(order):
+    for name in order:
         nd = graph.node(name)
-        op, ins, outs = nd["op"], [i for i in nd["inputs"]], nd["outputs"]
+        op, ins, outs = nd["op"], list(nd["inputs"]), nd["outputs"]
         what = f"{op} (node {name!r})"
         start = max([ready[i] for i in ins if i] + [0])
         if op in lower.ALIASES or (op == "Identity"):
@@ -106,7 +106,6 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         for i in ins:
             if i and last_use.get(i) == name and i not in graph.outputs \
                     and i not in graph.inputs and not graph.is_const(i) and i in place:
-                releases[i] = ready[out]
                 if not _aliased(i, place, graph.outputs):
                     alloc.release(place[i], ready[out])
     for v in graph.inputs:
@@ -176,6 +175,23 @@ def _elementwise(graph, sch, nd, place, new, start, what) -> int:
 
 
 COMMUTATIVE = lower.COMMUTATIVE
+
+
+def _check_fits(graph: Graph, arch, nslices: int) -> None:
+    """Resident tensors (weights, constants, inputs) alone must fit the usable SRAM."""
+    need = 0
+    for v in list(graph.consts) + list(graph.inputs):
+        ty = graph.values[v]
+        rows, cols = rows_cols(tuple(ty.shape))
+        vec = rows * max(1, -(-cols // arch.lanes))
+        need += vec * arch.lanes * np.dtype(ty.dtype).itemsize
+    have = nslices * arch.mem_words_per_slice * arch.lanes
+    if need > have:
+        chips = -(-need // have)
+        raise CompileError(f"the model does not fit one chip: its weights and inputs need "
+                           f"{need:,} bytes and this backend places tensors in {have:,} bytes "
+                           f"(the west half of {arch.name}'s {arch.sram_bytes:,} bytes); about "
+                           f"{chips} chips' worth (multi-chip compilation is a later step)")
 
 
 def _aliased(v, place, outputs) -> bool:

@@ -110,7 +110,7 @@ class Scheduler:
             if (direction == 0) != (pos > src):
                 raise CompileError("internal: a write flow against the stream direction")
             hops = abs(pos - src)
-            for i, (a, t) in enumerate(zip(addrs, leave, strict=True)):
+            for a, t in zip(addrs, leave, strict=True):
                 d = diagonal(direction, src, t)
                 sp = span(direction, src, pos)
                 if not res.stream_free(direction, base + b, d, sp):

@@ -1,0 +1,141 @@
+"""End to end: ONNX -> compiler -> Program -> simulator, checked against onnxruntime / the ONNX
+reference, plus the compiler's errors and determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import lpusim
+from lpusim.cli import main
+from lpusim.errors import LpusimError
+from lpusim.program_io import program_to_bytes
+
+RNG = np.random.default_rng(7)
+
+
+def model(nodes, inputs, outputs, inits=(), opset=17):
+    g = h.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+def vi(name, shape):
+    return h.make_tensor_value_info(name, T.FLOAT, shape)
+
+
+def const(name, arr):
+    arr = np.asarray(arr, np.float32)
+    return h.make_tensor(name, T.FLOAT, list(arr.shape), arr.ravel())
+
+
+def mlp(k=400, n=330, n2=20):
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    b = RNG.standard_normal(n).astype(np.float32)
+    w2 = RNG.standard_normal((n, n2)).astype(np.float32)
+    return model([h.make_node("Gemm", ["x", "Wt", "B"], ["m"], transB=1),
+                  h.make_node("Tanh", ["m"], ["r"]),
+                  h.make_node("MatMul", ["r", "W2"], ["y"])],
+                 [vi("x", ["batch", k])], [vi("y", ["batch", n2])],
+                 [const("Wt", w.T), const("B", b), const("W2", w2)])
+
+
+def test_mlp_matches_reference():
+    res = lpusim.run_onnx(mlp(), dims={"batch": 3})
+    assert res.report["errors"]["y"]["max_rel"] < 1e-4
+    assert res.report["precision"] == "fp32" and res.report["reference"]
+    assert res.report["roofline_ratio"] >= 1.0
+    assert res.report["roofline_bound_by"] in res.report["roofline_terms_cycles"]
+
+
+@pytest.mark.parametrize("op,fn", [
+    ("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply), ("Div", np.divide),
+    ("Max", np.maximum), ("Min", np.minimum)])
+def test_binary_ops_with_row_and_scalar_broadcast(op, fn):
+    b = RNG.standard_normal(40).astype(np.float32) + 3
+    m = model([h.make_node(op, ["x", "b"], ["t"]), h.make_node(op, ["t", "s"], ["y"])],
+              [vi("x", [5, 40])], [vi("y", [5, 40])], [const("b", b), const("s", 1.5)])
+    x = RNG.standard_normal((5, 40)).astype(np.float32)
+    res = lpusim.run_onnx(m, {"x": x})
+    want = fn(fn(x, b), np.float32(1.5))
+    np.testing.assert_allclose(res.outputs["y"], want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["Relu", "Neg", "Abs", "Exp", "Tanh", "Sigmoid", "Erf"])
+def test_unary_ops(op):
+    m = model([h.make_node(op, ["x"], ["y"])], [vi("x", [3, 700])], [vi("y", [3, 700])])
+    res = lpusim.run_onnx(m)
+    assert res.report["errors"]["y"]["max_abs"] < 1e-5
+
+
+def test_silu_and_scalar_minus_x():
+    m = model([h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Mul", ["x", "s"], ["t"]),
+               h.make_node("Sub", ["one", "t"], ["y"])],
+              [vi("x", [2, 64])], [vi("y", [2, 64])], [const("one", 1.0)])
+    res = lpusim.run_onnx(m)
+    assert res.report["errors"]["y"]["max_abs"] < 1e-5
+
+
+def test_compile_is_deterministic():
+    m = mlp(64, 48, 8)
+    assert program_to_bytes(lpusim.compile_onnx(m, dims={"batch": 2})) == \
+        program_to_bytes(lpusim.compile_onnx(m, dims={"batch": 2}))
+
+
+def test_model_too_large_for_the_chip():
+    from models.common import shape_only_tensor
+
+    m = model([h.make_node("MatMul", ["x", "W"], ["y"])], [vi("x", [1, 8192])],
+              [vi("y", [1, 8192])], [shape_only_tensor("W", [8192, 8192])])
+    m.metadata_props.add(key="lpusim.weights", value="shape-only")
+    with pytest.raises(LpusimError, match="does not fit one chip.*bytes"):
+        lpusim.compile_onnx(m)
+
+
+def test_unlowered_op_and_precision_are_clear_errors():
+    m = model([h.make_node("Softmax", ["x"], ["y"])], [vi("x", [2, 8])], [vi("y", [2, 8])])
+    with pytest.raises(LpusimError, match="Softmax.*not lowered"):
+        lpusim.compile_onnx(m)
+    with pytest.raises(LpusimError, match="precision int8 is not implemented"):
+        lpusim.compile_onnx(mlp(8, 8, 8), dims={"batch": 1}, precision="int8")
+
+
+def test_cli_compile_and_run(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(64, 48, 8), str(path))
+    runner = CliRunner()
+    out = tmp_path / "m.lpu"
+    r = runner.invoke(main, ["compile", str(path), "-o", str(out), "--dim", "batch=2"])
+    assert r.exit_code == 0, r.output
+    assert out.exists()
+    r = runner.invoke(main, ["sim", str(out), "--random-inputs", "1"])
+    assert r.exit_code == 0, r.output
+    rep = tmp_path / "r.json"
+    r = runner.invoke(main, ["run", str(path), "--dim", "batch=2", "--json", str(rep)])
+    assert r.exit_code == 0, r.output
+    assert "max rel error" in r.output and rep.exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["run", "{bad}"], "not a valid ONNX model"),
+    (["run", "{model}"], "symbolic dim 'batch'"),
+    (["run", "{model}", "--dim", "batch=x"], "expected NAME=N"),
+    (["run", "{model}", "--dim", "nope=3", "--dim", "batch=1"], "nope"),
+    (["compile", "{missing}", "-o", "{out}"], "missing"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, msg):
+    good = tmp_path / "m.onnx"
+    onnx.save(mlp(16, 8, 4), str(good))
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("this is not a model\n")
+    subst = {"{bad}": str(bad), "{model}": str(good), "{missing}": str(tmp_path / "missing.onnx"),
+             "{out}": str(tmp_path / "o.lpu")}
+    r = CliRunner().invoke(main, [subst.get(a, a) for a in args])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    assert msg in lines[0]
+    assert not (tmp_path / "o.lpu").exists()
