@@ -174,7 +174,8 @@ def decode(program, arch) -> Decoded:
                 raise ProgramFormatError(f"chip {c}: {exc}") from None
             words = np.asarray(words, dtype=np.uint64).reshape(-1, 2)
             static_n += len(words)
-            f = {name: field_array(words, name) for name in ("opcode",) + _FIELD_COLS}
+            # ICU fields for every word; the others later, for the unit instructions only
+            f = {name: field_array(words, name) for name in ("opcode", "imm", "aux")}
             op = f["opcode"]
             known = unit_of[op] >= 0
             if not known.all():
@@ -198,18 +199,18 @@ def decode(program, arch) -> Decoded:
             cost[nop] = f["imm"][nop]
             cost[rep] = f["imm"][rep] * f["aux"][rep]
             _dispatch(c, qname, op, cost, states)
-            per_queue.append((c, qi, f, states[-1]))
+            per_queue.append((c, qi, f, states[-1], words))
     _resolve_syncs(states, notify_lat, sync_lat)
 
     blocks = []
-    for c, qi, f, st in per_queue:
+    for c, qi, f, st, words in per_queue:
         op = f["opcode"]
         t = np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"] \
             if len(op) else np.zeros(0, np.int64)
-        real = unit_of[op] != 0
-        sidx = np.arange(len(op))
-        rows = {name: f[name][real] for name in _FIELD_COLS}
-        rows["t0"], rows["sidx"], rows["rep"] = t[real], sidx[real], np.zeros(real.sum(), np.int64)
+        idx = np.flatnonzero(unit_of[op] != 0)
+        sub = words.take(idx, axis=0)
+        rows = {name: field_array(sub, name) for name in _FIELD_COLS}
+        rows["t0"], rows["sidx"], rows["rep"] = t.take(idx), idx, np.zeros(len(idx), np.int64)
         rep_idx = np.flatnonzero(op == oc.OP_REPEAT)
         if len(rep_idx):
             prev = rep_idx - 1
@@ -221,13 +222,14 @@ def decode(program, arch) -> Decoded:
             n = f["imm"][rep_idx]
             src = np.repeat(prev, n)
             j = np.concatenate([np.arange(1, k + 1) for k in n])
-            extra = {name: f[name][src].copy() for name in _FIELD_COLS}
+            at = np.searchsorted(idx, src)  # where each repeated instruction sits in rows
+            extra = {name: rows[name].take(at) for name in _FIELD_COLS}
             extra["t0"] = t[src] + j * np.repeat(f["aux"][rep_idx], n)
             extra["sidx"], extra["rep"] = src, j
             _advance_repeats(extra, j, f["opcode"][src])
             rows = {k2: np.concatenate([rows[k2], extra[k2]]) for k2 in rows}
         m = len(rows["t0"])
-        rows["op"] = np.concatenate([op[real], op[src]]) if len(rep_idx) else op[real]
+        rows["op"] = np.concatenate([op.take(idx), op[src]]) if len(rep_idx) else op.take(idx)
         if len(rep_idx):  # repetitions go right after the instruction they repeat
             within = np.lexsort((rows["rep"], rows["sidx"]))
             rows = {k2: v[within] for k2, v in rows.items()}
@@ -246,8 +248,8 @@ def decode(program, arch) -> Decoded:
     # gives the order (t0, chip, queue, static index, repetition).
     order = np.argsort(np.concatenate([b["t0"] for b in blocks]) if blocks
                        else np.zeros(0, np.int64), kind="stable")
-    col = {name: (np.concatenate([b[name] for b in blocks])[order].astype(np.int64, copy=False)
-                  if blocks and name in blocks[0] else np.zeros(N, np.int64))
+    col = {name: (np.concatenate([b[name] for b in blocks]).astype(np.int64, copy=False)
+                  .take(order) if blocks and name in blocks[0] else np.zeros(N, np.int64))
            for name in COLUMNS}
     maps = _stack_maps(program, arch)
     link_vectors = _derive(col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names)

@@ -41,10 +41,20 @@ def _runs_overlap(key, start, end):
     return False
 
 
+def _sort_order(key: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Order by (key, start) with one argsort of a combined int64 where it fits."""
+    lo = int(start.min())
+    span = int(start.max()) - lo + 1
+    bits = max(1, span.bit_length())
+    if int(key.max()).bit_length() + bits <= 62 and int(key.min()) >= 0:
+        return np.argsort((key << bits) | (start - lo), kind="stable")
+    return np.lexsort((start, key))
+
+
 def _overlap(key: np.ndarray, start: np.ndarray, end: np.ndarray) -> bool:
     if len(key) < 2:
         return False
-    order = np.lexsort((start, key))
+    order = _sort_order(key, start)
     return bool(_runs_overlap(key[order], start[order], end[order]))
 
 
@@ -152,7 +162,7 @@ def timing_clean(dec: Decoded, arch) -> bool:
         step = np.concatenate([np.ones(len(kk), np.int64), col["interval"][rkk]])
         is_read = np.concatenate([np.zeros(len(kk), bool), np.ones(len(rkk), bool)])
         pos_key = np.where(d_all == 0, pos, P - 1 - pos)
-        order = np.lexsort((~is_read, pos_key, group))
+        order = _sort_order(group, pos_key * 2 + (~is_read).astype(np.int64))
         span = int((d0 + (n - 1) * step).max() - d0.min()) + 2
         buf = np.empty(span, np.int64)
         if not _streams_covered(group[order], pos_key[order], is_read[order], d0[order],
@@ -216,7 +226,7 @@ def _rw_overlap(key, start, end, is_w) -> bool:
     """Does a read run overlap a write run with the same key (slice and bank)?"""
     if len(key) < 2:
         return False
-    order = np.lexsort((start, key))
+    order = _sort_order(key, start)
     return bool(_rw_sweep(key[order], start[order], end[order], is_w[order]))
 
 
