@@ -357,7 +357,8 @@ def _derive(col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> in
         return 1 << col[f"{name}_g"]
 
     for name in ("dst", "src", "src2"):
-        bad = (col[name] % gw(name) != 0) | (col[name] + gw(name) > S)
+        # group widths are powers of two
+        bad = ((col[name] & (gw(name) - 1)) != 0) | (col[name] + gw(name) > S)
         if name == "src2":
             bad &= col["flag"] == 0
         fail(bad & _has_stream(op, name), f"stream group {name} not aligned or out of range")
@@ -447,7 +448,7 @@ def _derive(col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> in
                                               > arch.mxm_acc_vectors_per_plane)),
          f"accumulators out of range (0..{arch.mxm_acc_vectors_per_plane - 1})")
     fail(abc & (col["flag"] > 1), "flag must be 0 or 1")
-    fail(lw & ((col["aux"] < 1) | (col["aux"] % g_dt != 0)
+    fail(lw & ((col["aux"] < 1) | ((col["aux"] & (g_dt - 1)) != 0)
                | (col["aux"] > arch.mxm_load_streams_max) | (col["src"] + col["aux"] > S)),
          f"aux must be a multiple of the element width, at most {arch.mxm_load_streams_max}, "
          f"and the streams must exist")
