@@ -46,8 +46,20 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _check_fits(graph, arch, len(west))
     alloc = Allocator(arch, west)
     sch = Scheduler(arch)
-    place: dict[str, Placement] = {}
     ready: dict[str, int] = {}
+
+    class _Places(dict):
+        """Constants get SRAM only when an op reads them as data (not as a shape operand or
+        an immediate)."""
+
+        def __missing__(self, v):
+            if not graph.is_const(v):
+                raise KeyError(v)
+            p, _ = new(v)
+            ready[v] = 0
+            return p
+
+    place: dict[str, Placement] = _Places()
     tensors: list[TensorSpec] = []
 
     def new(value: str, not_before: int = 0) -> tuple[Placement, int]:
@@ -60,16 +72,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     for v in graph.inputs:
         new(v)
         ready[v] = 0
-    for v in graph.consts:
-        new(v)
-        ready[v] = 0
     last_use = _last_uses(graph)
     order = graph.topo_order()
     for name in order:
         nd = graph.node(name)
         op, ins, outs = nd["op"], list(nd["inputs"]), nd["outputs"]
         what = f"{op} (node {name!r})"
-        start = max([ready[i] for i in ins if i] + [0])
+        start = max([ready.get(i, 0) for i in ins if i] + [0])
         if op in lower.ALIASES or (op == "Identity"):
             src = place[ins[0]]
             ty = graph.values[outs[0]]
@@ -111,8 +120,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     for v in graph.inputs:
         tensors.append(_spec(v, "input", place[v], None))
     for v, c in graph.consts.items():
-        kind = "weight" if c.kind == "weight" else "const"
-        tensors.append(_spec(v, kind, place[v], c.array))
+        if v in place:
+            kind = "weight" if c.kind == "weight" else "const"
+            tensors.append(_spec(v, kind, place[v], c.array))
     for v in graph.outputs:
         if v in graph.inputs or graph.is_const(v):
             raise CompileError(f"graph output {v!r} is an input or a constant: nothing to "
@@ -135,6 +145,13 @@ def _elementwise(graph, sch, nd, place, new, start, what) -> int:
         z, nb = new(out, start)
         return lower.elementwise(sch, [lower.UNARY[op]], place[ins[0]], None, None, z,
                                  max(start, nb), what)
+    ins = [i for i in ins if i]
+    if op in ("Max", "Min") and len(ins) == 1:
+        z, nb = new(out, start)
+        return lower.elementwise(sch, ["copy"], place[ins[0]], None, None, z, max(start, nb),
+                                 what)
+    if len(ins) != 2:
+        raise CompileError(f"{what}: {len(ins)} inputs; only two are lowered yet")
     alu = lower.BINARY[op]
     a, b = ins[0], ins[1]
     zt = graph.values[out]
