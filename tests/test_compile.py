@@ -139,3 +139,19 @@ def test_cli_errors_are_one_line(tmp_path, args, msg):
     assert len(lines) == 1 and lines[0].startswith("error:"), r.output
     assert msg in lines[0]
     assert not (tmp_path / "o.lpu").exists()
+
+
+def test_matmul_after_an_op_that_fills_pad_lanes():
+    """Lanes past a row's last column must be zero for the MXM's sums over K: an activation
+    from exp() has ones there, so with K not a multiple of 320 the compiler refuses; with
+    K = 320 there are no such lanes and the result matches."""
+    for k, ok in ((64, False), (320, True)):
+        w = RNG.standard_normal((k, 8)).astype(np.float32)
+        m = model([h.make_node("Exp", ["x"], ["e"]), h.make_node("MatMul", ["e", "W"], ["y"])],
+                  [vi("x", [2, k])], [vi("y", [2, 8])], [const("W", w)])
+        if ok:
+            res = lpusim.run_onnx(m)
+            assert res.report["errors"]["y"]["max_rel"] < 1e-4
+        else:
+            with pytest.raises(LpusimError, match="past its last column"):
+                lpusim.compile_onnx(m)

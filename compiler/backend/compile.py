@@ -47,6 +47,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     alloc = Allocator(arch, west)
     sch = Scheduler(arch)
     ready: dict[str, int] = {}
+    # values whose lanes past the last column are zero (graph inputs and constants are)
+    clean: dict[str, bool] = {v: True for v in list(graph.inputs) + list(graph.consts)}
 
     class _Places(dict):
         """Constants get SRAM only when an op reads them as data (not as a shape operand or
@@ -89,10 +91,16 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             place[outs[0]] = Placement(src.dtype, tuple(ty.shape), rows, cols, src.vpr,
                                        src.slices, src.addr)
             ready[outs[0]] = ready[ins[0]]
+            clean[outs[0]] = clean.get(ins[0], False)
             continue
         out = outs[0]
         if op in lower.MATMULS:
             x, w = place[ins[0]], place[ins[1]]
+            if x.cols % arch.lanes and not clean.get(ins[0], False):
+                raise CompileError(f"{what}: the activation's lanes past its last column may "
+                                   "be nonzero (it comes from an op that does not keep zeros); "
+                                   "masking them is not lowered yet")
+            clean[out] = True
             if not graph.is_const(ins[1]):
                 raise CompileError(f"{what}: the weight must be a constant (activation x "
                                    "activation matmul is not lowered yet)")
@@ -110,7 +118,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                                max(t1, nb2), what + " bias")
                 alloc.release(tmp, ready[out])
         else:
-            ready[out] = _elementwise(graph, sch, nd, place, new, start, what)
+            ready[out], clean[out] = _elementwise(graph, sch, nd, place, new, start, what,
+                                                  clean)
         # free the inputs whose last reader this was (never graph inputs, outputs or consts)
         for i in ins:
             if i and last_use.get(i) == name and i not in graph.outputs \
@@ -135,21 +144,25 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                                   "graph": graph.name})
 
 
-def _elementwise(graph, sch, nd, place, new, start, what) -> int:
+def _elementwise(graph, sch, nd, place, new, start, what, clean) -> tuple[int, bool]:
+    """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero)."""
     op, ins, out = nd["op"], nd["inputs"], nd["outputs"][0]
+    c0 = clean.get(ins[0], False)
     if op in lower.CHAINS:
         z, nb = new(out, start)
-        return lower.elementwise(sch, lower.CHAINS[op], place[ins[0]], None, None, z,
-                                 max(start, nb), what, y_is_x=True)
+        return (lower.elementwise(sch, lower.CHAINS[op], place[ins[0]], None, None, z,
+                                  max(start, nb), what, y_is_x=True),
+                c0 and lower.keeps_zero(lower.CHAINS[op], 0.0))
     if op in lower.UNARY:
         z, nb = new(out, start)
-        return lower.elementwise(sch, [lower.UNARY[op]], place[ins[0]], None, None, z,
-                                 max(start, nb), what)
+        return (lower.elementwise(sch, [lower.UNARY[op]], place[ins[0]], None, None, z,
+                                  max(start, nb), what),
+                c0 and lower.keeps_zero([lower.UNARY[op]], None))
     ins = [i for i in ins if i]
     if op in ("Max", "Min") and len(ins) == 1:
         z, nb = new(out, start)
         return lower.elementwise(sch, ["copy"], place[ins[0]], None, None, z, max(start, nb),
-                                 what)
+                                 what), c0
     if len(ins) != 2:
         raise CompileError(f"{what}: {len(ins)} inputs; only two are lowered yet")
     alu = lower.BINARY[op]
@@ -180,15 +193,19 @@ def _elementwise(graph, sch, nd, place, new, start, what) -> int:
             a, b, ra, rb, alu = b, a, rb, ra, lower.SWAPPED[alu]
         elif ra == "imm" and alu == "sub":  # s - x = (-x) + s
             z, nb = new(out, start)
-            return lower.elementwise(sch, ["neg", "add"], place[b], None, scalar(a), z,
-                                     max(start, nb), what)
+            return (lower.elementwise(sch, ["neg", "add"], place[b], None, scalar(a), z,
+                                      max(start, nb), what),
+                    clean.get(b, False) and lower.keeps_zero(["neg", "add"], scalar(a)))
     if ra != "full" or rb == "other":
         raise CompileError(f"{what}: this broadcast ({list(graph.values[a].shape)} with "
                            f"{list(graph.values[b].shape)}) is not lowered yet")
     z, nb = new(out, start)
+    ca = clean.get(a, False)
     if rb == "imm":
-        return lower.elementwise(sch, [alu], place[a], None, scalar(b), z, max(start, nb), what)
-    return lower.elementwise(sch, [alu], place[a], place[b], None, z, max(start, nb), what)
+        return (lower.elementwise(sch, [alu], place[a], None, scalar(b), z, max(start, nb), what),
+                ca and lower.keeps_zero([alu], scalar(b)))
+    return (lower.elementwise(sch, [alu], place[a], place[b], None, z, max(start, nb), what),
+            ca and clean.get(b, False) and lower.keeps_zero([alu], 0.0))
 
 
 COMMUTATIVE = lower.COMMUTATIVE

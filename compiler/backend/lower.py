@@ -35,6 +35,30 @@ MATMULS = {"MatMul", "MatMulBias"}
 CHUNK = 4096  # vectors per elementwise job
 
 
+_AT_ZERO = {
+    "copy": lambda x, b: x, "neg": lambda x, b: -x, "abs": abs, "relu": lambda x, b: max(x, 0.0),
+    "exp": lambda x, b: math.exp(x), "tanh": lambda x, b: math.tanh(x),
+    "sqrt": lambda x, b: math.sqrt(x) if x >= 0 else math.nan, "erf": lambda x, b: math.erf(x),
+    "sigmoid": lambda x, b: 1 / (1 + math.exp(-x)), "add": lambda x, b: x + b,
+    "sub": lambda x, b: x - b, "mul": lambda x, b: x * b, "max": max, "min": min,
+}
+
+
+def keeps_zero(ops: list[str], b: float | None) -> bool:
+    """Does the op chain map a zero lane (with B = b in that lane) to exactly zero? Lanes past
+    a row's last column hold zeros in SRAM, and MXM reductions over them rely on it."""
+    v = 0.0
+    for o in ops:
+        f = _AT_ZERO.get(o)
+        if f is None:
+            return False
+        try:
+            v = f(v, 0.0 if b is None else b) if o not in ("abs",) else abs(v)
+        except (ValueError, OverflowError, ZeroDivisionError):
+            return False
+    return v == 0.0
+
+
 def fp32_bits(v: float) -> int:
     return struct.unpack("<I", struct.pack("<f", float(np.float32(v))))[0]
 
