@@ -141,13 +141,14 @@ def test_cli_errors_are_one_line(tmp_path, args, msg):
     assert not (tmp_path / "o.lpu").exists()
 
 
-def test_matmul_after_an_op_that_fills_pad_lanes():
-    """Lanes past a row's last column must be zero for the MXM's sums over K: an activation
-    from exp() has ones there, so with K not a multiple of 320 the compiler refuses; with
-    K = 320 there are no such lanes and the result matches."""
-    for k, ok in ((64, False), (320, True)):
+def test_matmul_after_ops_that_fill_pad_lanes():
+    """Lanes past a row's last column meet zero weight rows in the MXM's sums over K: ones
+    (from exp) are fine, over two K tiles too; inf (from a reciprocal) is refused unless
+    K fills whole tiles."""
+    for k, op, ok in ((64, "Exp", True), (330, "Exp", True), (64, "Reciprocal", False),
+                      (320, "Reciprocal", True)):
         w = RNG.standard_normal((k, 8)).astype(np.float32)
-        m = model([h.make_node("Exp", ["x"], ["e"]), h.make_node("MatMul", ["e", "W"], ["y"])],
+        m = model([h.make_node(op, ["x"], ["e"]), h.make_node("MatMul", ["e", "W"], ["y"])],
                   [vi("x", [2, k])], [vi("y", [2, 8])], [const("W", w)])
         if ok:
             res = lpusim.run_onnx(m)

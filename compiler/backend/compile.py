@@ -47,7 +47,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     alloc = Allocator(arch, west)
     sch = Scheduler(arch)
     ready: dict[str, int] = {}
-    # values whose lanes past the last column are zero (graph inputs and constants are)
+    # values whose lanes past the last column are finite (graph inputs and constants hold
+    # zeros there)
     clean: dict[str, bool] = {v: True for v in list(graph.inputs) + list(graph.consts)}
 
     class _Places(dict):
@@ -62,6 +63,14 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             return p
 
     place: dict[str, Placement] = _Places()
+
+    def zero(mdtype: str) -> Placement:
+        """A zero vector of a machine dtype (the padding rows of short weight tiles)."""
+        name = f"__zero_{mdtype}"
+        if name not in graph.consts:
+            ir = {v: k for k, v in _MACHINE.items()}[mdtype]
+            graph.add_const(name, np.zeros(arch.lanes, ir), kind="const")
+        return place[name]
     tensors: list[TensorSpec] = []
 
     def new(value: str, not_before: int = 0) -> tuple[Placement, int]:
@@ -98,8 +107,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             x, w = place[ins[0]], place[ins[1]]
             if x.cols % arch.lanes and not clean.get(ins[0], False):
                 raise CompileError(f"{what}: the activation's lanes past its last column may "
-                                   "be nonzero (it comes from an op that does not keep zeros); "
-                                   "masking them is not lowered yet")
+                                   "hold inf or NaN (it comes from an op like Reciprocal or "
+                                   "Log); masking them is not lowered yet")
             clean[out] = True
             if not graph.is_const(ins[1]):
                 raise CompileError(f"{what}: the weight must be a constant (activation x "
@@ -107,12 +116,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             bias = ins[2] if len(ins) > 2 and ins[2] else None
             if bias is None:
                 y, nb = new(out, start)
-                ready[out] = lower.matmul(sch, x, w, y, max(start, nb), what)
+                ready[out] = lower.matmul(sch, x, w, y, max(start, nb), what,
+                                          zero=zero(w.dtype))
             else:
                 tmp_ty = graph.values[out]
                 mdt = _machine_dtype(tmp_ty.dtype, what)
                 tmp, nb = alloc.alloc(mdt, tuple(tmp_ty.shape), dtype_info(mdt).nbytes)
-                t1 = lower.matmul(sch, x, w, tmp, max(start, nb), what)
+                t1 = lower.matmul(sch, x, w, tmp, max(start, nb), what, zero=zero(w.dtype))
                 y, nb2 = new(out, t1)
                 ready[out] = lower.elementwise(sch, ["add"], tmp, place[bias], None, y,
                                                max(t1, nb2), what + " bias")
@@ -152,12 +162,12 @@ def _elementwise(graph, sch, nd, place, new, start, what, clean) -> tuple[int, b
         z, nb = new(out, start)
         return (lower.elementwise(sch, lower.CHAINS[op], place[ins[0]], None, None, z,
                                   max(start, nb), what, y_is_x=True),
-                c0 and lower.keeps_zero(lower.CHAINS[op], 0.0))
+                c0 and lower.finite_at_zero(lower.CHAINS[op], 0.0))
     if op in lower.UNARY:
         z, nb = new(out, start)
         return (lower.elementwise(sch, [lower.UNARY[op]], place[ins[0]], None, None, z,
                                   max(start, nb), what),
-                c0 and lower.keeps_zero([lower.UNARY[op]], None))
+                c0 and lower.finite_at_zero([lower.UNARY[op]], None))
     ins = [i for i in ins if i]
     if op in ("Max", "Min") and len(ins) == 1:
         z, nb = new(out, start)
@@ -195,7 +205,7 @@ def _elementwise(graph, sch, nd, place, new, start, what, clean) -> tuple[int, b
             z, nb = new(out, start)
             return (lower.elementwise(sch, ["neg", "add"], place[b], None, scalar(a), z,
                                       max(start, nb), what),
-                    clean.get(b, False) and lower.keeps_zero(["neg", "add"], scalar(a)))
+                    clean.get(b, False) and lower.finite_at_zero(["neg", "add"], scalar(a)))
     if ra != "full" or rb == "other":
         raise CompileError(f"{what}: this broadcast ({list(graph.values[a].shape)} with "
                            f"{list(graph.values[b].shape)}) is not lowered yet")
@@ -203,9 +213,9 @@ def _elementwise(graph, sch, nd, place, new, start, what, clean) -> tuple[int, b
     ca = clean.get(a, False)
     if rb == "imm":
         return (lower.elementwise(sch, [alu], place[a], None, scalar(b), z, max(start, nb), what),
-                ca and lower.keeps_zero([alu], scalar(b)))
+                ca and lower.finite_at_zero([alu], scalar(b)))
     return (lower.elementwise(sch, [alu], place[a], place[b], None, z, max(start, nb), what),
-            ca and clean.get(b, False) and lower.keeps_zero([alu], 0.0))
+            ca and clean.get(b, False) and lower.finite_at_zero([alu], 0.0))
 
 
 COMMUTATIVE = lower.COMMUTATIVE

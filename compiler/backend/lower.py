@@ -40,13 +40,16 @@ _AT_ZERO = {
     "exp": lambda x, b: math.exp(x), "tanh": lambda x, b: math.tanh(x),
     "sqrt": lambda x, b: math.sqrt(x) if x >= 0 else math.nan, "erf": lambda x, b: math.erf(x),
     "sigmoid": lambda x, b: 1 / (1 + math.exp(-x)), "add": lambda x, b: x + b,
+    "rsqrt": lambda x, b: 1 / math.sqrt(x), "recip": lambda x, b: 1 / x,
+    "log": lambda x, b: math.log(x), "div": lambda x, b: x / b,
     "sub": lambda x, b: x - b, "mul": lambda x, b: x * b, "max": max, "min": min,
 }
 
 
-def keeps_zero(ops: list[str], b: float | None) -> bool:
-    """Does the op chain map a zero lane (with B = b in that lane) to exactly zero? Lanes past
-    a row's last column hold zeros in SRAM, and MXM reductions over them rely on it."""
+def finite_at_zero(ops: list[str], b: float | None) -> bool:
+    """Does the op chain map a zero lane (with B = b there) to a finite value? Lanes past a
+    row's last column start as zeros; an MXM sum over K multiplies them by zero weight rows,
+    which gives zero only for finite values."""
     v = 0.0
     for o in ops:
         f = _AT_ZERO.get(o)
@@ -56,7 +59,7 @@ def keeps_zero(ops: list[str], b: float | None) -> bool:
             v = f(v, 0.0 if b is None else b) if o not in ("abs",) else abs(v)
         except (ValueError, OverflowError, ZeroDivisionError):
             return False
-    return v == 0.0
+    return math.isfinite(v)
 
 
 def fp32_bits(v: float) -> int:
@@ -150,8 +153,10 @@ def _dt(p: Placement) -> int:
 
 
 def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int, what: str,
-           plane: int = 0) -> int:
-    """y[M, N] = x[M, K] @ w[K, N] on one MXM plane; returns when y is in SRAM."""
+           plane: int = 0, zero: Placement | None = None) -> int:
+    """y[M, N] = x[M, K] @ w[K, N] on one MXM plane; returns when y is in SRAM. With `zero`
+    (a zero vector of w's type), a last K tile shorter than 320 rows also loads zero rows for
+    the rest, so lanes of x past column K never meet stale weights."""
     arch = sch.arch
     lanes = arch.lanes
     M, K, N = x.rows, x.cols, w.cols
@@ -178,7 +183,9 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
             rk = min(lanes, K - kt * lanes)
             wa = [w.addr + (kt * lanes + r) * w.vpr + nt for r in range(rk)]
 
-            def lw(res, T, wa=wa, rk=rk):
+            pad = lanes - rk if zero is not None else 0
+
+            def lw(res, T, wa=wa, rk=rk, pad=pad):
                 arrive = [T + i for i in range(rk)]
                 b = sch.read_flow(res, w, wa, arrive, P, to_mxm, ready)
                 if b is None or not res.take_issue(q, T):
@@ -186,11 +193,20 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
                 rc = sch.read_code(res, w, wa, arrive, P, to_mxm, b)
                 if rc is None:
                     return None
+                if pad:
+                    za = [zero.addr] * pad
+                    zarr = [T + rk + i for i in range(pad)]
+                    if sch.read_flow(res, zero, za, zarr, P, to_mxm, ready, base=b) is None:
+                        return None
+                    rz = sch.read_code(res, zero, za, zarr, P, to_mxm, b)
+                    if rz is None:
+                        return None
+                    rc += rz
                 return rc + [Emitted(q, T, "mxm.lw", dict(dtype=_dt(w), src=b, src_dir=to_mxm,
-                                                          aux=g, count=rk, addr=0))]
+                                                          aux=g, count=rk + pad, addr=0))]
 
             t_lw = sch.place(t_free, lw, f"{what} weight load")
-            earliest_iw = max(t_lw + rk, array_busy_until - arch.lat("mxm_install") + 1)
+            earliest_iw = max(t_lw + rk + pad, array_busy_until - arch.lat("mxm_install") + 1)
 
             def iw(res, T):
                 return [Emitted(q, T, "mxm.iw", {})] if res.take_issue(q, T) else None

@@ -51,10 +51,11 @@ class Scheduler:
 
     # -- flows --------------------------------------------------------------------------------
     def read_flow(self, res: Reservation, p: Placement, addrs: list[int], arrive: list[int],
-                  dest: int, direction: int, not_before: int = 0) -> int | None:
+                  dest: int, direction: int, not_before: int = 0,
+                  base: int | None = None) -> int | None:
         """Stream the vectors at `addrs` of every byte plane of `p` so that vector i reaches
         position `dest` in cycle arrive[i], reading SRAM no earlier than `not_before` (when the
-        data is there). Returns the first stream of the group, or None."""
+        data is there). Returns the first stream of the group (`base` if given), or None."""
         g = len(p.slices)
         lat = self.lat("mem_read")
         plans = []
@@ -68,9 +69,10 @@ class Scheduler:
                 if rc < max(0, not_before):
                     return None
                 plans.append((b, sl, pos, a, rc, diagonal(direction, pos, rc + lat)))
-        for base in range(0, self.S - g + 1, g):
-            if all(res.stream_free(direction, base + b, d, span(direction, pos, dest))
+        for cand in ([base] if base is not None else range(0, self.S - g + 1, g)):
+            if all(res.stream_free(direction, cand + b, d, span(direction, pos, dest))
                    for b, _, pos, _, _, d in plans):
+                base = cand
                 break
         else:
             return None
