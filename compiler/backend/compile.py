@@ -15,8 +15,10 @@ from isa.encoding import encode, to_words
 from lpusim.program import ChipProgram, Program, TensorSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+NORMS = {"LayerNormalization", "RMSNormalization"}
+REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
-                           | lower.ALIASES | lower.MATMULS))
+                           | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)))
 # IR dtype -> machine dtype in the fp32 exact mode
 _MACHINE = {"float32": "fp32"}
 
@@ -50,6 +52,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     # values whose lanes past the last column are finite (graph inputs and constants hold
     # zeros there)
     clean: dict[str, bool] = {v: True for v in list(graph.inputs) + list(graph.consts)}
+    # values [..., 1] held as one vector per row with the value in every lane (MXM row sums)
+    spread: set[str] = set()
 
     class _Places(dict):
         """Constants get SRAM only when an op reads them as data (not as a shape operand or
@@ -89,6 +93,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         nd = graph.node(name)
         op, ins, outs = nd["op"], list(nd["inputs"]), nd["outputs"]
         what = f"{op} (node {name!r})"
+        if any(v and graph.values[v].size == 0 for v in list(ins) + list(outs)):
+            raise CompileError(f"{what}: tensors with no elements are not lowered yet")
         start = max([ready.get(i, 0) for i in ins if i] + [0])
         if op in lower.ALIASES or (op == "Identity"):
             src = place[ins[0]]
@@ -127,9 +133,19 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 ready[out] = lower.elementwise(sch, ["add"], tmp, place[bias], None, y,
                                                max(t1, nb2), what + " bias")
                 alloc.release(tmp, ready[out])
+        elif op in NORMS:
+            ready[out] = _norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
+                               clean, spread)
+            clean[out] = True
+        elif op in REDUCES:
+            ready[out] = _reduce(graph, arch, sch, nd, place, new, start, what, zero, clean,
+                                 REDUCES[op])
+            clean[out] = True
+            spread.add(out)
         else:
-            ready[out], clean[out] = _elementwise(graph, sch, nd, place, new, start, what,
-                                                  clean)
+            ready[out], clean[out] = _elementwise(graph, sch, alloc, nd, place, new, start,
+                                                  what, clean, spread,
+                                                  lambda v: ready.get(v, 0))
         # free the inputs whose last reader this was (never graph inputs, outputs or consts)
         for i in ins:
             if i and last_use.get(i) == name and i not in graph.outputs \
@@ -154,7 +170,130 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                                   "graph": graph.name})
 
 
-def _elementwise(graph, sch, nd, place, new, start, what, clean) -> tuple[int, bool]:
+def _row_matrix(graph, arch, place, cols: int, scale: float) -> Placement:
+    """The [cols, 320] matrix whose product with a row leaves scale * (row sum) in every lane."""
+    name = f"__rowsum_{cols}_{scale!r}"
+    if name not in graph.consts:
+        graph.add_const(name, np.full((cols, arch.lanes), scale, np.float32), kind="const")
+    return place[name]
+
+
+def _last_axis(graph, nd, what) -> None:
+    ins = nd["inputs"]
+    rank = len(graph.values[ins[0]].shape)
+    axes = nd["attrs"].get("axes")
+    if len(ins) > 1 and ins[1]:
+        arr = graph.const_array(ins[1]) if graph.is_const(ins[1]) else None
+        axes = None if arr is None else tuple(int(a) for a in arr.reshape(-1))
+    if axes is None or [a % rank for a in axes] != [rank - 1]:
+        raise CompileError(f"{what}: reductions over axes other than the last are not lowered "
+                           "yet")
+    if not int(nd["attrs"].get("keepdims", 1)):
+        raise CompileError(f"{what}: keepdims=0 is not lowered yet")
+
+
+def _reduce(graph, arch, sch, nd, place, new, start, what, zero, clean, kind) -> int:
+    """ReduceMean / ReduceSum over the last axis: one MXM pass against a matrix of 1/cols (or
+    ones); the result holds the row's value in every lane of one vector per row."""
+    _last_axis(graph, nd, what)
+    x_name = nd["inputs"][0]
+    x = place[x_name]
+    if not clean.get(x_name, False) and x.cols % arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
+    J = _row_matrix(graph, arch, place, x.cols, 1.0 / x.cols if kind == "mean" else 1.0)
+    y, a = new(nd["outputs"][0], start)
+    return lower.matmul(sch, x, J, y, max(start, a), what, zero=zero(x.dtype))
+
+
+def _norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spread) -> int:
+    """LayerNormalization / RMSNormalization over the last axis. Sums across lanes run on the
+    MXM against a [cols, 320] matrix of 1/cols, which leaves the row's mean in every lane;
+    the rest is elementwise on the VXM:
+        LayerNorm: m = x @ J; d = x - m; v = (d * d) @ J; y = d * rsqrt(v + eps) * g + b
+        RMSNorm:   q = (x * x) @ J; y = x * rsqrt(q + eps) * g
+    """
+    op, ins, outs = nd["op"], [i for i in nd["inputs"]], nd["outputs"]
+    x_name = ins[0]
+    xt = graph.values[x_name]
+    axis = int(nd["attrs"].get("axis", -1))
+    if axis not in (-1, len(xt.shape) - 1):
+        raise CompileError(f"{what}: normalisation over axis {axis} (not the last) is not "
+                           "lowered yet")
+    extra = [o if o and (graph.consumers(o) or o in graph.outputs) else None
+             for o in list(outs[1:3]) + [None] * (3 - len(outs))][:2]
+    if op == "RMSNormalization" and any(extra):
+        raise CompileError(f"{what}: extra outputs are not lowered yet")
+    if not clean.get(x_name, False) and xt.shape[-1] % arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
+    eps = float(nd["attrs"].get("epsilon", 1e-5))
+    x = place[x_name]
+    cols = x.cols
+    J = _row_matrix(graph, arch, place, cols, 1.0 / cols)
+    z = zero(x.dtype)
+    g = len(x.slices)
+
+    def temp(shape):
+        p, after = alloc.alloc(x.dtype, shape, g)
+        return p, after
+
+    rows = x.rows
+    t = start
+    temps = []
+    def per_row(out_name):
+        """A [rows, 320] temporary, or the Mean / InvStdDev output (one vector per row)."""
+        if out_name is None:
+            p, a = temp((rows, arch.lanes))
+            temps.append(p)
+            return p, a
+        spread.add(out_name)
+        return new(out_name, t)
+
+    if op == "LayerNormalization":
+        m, a = per_row(extra[0])
+        t = lower.matmul(sch, x, J, m, max(t, a), what + " mean", zero=z)
+        d, a = temp(tuple(xt.shape))
+        t = lower.elementwise(sch, ["sub"], x, m, None, d, max(t, a), what, y_mode="col")
+    else:
+        d = x
+    sq, a = temp(tuple(xt.shape))
+    t = lower.elementwise(sch, ["mul"], d, None, None, sq, max(t, a), what, y_is_x=True)
+    v, a = temp((rows, arch.lanes))
+    t = lower.matmul(sch, sq, J, v, max(t, a), what + " variance", zero=z)
+    temps += [sq, v]
+    inv, a = per_row(extra[1] if op == "LayerNormalization" else None)
+    t = lower.elementwise(sch, ["add", "rsqrt"], v, None, eps, inv, max(t, a), what)
+    scale = ins[1] if len(ins) > 1 and ins[1] else None
+    bias = ins[2] if len(ins) > 2 and ins[2] else None
+    for name in (scale, bias):
+        if name is not None and tuple(graph.values[name].shape) not in ((cols,), (1, cols)):
+            raise CompileError(f"{what}: scale/bias of shape {list(graph.values[name].shape)} "
+                               "(not one value per column) is not lowered yet")
+    steps = [("mul", inv, "col")]
+    if scale is not None:
+        steps.append(("mul", place[scale], "row"))
+    if bias is not None:
+        steps.append(("add", place[bias], "row"))
+    src = d
+    for k, (alu, operand, mode) in enumerate(steps):
+        last = k == len(steps) - 1
+        if last:
+            dst, a = new(outs[0], t)
+        else:
+            dst, a = temp(tuple(xt.shape))
+            temps.append(dst)
+        t = lower.elementwise(sch, [alu], src, operand, None, dst, max(t, a), what, y_mode=mode)
+        src = dst
+    if d is not x:
+        temps.append(d)
+    for p in temps:
+        alloc.release(p, t)
+    return t
+
+
+def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
+                 ready_of) -> tuple[int, bool]:
     """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero)."""
     op, ins, out = nd["op"], nd["inputs"], nd["outputs"][0]
     c0 = clean.get(ins[0], False)
@@ -193,6 +332,8 @@ def _elementwise(graph, sch, nd, place, new, start, what, clean) -> tuple[int, b
         r, c = rows_cols(tuple(ty.shape))
         if r == 1 and c == full[-1] if full else False:
             return "row"
+        if v in spread and full and tuple(ty.shape) == full[:-1] + (1,):
+            return "col"
         return "other"
 
     ra, rb = role(a), role(b)
@@ -211,10 +352,25 @@ def _elementwise(graph, sch, nd, place, new, start, what, clean) -> tuple[int, b
                            f"{list(graph.values[b].shape)}) is not lowered yet")
     z, nb = new(out, start)
     ca = clean.get(a, False)
+    if a == b:  # x op x: one read, the value goes to both ALU inputs
+        return (lower.elementwise(sch, [alu], place[a], None, None, z, max(start, nb), what,
+                                  y_is_x=True), ca and lower.finite_at_zero([alu], 0.0))
+    if rb in ("full", "row", "col") and set(place[a].slices) & set(place[b].slices):
+        # one slice cannot read both operands in one cycle: copy B to other slices first
+        pb = place[b]
+        cp, after = alloc.alloc(pb.dtype, pb.shape, len(pb.slices),
+                                avoid=frozenset(place[a].slices))
+        t = lower.elementwise(sch, ["copy"], pb, None, None, cp, max(start, after, ready_of(b)),
+                              what + " operand copy")
+        out_t = lower.elementwise(sch, [alu], place[a], cp, None, z, max(start, nb, t), what,
+                                  y_mode="col" if rb == "col" else "row")
+        alloc.release(cp, out_t)
+        return out_t, ca and clean.get(b, False) and lower.finite_at_zero([alu], 0.0)
     if rb == "imm":
         return (lower.elementwise(sch, [alu], place[a], None, scalar(b), z, max(start, nb), what),
                 ca and lower.finite_at_zero([alu], scalar(b)))
-    return (lower.elementwise(sch, [alu], place[a], place[b], None, z, max(start, nb), what),
+    return (lower.elementwise(sch, [alu], place[a], place[b], None, z, max(start, nb), what,
+                              y_mode="col" if rb == "col" else "row"),
             ca and clean.get(b, False) and lower.finite_at_zero([alu], 0.0))
 
 

@@ -72,9 +72,11 @@ def _log2(g: int) -> int:
 
 def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | None,
                 imm: float | None, z: Placement, ready: int, what: str,
-                y_is_x: bool = False) -> int:
-    """z = ops(x, B) on the VXM, B a placement (same shape or a broadcast row), x itself, or an
-    immediate; returns the cycle from which z is in SRAM."""
+                y_is_x: bool = False, y_mode: str = "row") -> int:
+    """z = ops(x, B) on the VXM, B a placement, x itself, or an immediate; returns the cycle
+    from which z is in SRAM. A placement B is read by `y_mode`: "row" repeats its vectors for
+    every row (a same-shape B is the case of one repetition), "col" gives every vector of row
+    r the vector r of B (a per-row value already spread over all lanes)."""
     arch = sch.arch
     V = arch.vxm_position
     g = len(x.slices)
@@ -85,7 +87,7 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
         vs = list(range(lo, lo + n))
         xa = [x.addr + v for v in vs]
         if y is not None:
-            ya = [y.addr + (v % y.nvec) for v in vs]
+            ya = [y.addr + (v % y.nvec if y_mode == "row" else v // z.vpr) for v in vs]
         za = [z.addr + v for v in vs]
 
         def build(res, T, n=n, xa=xa, za=za, ya=(ya if y is not None else None)):

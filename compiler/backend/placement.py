@@ -50,8 +50,9 @@ class Allocator:
                                                             for s in slices}
         self.cursor = 0
 
-    def alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int) -> tuple[Placement, int]:
-        """A placement and the first cycle at which it may be written."""
+    def alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int,
+              avoid: frozenset[int] = frozenset()) -> tuple[Placement, int]:
+        """A placement (in no slice of `avoid`) and the first cycle it may be written."""
         rows, cols = rows_cols(shape)
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
@@ -59,6 +60,8 @@ class Allocator:
                                                            nbytes)]
         for j in range(len(groups)):
             grp = groups[(self.cursor + j) % len(groups)]
+            if avoid & set(grp):
+                continue
             got = self._common(grp, n)
             if got is not None:
                 addr, after = got

@@ -32,6 +32,7 @@ class Table:
     alu: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
     streams: dict[tuple[int, int, int], list[tuple[int, int]]] = field(
         default_factory=lambda: defaultdict(list))
+    last: int = 0  # the latest cycle any reservation touches
 
 
 class Reservation:
@@ -100,6 +101,10 @@ class Reservation:
         self.flows.append((key, sp))
 
     def commit(self) -> None:
+        cycles = [c for _, c in self.issue] + [c for _, c, _ in self.reads] + \
+            [c for _, c, _ in self.writes] + [c for _, c in self.alus]
+        if cycles:
+            self.t.last = max(self.t.last, max(cycles))
         for q, c in self.issue:
             self.t.issue[q].add(c)
         for sl, c, b in self.reads:

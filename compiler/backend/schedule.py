@@ -12,7 +12,9 @@ from compiler.backend.placement import Placement
 from compiler.backend.resources import Reservation, Table, diagonal, span
 from compiler.errors import CompileError
 
-SEARCH_LIMIT = 200_000  # cycles past the earliest start before a job is declared unplaceable
+# Past the last reserved cycle every resource is free, so a job that still does not fit a
+# little beyond it (latencies and stream hops) never will.
+SEARCH_SLACK = 2048
 
 
 @dataclass
@@ -40,14 +42,17 @@ class Scheduler:
     def place(self, earliest: int, build: Callable[[Reservation, int], list[Emitted] | None],
               what: str) -> int:
         """Commit `build` at the first start cycle >= earliest where it fits; return it."""
-        for t in range(max(0, earliest), max(0, earliest) + SEARCH_LIMIT):
+        t = max(0, earliest)
+        while t <= max(earliest, self.table.last) + SEARCH_SLACK:
             res = Reservation(self.table)
             code = build(res, t)
             if code is not None:
                 res.commit()
                 self.code.extend(code)
                 return t
-        raise CompileError(f"could not schedule {what} within {SEARCH_LIMIT} cycles")
+            t += 1
+        raise CompileError(f"internal: {what} does not fit the machine at any cycle (a "
+                           "resource it needs is used twice by itself)")
 
     # -- flows --------------------------------------------------------------------------------
     def read_flow(self, res: Reservation, p: Placement, addrs: list[int], arrive: list[int],
