@@ -156,3 +156,42 @@ def test_matmul_after_ops_that_fill_pad_lanes():
         else:
             with pytest.raises(LpusimError, match="past its last column"):
                 lpusim.compile_onnx(m)
+
+
+@pytest.mark.parametrize("cols", [48, 400])
+@pytest.mark.parametrize("op,opset", [("LayerNormalization", 17), ("RMSNormalization", 23)])
+def test_norms(op, opset, cols):
+    g = RNG.standard_normal(cols).astype(np.float32)
+    b = RNG.standard_normal(cols).astype(np.float32)
+    ins, inits = ["x", "g"], [const("g", g)]
+    if op == "LayerNormalization":
+        ins.append("b")
+        inits.append(const("b", b))
+    m = model([h.make_node(op, ins, ["y"], epsilon=1e-5)], [vi("x", [3, cols])],
+              [vi("y", [3, cols])], inits, opset=opset)
+    res = lpusim.run_onnx(m)
+    assert res.report["errors"]["y"]["max_abs"] < 1e-5
+
+
+@pytest.mark.parametrize("approx", ["none", "tanh"])
+def test_gelu(approx):
+    m = model([h.make_node("Gelu", ["x"], ["y"], approximate=approx)], [vi("x", [2, 330])],
+              [vi("y", [2, 330])], opset=20)
+    res = lpusim.run_onnx(m)
+    assert res.report["errors"]["y"]["max_abs"] < 1e-6
+
+
+def test_decomposed_layernorm_from_an_exporter_pattern():
+    """ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div, as exporters write it, is recognised and
+    lowered."""
+    nodes = [h.make_node("ReduceMean", ["x"], ["m"], axes=[-1]),
+             h.make_node("Sub", ["x", "m"], ["d"]),
+             h.make_node("Pow", ["d", "two"], ["p"]),
+             h.make_node("ReduceMean", ["p"], ["v"], axes=[-1]),
+             h.make_node("Add", ["v", "eps"], ["ve"]),
+             h.make_node("Sqrt", ["ve"], ["s"]),
+             h.make_node("Div", ["d", "s"], ["y"])]
+    m = model(nodes, [vi("x", [4, 64])], [vi("y", [4, 64])],
+              [const("two", 2.0), const("eps", 1e-5)])
+    res = lpusim.run_onnx(m)
+    assert res.report["errors"]["y"]["max_abs"] < 1e-5

@@ -17,8 +17,16 @@ from lpusim.program import ChipProgram, Program, TensorSpec
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 NORMS = {"LayerNormalization", "RMSNormalization"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
+# Gelu as a sequence of VXM passes: (ALU ops, B operand: a float immediate, "x" for the op's
+# input, or None)
+_S2, _SPI = 1 / np.sqrt(2.0), np.sqrt(2 / np.pi)
+GELU = {
+    "none": [(["mul"], _S2), (["erf"], None), (["add"], 1.0), (["mul"], "x"), (["mul"], 0.5)],
+    "tanh": [(["mul"], "x"), (["mul"], "x"), (["mul"], 0.044715), (["add"], "x"),
+             (["mul"], _SPI), (["tanh"], None), (["add"], 1.0), (["mul"], "x"), (["mul"], 0.5)],
+}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
-                           | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)))
+                           | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES) | {"Gelu"}))
 # IR dtype -> machine dtype in the fp32 exact mode
 _MACHINE = {"float32": "fp32"}
 
@@ -137,6 +145,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = _norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                clean, spread)
             clean[out] = True
+        elif op == "Gelu":
+            ready[out] = _sequence(sch, alloc, place[ins[0]], new, out, start, what,
+                                   GELU[str(nd["attrs"].get("approximate", "none"))])
+            clean[out] = clean.get(ins[0], False)
         elif op in REDUCES:
             ready[out] = _reduce(graph, arch, sch, nd, place, new, start, what, zero, clean,
                                  REDUCES[op])
@@ -168,6 +180,28 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     return Program(arch.config, [chip], tensors, {"generator": "lpusim compile",
                                                   "precision": precision,
                                                   "graph": graph.name})
+
+
+def _sequence(sch, alloc, x: Placement, new, out: str, start: int, what: str, steps) -> int:
+    """Elementwise passes in order, each reading the previous result (and maybe x)."""
+    cur, t = x, start
+    for k, (ops, b) in enumerate(steps):
+        if k == len(steps) - 1:
+            dst, a = new(out, t)
+        else:
+            # temporaries avoid x's slices: a pass may read both in one cycle
+            dst, a = alloc.alloc(x.dtype, x.shape, len(x.slices), avoid=frozenset(x.slices))
+        if b == "x":
+            if cur is x:
+                t = lower.elementwise(sch, ops, x, None, None, dst, max(t, a), what, y_is_x=True)
+            else:
+                t = lower.elementwise(sch, ops, cur, x, None, dst, max(t, a), what)
+        else:
+            t = lower.elementwise(sch, ops, cur, None, b, dst, max(t, a), what)
+        if cur is not x:
+            alloc.release(cur, t)
+        cur = dst
+    return t
 
 
 def _row_matrix(graph, arch, place, cols: int, scale: float) -> Placement:

@@ -40,7 +40,7 @@ _AT_ZERO = {
     "exp": lambda x, b: math.exp(x), "tanh": lambda x, b: math.tanh(x),
     "sqrt": lambda x, b: math.sqrt(x) if x >= 0 else math.nan, "erf": lambda x, b: math.erf(x),
     "sigmoid": lambda x, b: 1 / (1 + math.exp(-x)), "add": lambda x, b: x + b,
-    "rsqrt": lambda x, b: 1 / math.sqrt(x), "recip": lambda x, b: 1 / x,
+    "rsqrt": lambda x, b: 1 / math.sqrt(x), "recip": lambda x, b: 1 / x, "cvt": lambda x, b: x,
     "log": lambda x, b: math.log(x), "div": lambda x, b: x / b,
     "sub": lambda x, b: x - b, "mul": lambda x, b: x * b, "max": max, "min": min,
 }
@@ -80,7 +80,8 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     arch = sch.arch
     V = arch.vxm_position
     g = len(x.slices)
-    lat = sum(arch.lat(ALU_BY_NAME[o].latency) for o in ops)
+    lat = arch.lat("vxm_convert") if ops == ["cvt"] else \
+        sum(arch.lat(ALU_BY_NAME[o].latency) for o in ops)
     done = ready
     for lo in range(0, z.nvec, CHUNK):
         n = min(CHUNK, z.nvec - lo)
@@ -124,15 +125,18 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
             ry = sch.read_code(res, y, ya, arrive, V, 0, by) if y is not None else []
             if rx is None or ry is None:
                 return None
-            f = dict(dtype=_dt(x), dst=bz, dst_dir=1, dst_g=_log2(g), src=bx, src_dir=0,
-                     src_g=_log2(g), count=n)
+            f = dict(dtype=_dt(x), dst=bz, dst_dir=1, dst_g=_log2(len(z.slices)), src=bx,
+                     src_dir=0, src_g=_log2(g), count=n)
             if y is not None:
                 f.update(src2=by, src2_dir=0, src2_g=_log2(g))
             elif y_is_x:
                 f.update(src2=bx, src2_dir=0, src2_g=_log2(g))
             elif imm is not None:
                 f.update(imm=fp32_bits(imm), flag=1)
-            if len(ops) == 1:
+            if ops == ["cvt"]:
+                mn = "vxm.cvt"
+                f["dtype2"] = _dt(z)
+            elif len(ops) == 1:
                 mn = f"vxm.{ops[0]}"
                 if ALU_BY_NAME[ops[0]].arity == 1:
                     for k in ("src2", "src2_dir", "src2_g", "imm", "flag"):
