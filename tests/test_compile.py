@@ -195,3 +195,26 @@ def test_decomposed_layernorm_from_an_exporter_pattern():
               [const("two", 2.0), const("eps", 1e-5)])
     res = lpusim.run_onnx(m)
     assert res.report["errors"]["y"]["max_abs"] < 1e-5
+
+
+@pytest.mark.parametrize("precision,unit_roundoff", [("fp16", 2.0 ** -11), ("bf16", 2.0 ** -8)])
+def test_reduced_precision_matmul(precision, unit_roundoff):
+    """fp16/bf16 round weights and activations to the type (relative error <= u each, so a
+    product errs by <= 2u) and accumulate exactly-rounded products in fp32: the error bound is
+    2u * (|x| @ |W|), plus fp32 rounding of the sum. The result also equals a numpy emulation
+    of that arithmetic to fp32 rounding."""
+    import ml_dtypes
+
+    k, n = 400, 330
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    x = RNG.standard_normal((3, k)).astype(np.float32)
+    m = model([h.make_node("MatMul", ["x", "W"], ["y"])], [vi("x", [3, k])], [vi("y", [3, n])],
+              [const("W", w)])
+    res = lpusim.run_onnx(m, {"x": x}, precision=precision)
+    dt = np.float16 if precision == "fp16" else ml_dtypes.bfloat16
+    emu = x.astype(dt).astype(np.float64) @ w.astype(dt).astype(np.float64)
+    np.testing.assert_allclose(res.outputs["y"], emu, rtol=2e-7, atol=1e-5)
+    bound = 2 * unit_roundoff * (np.abs(x) @ np.abs(w)) + 1e-5
+    assert (np.abs(res.outputs["y"] - x.astype(np.float64) @ w) <= bound).all()
+    assert res.report["precision"] == precision
+    assert res.report["mxm"]["dtypes"] == [precision]

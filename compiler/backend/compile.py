@@ -15,6 +15,10 @@ from isa.encoding import encode, to_words
 from lpusim.program import ChipProgram, Program, TensorSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+# The element type MatMul weights and activations have on the MXM under each policy; tensors
+# stay fp32 elsewhere, products accumulate in fp32. int8 and fp8 need scales (per output
+# channel for weights) and are not implemented yet.
+MXM_POLICY = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 NORMS = {"LayerNormalization", "RMSNormalization"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 # Gelu as a sequence of VXM passes: (ALU ops, B operand: a float immediate, "x" for the op's
@@ -44,9 +48,11 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
                            f"{', '.join(PRECISIONS)})")
-    if precision != "fp32":
-        raise CompileError(f"precision {precision} is not implemented yet; the backend "
-                           "lowers the fp32 exact mode only")
+    if precision not in MXM_POLICY:
+        raise CompileError(f"precision {precision} is not implemented yet (implemented: "
+                           f"{', '.join(MXM_POLICY)})")
+    mxm_dtype = MXM_POLICY[precision]
+    arch.mxm_rate_of(mxm_dtype)  # the preset must accept it on the MXM
     for name in graph.topo_order():
         nd = graph.node(name)
         if nd["op"] not in LOWERED_OPS:
@@ -75,14 +81,23 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             return p
 
     place: dict[str, Placement] = _Places()
+    typed: dict[tuple[str, str], Placement] = {}  # a constant stored in another element type
+
+    def as_type(v: str, md: str) -> Placement:
+        """Constant v as machine dtype md (the weights of a reduced-precision MatMul)."""
+        if md == _machine_dtype(graph.values[v].dtype, f"value {v!r}"):
+            return place[v]
+        if (v, md) not in typed:
+            ty = graph.values[v]
+            typed[(v, md)], _ = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes)
+        return typed[(v, md)]
 
     def zero(mdtype: str) -> Placement:
         """A zero vector of a machine dtype (the padding rows of short weight tiles)."""
-        name = f"__zero_{mdtype}"
+        name = "__zero"
         if name not in graph.consts:
-            ir = {v: k for k, v in _MACHINE.items()}[mdtype]
-            graph.add_const(name, np.zeros(arch.lanes, ir), kind="const")
-        return place[name]
+            graph.add_const(name, np.zeros(arch.lanes, np.float32), kind="const")
+        return as_type(name, mdtype)
     tensors: list[TensorSpec] = []
 
     def new(value: str, not_before: int = 0) -> tuple[Placement, int]:
@@ -118,7 +133,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             continue
         out = outs[0]
         if op in lower.MATMULS:
-            x, w = place[ins[0]], place[ins[1]]
+            x = place[ins[0]]
             if x.cols % arch.lanes and not clean.get(ins[0], False):
                 raise CompileError(f"{what}: the activation's lanes past its last column may "
                                    "hold inf or NaN (it comes from an op like Reciprocal or "
@@ -128,19 +143,29 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 raise CompileError(f"{what}: the weight must be a constant (activation x "
                                    "activation matmul is not lowered yet)")
             bias = ins[2] if len(ins) > 2 and ins[2] else None
+            w = as_type(ins[1], mxm_dtype)
+            t_x = start
+            xq = x
+            if mxm_dtype != x.dtype:  # round the activations to the MXM's type on the VXM
+                xq, a = alloc.alloc(mxm_dtype, x.shape, dtype_info(mxm_dtype).nbytes,
+                                    avoid=frozenset(x.slices))
+                t_x = lower.elementwise(sch, ["cvt"], x, None, None, xq, max(start, a),
+                                        what + " activations to " + mxm_dtype)
             if bias is None:
-                y, nb = new(out, start)
-                ready[out] = lower.matmul(sch, x, w, y, max(start, nb), what,
+                y, nb = new(out, t_x)
+                ready[out] = lower.matmul(sch, xq, w, y, max(t_x, nb), what,
                                           zero=zero(w.dtype))
             else:
                 tmp_ty = graph.values[out]
                 mdt = _machine_dtype(tmp_ty.dtype, what)
                 tmp, nb = alloc.alloc(mdt, tuple(tmp_ty.shape), dtype_info(mdt).nbytes)
-                t1 = lower.matmul(sch, x, w, tmp, max(start, nb), what, zero=zero(w.dtype))
+                t1 = lower.matmul(sch, xq, w, tmp, max(t_x, nb), what, zero=zero(w.dtype))
                 y, nb2 = new(out, t1)
                 ready[out] = lower.elementwise(sch, ["add"], tmp, place[bias], None, y,
                                                max(t1, nb2), what + " bias")
                 alloc.release(tmp, ready[out])
+            if xq is not x:
+                alloc.release(xq, ready[out])
         elif op in NORMS:
             ready[out] = _norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                clean, spread)
@@ -167,9 +192,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     for v in graph.inputs:
         tensors.append(_spec(v, "input", place[v], None))
     for v, c in graph.consts.items():
+        kind = "weight" if c.kind == "weight" else "const"
         if v in place:
-            kind = "weight" if c.kind == "weight" else "const"
             tensors.append(_spec(v, kind, place[v], c.array))
+    for (v, md), p in sorted(typed.items()):
+        tensors.append(_spec(f"{v}@{md}", "weight" if graph.consts[v].kind == "weight"
+                             else "const", p, graph.consts[v].array))
     for v in graph.outputs:
         if v in graph.inputs or graph.is_const(v):
             raise CompileError(f"graph output {v!r} is an input or a constant: nothing to "
