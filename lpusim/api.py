@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lpusim.errors import LpusimError
-
 
 @dataclass
 class RunResult:
@@ -113,9 +111,3 @@ def run_onnx(model, inputs=None, *, arch="tsp-v1", precision: str = "fp32", dims
                         f"{report['arch']}") if precision == "fp32" else "")
     return RunResult(res.outputs, report, ref)
 
-
-def check_inputs(program, inputs) -> None:
-    names = [t.name for t in program.tensors if t.kind == "input"]
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise LpusimError(f"missing input(s) {', '.join(missing)} (inputs: {', '.join(names)})")

@@ -96,14 +96,23 @@ class Scheduler:
         for b, sl in enumerate(p.slices):
             pos = self.slice_pos[sl]
             hops = abs(dest - pos)
-            cycles = [t - lat - hops for t in arrive]
-            for start, count, stride in _runs(cycles, addrs):
-                q = self.slice_names[sl]
-                if not res.take_issue(q, cycles[start]):
-                    return None
-                out.append(Emitted(q, cycles[start], "mem.read",
-                                   dict(dst=base + b, dst_dir=direction, addr=addrs[start],
-                                        count=count, stride=stride)))
+            code = self._mem_code(res, sl, [t - lat - hops for t in arrive], addrs, "mem.read",
+                                  dict(dst=base + b, dst_dir=direction))
+            if code is None:
+                return None
+            out += code
+        return out
+
+    def _mem_code(self, res: Reservation, sl: int, cycles: list[int], addrs: list[int],
+                  mnemonic: str, stream: dict) -> list[Emitted] | None:
+        """One instruction per run of consecutive cycles with a constant address step."""
+        q = self.slice_names[sl]
+        out = []
+        for start, count, stride in _runs(cycles, addrs):
+            if not res.take_issue(q, cycles[start]):
+                return None
+            out.append(Emitted(q, cycles[start], mnemonic,
+                               dict(stream, addr=addrs[start], count=count, stride=stride)))
         return out
 
     def write_flow(self, res: Reservation, p: Placement, addrs: list[int], leave: list[int],
@@ -125,14 +134,11 @@ class Scheduler:
                 if not res.take_write(sl, t + hops + lat, a // self.wpb):
                     return None
                 res.take_stream(direction, base + b, d, sp)
-            cycles = [t + hops for t in leave]
-            for start, count, stride in _runs(cycles, addrs):
-                q = self.slice_names[sl]
-                if not res.take_issue(q, cycles[start]):
-                    return None
-                out.append(Emitted(q, cycles[start], "mem.write",
-                                   dict(src=base + b, src_dir=direction, addr=addrs[start],
-                                        count=count, stride=stride)))
+            code = self._mem_code(res, sl, [t + hops for t in leave], addrs, "mem.write",
+                                  dict(src=base + b, src_dir=direction))
+            if code is None:
+                return None
+            out += code
         return out
 
     def free_group(self, res: Reservation, g: int, direction: int, src: int, dests: list[int],
