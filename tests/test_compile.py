@@ -96,8 +96,8 @@ def test_model_too_large_for_the_chip():
 
 
 def test_unlowered_op_and_precision_are_clear_errors():
-    m = model([h.make_node("Softmax", ["x"], ["y"])], [vi("x", [2, 8])], [vi("y", [2, 8])])
-    with pytest.raises(LpusimError, match="Softmax.*not lowered"):
+    m = model([h.make_node("Transpose", ["x"], ["y"])], [vi("x", [2, 8])], [vi("y", [8, 2])])
+    with pytest.raises(LpusimError, match="Transpose.*not lowered"):
         lpusim.compile_onnx(m)
     with pytest.raises(LpusimError, match="precision int8 is not implemented"):
         lpusim.compile_onnx(mlp(8, 8, 8), dims={"batch": 1}, precision="int8")
@@ -218,3 +218,23 @@ def test_reduced_precision_matmul(precision, unit_roundoff):
     assert (np.abs(res.outputs["y"] - x.astype(np.float64) @ w) <= bound).all()
     assert res.report["precision"] == precision
     assert res.report["mxm"]["dtypes"] == [precision]
+
+
+@pytest.mark.parametrize("cols", [5, 100, 320])
+def test_softmax(cols):
+    m = model([h.make_node("Softmax", ["x"], ["y"])], [vi("x", [3, cols])], [vi("y", [3, cols])])
+    x = (RNG.standard_normal((3, cols)) * 10).astype(np.float32)
+    res = lpusim.run_onnx(m, {"x": x})
+    assert res.report["errors"]["y"]["max_rel"] < 1e-6
+
+
+def test_constants_placed_late_are_not_overwritten_by_earlier_temporaries():
+    """Constants made during lowering (the row-sum matrices) are in SRAM before the run, so
+    they must not take space a temporary used earlier in the schedule."""
+    nodes = [h.make_node("Relu", ["x"], ["a"]), h.make_node("Exp", ["a"], ["b"]),
+             h.make_node("Neg", ["b"], ["c"]), h.make_node("Softmax", ["c"], ["s"]),
+             h.make_node("LayerNormalization", ["s", "g", "bb"], ["y"])]
+    m = model(nodes, [vi("x", [4, 96])], [vi("y", [4, 96])],
+              [const("g", np.ones(96)), const("bb", np.zeros(96))])
+    res = lpusim.run_onnx(m)
+    assert res.report["errors"]["y"]["max_abs"] < 1e-4

@@ -30,7 +30,8 @@ GELU = {
              (["mul"], _SPI), (["tanh"], None), (["add"], 1.0), (["mul"], "x"), (["mul"], 0.5)],
 }
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
-                           | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES) | {"Gelu"}))
+                           | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
+                           | {"Gelu", "Softmax"}))
 # IR dtype -> machine dtype in the fp32 exact mode
 _MACHINE = {"float32": "fp32"}
 
@@ -89,7 +90,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             return place[v]
         if (v, md) not in typed:
             ty = graph.values[v]
-            typed[(v, md)], _ = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes)
+            typed[(v, md)], _ = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
+                                            resident=True)
         return typed[(v, md)]
 
     def zero(mdtype: str) -> Placement:
@@ -103,7 +105,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     def new(value: str, not_before: int = 0) -> tuple[Placement, int]:
         ty = graph.values[value]
         md = _machine_dtype(ty.dtype, f"value {value!r}")
-        p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes)
+        resident = value in graph.consts or value in graph.inputs
+        p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes, resident=resident)
         place[value] = p
         return p, max(after, not_before)
 
@@ -170,6 +173,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = _norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                clean, spread)
             clean[out] = True
+        elif op == "Softmax":
+            ready[out] = _softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
+                                  clean)
+            clean[out] = True
         elif op == "Gelu":
             ready[out] = _sequence(sch, alloc, place[ins[0]], new, out, start, what,
                                    GELU[str(nd["attrs"].get("approximate", "none"))])
@@ -229,6 +236,71 @@ def _sequence(sch, alloc, x: Placement, new, out: str, start: int, what: str, st
         if cur is not x:
             alloc.release(cur, t)
         cur = dst
+    return t
+
+
+def _softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean) -> int:
+    """Softmax over the last axis of rows of at most 320 columns:
+        xm = x + pad mask (-inf past the last column); m = row max, by rotating the vector
+        through the SXM by 1, 2, 4, ... 256 lanes and taking the max on the VXM (cyclic windows
+        that double cover all 320 lanes); e = exp(xm - m); s = e @ ones (MXM); y = e / s."""
+    x_name = nd["inputs"][0]
+    xt = graph.values[x_name]
+    rank = len(xt.shape)
+    axis = int(nd["attrs"].get("axis", -1))
+    if axis % max(rank, 1) != rank - 1:
+        raise CompileError(f"{what}: softmax over an axis other than the last is not lowered "
+                           "yet")
+    x = place[x_name]
+    if x.cols > arch.lanes:
+        raise CompileError(f"{what}: softmax over rows of more than {arch.lanes} columns is "
+                           "not lowered yet")
+    if not clean.get(x_name, False) and x.cols % arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
+    g = len(x.slices)
+    shape = tuple(xt.shape)
+
+    def temp():
+        return alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices))
+
+    t = start
+    temps = []
+    cur = x
+    if x.cols < arch.lanes:
+        mask = f"__softmax_pad_{x.cols}"
+        if mask not in graph.consts:
+            row = np.zeros(arch.lanes, np.float32)
+            row[x.cols:] = -np.inf
+            graph.add_const(mask, row.reshape(1, arch.lanes), kind="const")
+        # the mask is one 320-lane vector: read it once per row (the "row" broadcast)
+        mp = place[mask]
+        cur, a = temp()
+        temps.append(cur)
+        t = lower.elementwise(sch, ["add"], x, mp, None, cur, max(t, a), what + " pad mask")
+    xm = cur
+    m = xm
+    shift = 1
+    while shift < arch.lanes:
+        rot, a = temp()
+        t = lower.sxm_rotate(sch, m, rot, shift, max(t, a), what + " max")
+        nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(rot.slices))
+        t = lower.elementwise(sch, ["max"], m, rot, None, nxt, max(t, a), what + " max")
+        alloc.release(rot, t)
+        if m is not xm:
+            alloc.release(m, t)
+        m = nxt
+        shift *= 2
+    e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
+    t = lower.elementwise(sch, ["sub", "exp"], xm, m, None, e, max(t, a), what + " exp")
+    alloc.release(m, t)
+    J = _row_matrix(graph, arch, place, x.cols, 1.0)
+    s, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(e.slices))
+    t = lower.matmul(sch, e, J, s, max(t, a), what + " sum", zero=zero(x.dtype))
+    y, a = new(nd["outputs"][0], t)
+    t = lower.elementwise(sch, ["div"], e, s, None, y, max(t, a), what, y_mode="col")
+    for p in temps + [e, s]:
+        alloc.release(p, t)
     return t
 
 

@@ -259,3 +259,40 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
         far = max(abs(sch.slice_pos[s] - P) for s in y.slices)
         done = max(done, t_acc + arch.lat("mxm_accumulate") + M + far + arch.lat("mem_write") + 1)
     return done
+
+
+def sxm_rotate(sch: Scheduler, x: Placement, z: Placement, shift: int, ready: int,
+               what: str) -> int:
+    """z = x rotated north by `shift` lanes (cyclically), through the west SXM."""
+    arch = sch.arch
+    X = arch.sxm_position("W")
+    g = len(x.slices)
+    lat = arch.lat("sxm_rotate")
+    done = ready
+    for lo in range(0, z.nvec, CHUNK):
+        n = min(CHUNK, z.nvec - lo)
+        xa = [x.addr + v for v in range(lo, lo + n)]
+        za = [z.addr + v for v in range(lo, lo + n)]
+
+        def build(res, T, n=n, xa=xa, za=za):
+            arrive = [T + i for i in range(n)]
+            bx = sch.read_flow(res, x, xa, arrive, X, 1, ready)
+            if bx is None or not res.take_issue("SXM_W", T):
+                return None
+            leave = [T + lat + i for i in range(n)]
+            bz = sch.free_group(res, g, 0, X, [sch.slice_pos[s] for s in z.slices], leave)
+            if bz is None:
+                return None
+            code = sch.write_flow(res, z, za, leave, X, 0, bz)
+            rx = sch.read_code(res, x, xa, arrive, X, 1, bx)
+            if code is None or rx is None:
+                return None
+            return rx + code + [Emitted("SXM_W", T, "sxm.rotate",
+                                        dict(dtype=_dt(x), dst=bz, dst_dir=0, dst_g=_log2(g),
+                                             src=bx, src_dir=1, src_g=_log2(g), count=n,
+                                             shift=shift))]
+
+        T = sch.place(ready, build, what)
+        far = max(abs(sch.slice_pos[s] - X) for s in z.slices)
+        done = max(done, T + lat + n + far + arch.lat("mem_write") + 1)
+    return done

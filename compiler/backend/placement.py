@@ -51,8 +51,11 @@ class Allocator:
         self.cursor = 0
 
     def alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int,
-              avoid: frozenset[int] = frozenset()) -> tuple[Placement, int]:
-        """A placement (in no slice of `avoid`) and the first cycle it may be written."""
+              avoid: frozenset[int] = frozenset(),
+              resident: bool = False) -> tuple[Placement, int]:
+        """A placement (in no slice of `avoid`) and the first cycle it may be written.
+        A resident tensor (a constant or input, in SRAM before the program starts) only takes
+        space no other tensor has used, from the top of the slices down."""
         rows, cols = rows_cols(shape)
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
@@ -62,7 +65,7 @@ class Allocator:
             grp = groups[(self.cursor + j) % len(groups)]
             if avoid & set(grp):
                 continue
-            got = self._common(grp, n)
+            got = self._common(grp, n, resident)
             if got is not None:
                 addr, after = got
                 for s in grp:
@@ -77,23 +80,30 @@ class Allocator:
                            f"SRAM is {self.arch.sram_bytes:,} bytes")
 
     def release(self, p: Placement, after_cycle: int) -> None:
+        after_cycle = max(after_cycle, 1)  # 0 marks space never written (see alloc)
         for s in p.slices:
             merged: list[tuple[int, int, int]] = []
             for a, e, f in sorted(self.free[s] + [(p.addr, p.addr + p.nvec, after_cycle)]):
-                if merged and a <= merged[-1][1]:
+                # used and never-used space stay apart: constants need the latter
+                if merged and a <= merged[-1][1] and (f == 0) == (merged[-1][2] == 0):
                     pa, pe, pf = merged[-1]
                     merged[-1] = (pa, max(pe, e), max(pf, f))
                 else:
                     merged.append((a, e, f))
             self.free[s] = merged
 
-    def _common(self, grp, n):
-        cands = sorted({a for s in grp for (a, e, _) in self.free[s] if e - a >= n})
+    def _common(self, grp, n, resident=False):
+        if resident:  # pristine space only (never written), highest addresses first
+            cands = sorted({e - n for s in grp for (a, e, f) in self.free[s]
+                            if e - a >= n and f == 0}, reverse=True)
+        else:
+            cands = sorted({a for s in grp for (a, e, _) in self.free[s] if e - a >= n})
         for addr in cands:
             after = 0
             ok = True
             for s in grp:
-                hit = [(a, e, f) for (a, e, f) in self.free[s] if a <= addr and addr + n <= e]
+                hit = [(a, e, f) for (a, e, f) in self.free[s] if a <= addr and addr + n <= e
+                       and not (resident and f)]
                 if not hit:
                     ok = False
                     break
