@@ -59,6 +59,10 @@ class Allocator:
         rows, cols = rows_cols(shape)
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
+        if n > self.words:
+            raise CompileError(f"a tensor of shape {list(shape)} ({dtype}) takes {n:,} vectors "
+                               f"per byte, more than one MEM slice holds ({self.words:,}); "
+                               "tensors spread over several slices are not lowered yet")
         groups = [self.slices[i:i + nbytes] for i in range(0, len(self.slices) - nbytes + 1,
                                                            nbytes)]
         for j in range(len(groups)):
