@@ -142,10 +142,8 @@ def simulate(program: Program, inputs: dict | None = None, *, arch=None, mode: s
     functional = mode == "functional"
     shape = (dec.nchips, arch.mem_slices, arch.mem_words_per_slice, arch.lanes)
     sram = np.zeros(shape if functional else (1, 1, 1, 1), np.uint8)
-    if functional:
+    if functional:  # timing mode needs no values, so it ignores inputs
         _bind(program, arch, sram, inputs)
-    elif inputs:
-        pass  # timing mode ignores values
     if engine == "reference":
         from lpusim.sim import reference
 
