@@ -248,9 +248,12 @@ def decode(program, arch) -> Decoded:
     # gives the order (t0, chip, queue, static index, repetition).
     order = np.argsort(np.concatenate([b["t0"] for b in blocks]) if blocks
                        else np.zeros(0, np.int64), kind="stable")
-    col = {name: (np.concatenate([b[name] for b in blocks]).astype(np.int64, copy=False)
-                  .take(order) if blocks and name in blocks[0] else np.zeros(N, np.int64))
-           for name in COLUMNS}
+    cols = np.zeros((NCOL, N), np.int64)
+    col = {name: cols[C[name]] for name in COLUMNS}  # views: derive fills the matrix in place
+    for name in COLUMNS:
+        if blocks and name in blocks[0]:
+            np.take(np.concatenate([b[name] for b in blocks]).astype(np.int64, copy=False),
+                    order, out=col[name])
     maps = _stack_maps(program, arch)
     link_vectors = _derive(col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names)
 
@@ -260,7 +263,6 @@ def decode(program, arch) -> Decoded:
     reach = int(max((col["interval"].max() if N else 1), (col["lat"].max() if N else 1)))
     ring = 1 << max(4, (reach + 2).bit_length())
     busy = _busy(col, nchips, len(queue_names))
-    cols = np.stack([col[name] for name in COLUMNS]) if N else np.zeros((NCOL, 0), np.int64)
     dec = Decoded(cols, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
                   static_instructions=static_n)
     dec.counters = _counters(col, arch)
