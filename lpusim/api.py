@@ -87,7 +87,7 @@ def run_onnx(model, inputs=None, *, arch="tsp-v1", precision: str = "fp32", dims
     program = compile_onnx(model, arch=arch, precision=precision, dims=dims,
                            overrides=overrides, dump_ir_after=dump_ir_after, dump=dump)
     compile_s = time.perf_counter() - t
-    given = dict(inputs or {})
+    given = {k: np.asarray(v) for k, v in (inputs or {}).items()}
     for name, v in random_inputs_for(program, seed).items():
         given.setdefault(name, v)
     res = simulate(program, given, engine=engine)

@@ -238,3 +238,15 @@ def test_constants_placed_late_are_not_overwritten_by_earlier_temporaries():
               [const("g", np.ones(96)), const("bb", np.zeros(96))])
     res = lpusim.run_onnx(m)
     assert res.report["errors"]["y"]["max_abs"] < 1e-4
+
+
+def test_clip_and_runtime_scalar_operands():
+    """Clip with constant bounds (immediates) and with bounds given as inputs, and a binary op
+    with a one-element input (spread over the lanes by the MXM first)."""
+    x = (RNG.standard_normal((3, 50)) * 3).astype(np.float32)
+    nodes = [h.make_node("Clip", ["x", "lo", "hi"], ["c"]), h.make_node("Mul", ["c", "k"], ["y"])]
+    m = model(nodes, [vi("x", [3, 50]), vi("lo", []), vi("hi", []), vi("k", [1])],
+              [vi("y", [3, 50])], opset=13)
+    ins = {"x": x, "lo": np.float32(-1.0), "hi": np.float32(2.0), "k": np.float32([3.0])}
+    res = lpusim.run_onnx(m, ins)
+    np.testing.assert_allclose(res.outputs["y"], np.clip(x, -1, 2) * 3, rtol=1e-7)

@@ -31,7 +31,7 @@ GELU = {
 }
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
-                           | {"Gelu", "Softmax"}))
+                           | {"Gelu", "Softmax", "Clip"}))
 # IR dtype -> machine dtype in the fp32 exact mode
 _MACHINE = {"float32": "fp32"}
 
@@ -93,6 +93,23 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             typed[(v, md)], _ = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
                                             resident=True)
         return typed[(v, md)]
+
+    def spread_scalar(v: str) -> str:
+        """A value of one element, spread into every lane of one vector by the MXM (x @ a row
+        of ones); returns the name its placement is registered under."""
+        name = f"__spread_{v}"
+        if name not in place:
+            ones = "__ones_row"
+            if ones not in graph.consts:
+                graph.add_const(ones, np.ones((1, arch.lanes), np.float32), kind="const")
+            src = place[v]
+            sp, after = alloc.alloc(src.dtype, (1, arch.lanes), len(src.slices))
+            ready[name] = lower.matmul(sch, src, place[ones], sp,
+                                       max(ready.get(v, 0), after), f"spread {v}",
+                                       zero=zero(src.dtype))
+            place[name] = sp
+            clean[name] = True
+        return name
 
     def zero(mdtype: str) -> Placement:
         """A zero vector of a machine dtype (the padding rows of short weight tiles)."""
@@ -177,6 +194,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = _softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                   clean)
             clean[out] = True
+        elif op == "Clip":
+            ready[out], clean[out] = _clip(graph, sch, alloc, nd, place, new, start, what,
+                                           clean, spread_scalar, lambda v: ready.get(v, 0))
         elif op == "Gelu":
             ready[out] = _sequence(sch, alloc, place[ins[0]], new, out, start, what,
                                    GELU[str(nd["attrs"].get("approximate", "none"))])
@@ -189,7 +209,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         else:
             ready[out], clean[out] = _elementwise(graph, sch, alloc, nd, place, new, start,
                                                   what, clean, spread,
-                                                  lambda v: ready.get(v, 0))
+                                                  lambda v: ready.get(v, 0), spread_scalar)
         # free the inputs whose last reader this was (never graph inputs, outputs or consts)
         for i in ins:
             if i and last_use.get(i) == name and i not in graph.outputs \
@@ -217,6 +237,36 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                                   "graph": graph.name})
 
 
+def _clip(graph, sch, alloc, nd, place, new, start, what, clean, spread_scalar,
+          ready_of) -> tuple[int, bool]:
+    """Clip(x, lo, hi) = min(max(x, lo), hi); constant bounds are immediates, others are
+    spread over a vector first."""
+    ins = nd["inputs"]
+    bounds = []
+    for k, attr in ((1, "min"), (2, "max")):
+        v = ins[k] if len(ins) > k and ins[k] else None
+        if v is not None:
+            if graph.values[v].size != 1:
+                raise CompileError(f"{what}: a {attr} bound of more than one element")
+            arr = graph.const_array(v) if graph.is_const(v) else None
+            if arr is None:
+                name = spread_scalar(v)
+                start = max(start, ready_of(name))
+                bounds.append((["max" if k == 1 else "min"], place[name]))
+            else:
+                bounds.append((["max" if k == 1 else "min"], float(arr.reshape(-1)[0])))
+        elif attr in nd["attrs"]:  # opset < 11
+            bounds.append((["max" if k == 1 else "min"], float(nd["attrs"][attr])))
+    if not bounds:
+        bounds = [(["copy"], None)]
+    x = place[ins[0]]
+    t = _sequence(sch, alloc, x, new, nd["outputs"][0], start, what, bounds)
+    ops = [o for step in bounds for o in step[0]]
+    b = bounds[-1][1]
+    return t, (clean.get(ins[0], False) and isinstance(b, float | None)
+               and lower.finite_at_zero(ops, b))
+
+
 def _sequence(sch, alloc, x: Placement, new, out: str, start: int, what: str, steps) -> int:
     """Elementwise passes in order, each reading the previous result (and maybe x)."""
     cur, t = x, start
@@ -226,7 +276,9 @@ def _sequence(sch, alloc, x: Placement, new, out: str, start: int, what: str, st
         else:
             # temporaries avoid x's slices: a pass may read both in one cycle
             dst, a = alloc.alloc(x.dtype, x.shape, len(x.slices), avoid=frozenset(x.slices))
-        if b == "x":
+        if isinstance(b, Placement):
+            t = lower.elementwise(sch, ops, cur, b, None, dst, max(t, a), what)
+        elif b == "x":
             if cur is x:
                 t = lower.elementwise(sch, ops, x, None, None, dst, max(t, a), what, y_is_x=True)
             else:
@@ -427,7 +479,7 @@ def _norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spr
 
 
 def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
-                 ready_of) -> tuple[int, bool]:
+                 ready_of, spread_scalar) -> tuple[int, bool]:
     """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero)."""
     op, ins, out = nd["op"], nd["inputs"], nd["outputs"][0]
     c0 = clean.get(ins[0], False)
@@ -468,9 +520,24 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
             return "row"
         if v in spread and full and tuple(ty.shape) == full[:-1] + (1,):
             return "col"
+        if ty.size == 1:
+            return "scalar"
         return "other"
 
     ra, rb = role(a), role(b)
+    # a one-element tensor that is not a constant: spread it over a vector, then broadcast it
+    if rb == "scalar" and ra == "full":
+        b = spread_scalar(b)
+        rb = "row"
+        start = max(start, ready_of(b))
+    if ra == "scalar" and rb == "full":
+        a = spread_scalar(a)
+        ra = "row"
+        start = max(start, ready_of(a))
+        if alu == "sub":  # s - x = (-x) + s
+            z, nb = new(out, start)
+            return (lower.elementwise(sch, ["neg", "add"], place[b], place[a], None, z,
+                                      max(start, nb), what), False)
     if ra != "full" and rb == "full":
         if alu in COMMUTATIVE:
             a, b, ra, rb = b, a, rb, ra
