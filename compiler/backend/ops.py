@@ -1,0 +1,359 @@
+"""Lowering of the ops that take more than one instruction pattern: elementwise ops with their
+broadcasts, Clip, Gelu, Softmax, the norms and row reductions. Each function schedules its
+vector work through compiler.backend.lower and returns the cycle its output is in SRAM."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.backend import lower
+from compiler.backend.placement import Placement, rows_cols
+from compiler.errors import CompileError
+
+# Gelu as a sequence of VXM passes: (ALU ops, B operand: a float immediate, "x" for the op's
+# input, or None)
+_S2, _SPI = 1 / np.sqrt(2.0), np.sqrt(2 / np.pi)
+GELU = {
+    "none": [(["mul"], _S2), (["erf"], None), (["add"], 1.0), (["mul"], "x"), (["mul"], 0.5)],
+    "tanh": [(["mul"], "x"), (["mul"], "x"), (["mul"], 0.044715), (["add"], "x"),
+             (["mul"], _SPI), (["tanh"], None), (["add"], 1.0), (["mul"], "x"), (["mul"], 0.5)],
+}
+def lower_clip(graph, sch, alloc, nd, place, new, start, what, clean, spread_scalar,
+          ready_of) -> tuple[int, bool]:
+    """Clip(x, lo, hi) = min(max(x, lo), hi); constant bounds are immediates, others are
+    spread over a vector first."""
+    ins = nd["inputs"]
+    bounds = []
+    for k, attr in ((1, "min"), (2, "max")):
+        v = ins[k] if len(ins) > k and ins[k] else None
+        if v is not None:
+            if graph.values[v].size != 1:
+                raise CompileError(f"{what}: a {attr} bound of more than one element")
+            arr = graph.const_array(v) if graph.is_const(v) else None
+            if arr is None:
+                name = spread_scalar(v)
+                start = max(start, ready_of(name))
+                bounds.append((["max" if k == 1 else "min"], place[name]))
+            else:
+                bounds.append((["max" if k == 1 else "min"], float(arr.reshape(-1)[0])))
+        elif attr in nd["attrs"]:  # opset < 11
+            bounds.append((["max" if k == 1 else "min"], float(nd["attrs"][attr])))
+    if not bounds:
+        bounds = [(["copy"], None)]
+    x = place[ins[0]]
+    t = lower_sequence(sch, alloc, x, new, nd["outputs"][0], start, what, bounds)
+    ops = [o for step in bounds for o in step[0]]
+    b = bounds[-1][1]
+    return t, (clean.get(ins[0], False) and isinstance(b, float | None)
+               and lower.finite_at_zero(ops, b))
+
+
+def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: str, steps) -> int:
+    """Elementwise passes in order, each reading the previous result (and maybe x)."""
+    cur, t = x, start
+    for k, (ops, b) in enumerate(steps):
+        if k == len(steps) - 1:
+            dst, a = new(out, t)
+        else:
+            # temporaries avoid x's slices: a pass may read both in one cycle
+            dst, a = alloc.alloc(x.dtype, x.shape, len(x.slices), avoid=frozenset(x.slices))
+        if isinstance(b, Placement):
+            t = lower.elementwise(sch, ops, cur, b, None, dst, max(t, a), what)
+        elif b == "x":
+            if cur is x:
+                t = lower.elementwise(sch, ops, x, None, None, dst, max(t, a), what, y_is_x=True)
+            else:
+                t = lower.elementwise(sch, ops, cur, x, None, dst, max(t, a), what)
+        else:
+            t = lower.elementwise(sch, ops, cur, None, b, dst, max(t, a), what)
+        if cur is not x:
+            alloc.release(cur, t)
+        cur = dst
+    return t
+
+
+def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean) -> int:
+    """Softmax over the last axis of rows of at most 320 columns:
+        xm = x + pad mask (-inf past the last column); m = row max, by rotating the vector
+        through the SXM by 1, 2, 4, ... 256 lanes and taking the max on the VXM (cyclic windows
+        that double cover all 320 lanes); e = exp(xm - m); s = e @ ones (MXM); y = e / s."""
+    x_name = nd["inputs"][0]
+    xt = graph.values[x_name]
+    rank = len(xt.shape)
+    axis = int(nd["attrs"].get("axis", -1))
+    if axis % max(rank, 1) != rank - 1:
+        raise CompileError(f"{what}: softmax over an axis other than the last is not lowered "
+                           "yet")
+    x = place[x_name]
+    if x.cols > arch.lanes:
+        raise CompileError(f"{what}: softmax over rows of more than {arch.lanes} columns is "
+                           "not lowered yet")
+    if not clean.get(x_name, False) and x.cols % arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
+    g = len(x.slices)
+    shape = tuple(xt.shape)
+
+    def temp():
+        return alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices))
+
+    t = start
+    temps = []
+    cur = x
+    if x.cols < arch.lanes:
+        mask = f"__softmax_pad_{x.cols}"
+        if mask not in graph.consts:
+            row = np.zeros(arch.lanes, np.float32)
+            row[x.cols:] = -np.inf
+            graph.add_const(mask, row.reshape(1, arch.lanes), kind="const")
+        # the mask is one 320-lane vector: read it once per row (the "row" broadcast)
+        mp = place[mask]
+        cur, a = temp()
+        temps.append(cur)
+        t = lower.elementwise(sch, ["add"], x, mp, None, cur, max(t, a), what + " pad mask")
+    xm = cur
+    m = xm
+    shift = 1
+    while shift < arch.lanes:
+        rot, a = temp()
+        t = lower.sxm_rotate(sch, m, rot, shift, max(t, a), what + " max")
+        nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(rot.slices))
+        t = lower.elementwise(sch, ["max"], m, rot, None, nxt, max(t, a), what + " max")
+        alloc.release(rot, t)
+        if m is not xm:
+            alloc.release(m, t)
+        m = nxt
+        shift *= 2
+    e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
+    t = lower.elementwise(sch, ["sub", "exp"], xm, m, None, e, max(t, a), what + " exp")
+    alloc.release(m, t)
+    J = row_matrix(graph, arch, place, x.cols, 1.0)
+    s, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(e.slices))
+    t = lower.matmul(sch, e, J, s, max(t, a), what + " sum", zero=zero(x.dtype))
+    y, a = new(nd["outputs"][0], t)
+    t = lower.elementwise(sch, ["div"], e, s, None, y, max(t, a), what, y_mode="col")
+    for p in temps + [e, s]:
+        alloc.release(p, t)
+    return t
+
+
+def row_matrix(graph, arch, place, cols: int, scale: float) -> Placement:
+    """The [cols, 320] matrix whose product with a row leaves scale * (row sum) in every lane."""
+    name = f"__rowsum_{cols}_{scale!r}"
+    if name not in graph.consts:
+        graph.add_const(name, np.full((cols, arch.lanes), scale, np.float32), kind="const")
+    return place[name]
+
+
+def last_axis(graph, nd, what) -> None:
+    ins = nd["inputs"]
+    rank = len(graph.values[ins[0]].shape)
+    axes = nd["attrs"].get("axes")
+    if len(ins) > 1 and ins[1]:
+        arr = graph.const_array(ins[1]) if graph.is_const(ins[1]) else None
+        axes = None if arr is None else tuple(int(a) for a in arr.reshape(-1))
+    if axes is None or [a % rank for a in axes] != [rank - 1]:
+        raise CompileError(f"{what}: reductions over axes other than the last are not lowered "
+                           "yet")
+    if not int(nd["attrs"].get("keepdims", 1)):
+        raise CompileError(f"{what}: keepdims=0 is not lowered yet")
+
+
+def lower_reduce(graph, arch, sch, nd, place, new, start, what, zero, clean, kind) -> int:
+    """ReduceMean / ReduceSum over the last axis: one MXM pass against a matrix of 1/cols (or
+    ones); the result holds the row's value in every lane of one vector per row."""
+    last_axis(graph, nd, what)
+    x_name = nd["inputs"][0]
+    x = place[x_name]
+    if not clean.get(x_name, False) and x.cols % arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
+    J = row_matrix(graph, arch, place, x.cols, 1.0 / x.cols if kind == "mean" else 1.0)
+    y, a = new(nd["outputs"][0], start)
+    return lower.matmul(sch, x, J, y, max(start, a), what, zero=zero(x.dtype))
+
+
+def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spread) -> int:
+    """LayerNormalization / RMSNormalization over the last axis. Sums across lanes run on the
+    MXM against a [cols, 320] matrix of 1/cols, which leaves the row's mean in every lane;
+    the rest is elementwise on the VXM:
+        LayerNorm: m = x @ J; d = x - m; v = (d * d) @ J; y = d * rsqrt(v + eps) * g + b
+        RMSNorm:   q = (x * x) @ J; y = x * rsqrt(q + eps) * g
+    """
+    op, ins, outs = nd["op"], [i for i in nd["inputs"]], nd["outputs"]
+    x_name = ins[0]
+    xt = graph.values[x_name]
+    axis = int(nd["attrs"].get("axis", -1))
+    if axis not in (-1, len(xt.shape) - 1):
+        raise CompileError(f"{what}: normalisation over axis {axis} (not the last) is not "
+                           "lowered yet")
+    extra = [o if o and (graph.consumers(o) or o in graph.outputs) else None
+             for o in list(outs[1:3]) + [None] * (3 - len(outs))][:2]
+    if op == "RMSNormalization" and any(extra):
+        raise CompileError(f"{what}: extra outputs are not lowered yet")
+    if not clean.get(x_name, False) and xt.shape[-1] % arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
+    eps = float(nd["attrs"].get("epsilon", 1e-5))
+    x = place[x_name]
+    cols = x.cols
+    J = row_matrix(graph, arch, place, cols, 1.0 / cols)
+    z = zero(x.dtype)
+    g = len(x.slices)
+
+    def temp(shape):
+        p, after = alloc.alloc(x.dtype, shape, g)
+        return p, after
+
+    rows = x.rows
+    t = start
+    temps = []
+    def per_row(out_name):
+        """A [rows, 320] temporary, or the Mean / InvStdDev output (one vector per row)."""
+        if out_name is None:
+            p, a = temp((rows, arch.lanes))
+            temps.append(p)
+            return p, a
+        spread.add(out_name)
+        return new(out_name, t)
+
+    if op == "LayerNormalization":
+        m, a = per_row(extra[0])
+        t = lower.matmul(sch, x, J, m, max(t, a), what + " mean", zero=z)
+        d, a = temp(tuple(xt.shape))
+        t = lower.elementwise(sch, ["sub"], x, m, None, d, max(t, a), what, y_mode="col")
+    else:
+        d = x
+    sq, a = temp(tuple(xt.shape))
+    t = lower.elementwise(sch, ["mul"], d, None, None, sq, max(t, a), what, y_is_x=True)
+    v, a = temp((rows, arch.lanes))
+    t = lower.matmul(sch, sq, J, v, max(t, a), what + " variance", zero=z)
+    temps += [sq, v]
+    inv, a = per_row(extra[1] if op == "LayerNormalization" else None)
+    t = lower.elementwise(sch, ["add", "rsqrt"], v, None, eps, inv, max(t, a), what)
+    scale = ins[1] if len(ins) > 1 and ins[1] else None
+    bias = ins[2] if len(ins) > 2 and ins[2] else None
+    for name in (scale, bias):
+        if name is not None and tuple(graph.values[name].shape) not in ((cols,), (1, cols)):
+            raise CompileError(f"{what}: scale/bias of shape {list(graph.values[name].shape)} "
+                               "(not one value per column) is not lowered yet")
+    steps = [("mul", inv, "col")]
+    if scale is not None:
+        steps.append(("mul", place[scale], "row"))
+    if bias is not None:
+        steps.append(("add", place[bias], "row"))
+    src = d
+    for k, (alu, operand, mode) in enumerate(steps):
+        last = k == len(steps) - 1
+        if last:
+            dst, a = new(outs[0], t)
+        else:
+            dst, a = temp(tuple(xt.shape))
+            temps.append(dst)
+        t = lower.elementwise(sch, [alu], src, operand, None, dst, max(t, a), what, y_mode=mode)
+        src = dst
+    if d is not x:
+        temps.append(d)
+    for p in temps:
+        alloc.release(p, t)
+    return t
+
+
+def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
+                 ready_of, spread_scalar) -> tuple[int, bool]:
+    """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero)."""
+    op, ins, out = nd["op"], nd["inputs"], nd["outputs"][0]
+    c0 = clean.get(ins[0], False)
+    if op in lower.CHAINS:
+        z, nb = new(out, start)
+        return (lower.elementwise(sch, lower.CHAINS[op], place[ins[0]], None, None, z,
+                                  max(start, nb), what, y_is_x=True),
+                c0 and lower.finite_at_zero(lower.CHAINS[op], 0.0))
+    if op in lower.UNARY:
+        z, nb = new(out, start)
+        return (lower.elementwise(sch, [lower.UNARY[op]], place[ins[0]], None, None, z,
+                                  max(start, nb), what),
+                c0 and lower.finite_at_zero([lower.UNARY[op]], None))
+    ins = [i for i in ins if i]
+    if op in ("Max", "Min") and len(ins) == 1:
+        z, nb = new(out, start)
+        return lower.elementwise(sch, ["copy"], place[ins[0]], None, None, z, max(start, nb),
+                                 what), c0
+    if len(ins) != 2:
+        raise CompileError(f"{what}: {len(ins)} inputs; only two are lowered yet")
+    alu = lower.BINARY[op]
+    a, b = ins[0], ins[1]
+    zt = graph.values[out]
+    full = tuple(zt.shape)
+
+    def scalar(v):
+        arr = graph.const_array(v) if graph.is_const(v) else None
+        return float(arr.reshape(-1)[0]) if arr is not None and arr.size == 1 else None
+
+    def role(v):
+        ty = graph.values[v]
+        if tuple(ty.shape) == full:
+            return "full"
+        if scalar(v) is not None:
+            return "imm"
+        r, c = rows_cols(tuple(ty.shape))
+        if r == 1 and c == full[-1] if full else False:
+            return "row"
+        if v in spread and full and tuple(ty.shape) == full[:-1] + (1,):
+            return "col"
+        if ty.size == 1:
+            return "scalar"
+        return "other"
+
+    ra, rb = role(a), role(b)
+    # a one-element tensor that is not a constant: spread it over a vector, then broadcast it
+    if rb == "scalar" and ra == "full":
+        b = spread_scalar(b)
+        rb = "row"
+        start = max(start, ready_of(b))
+    if ra == "scalar" and rb == "full":
+        a = spread_scalar(a)
+        ra = "row"
+        start = max(start, ready_of(a))
+        if alu == "sub":  # s - x = (-x) + s
+            z, nb = new(out, start)
+            return (lower.elementwise(sch, ["neg", "add"], place[b], place[a], None, z,
+                                      max(start, nb), what), False)
+    if ra != "full" and rb == "full":
+        if alu in COMMUTATIVE:
+            a, b, ra, rb = b, a, rb, ra
+        elif alu in lower.SWAPPED:
+            a, b, ra, rb, alu = b, a, rb, ra, lower.SWAPPED[alu]
+        elif ra == "imm" and alu == "sub":  # s - x = (-x) + s
+            z, nb = new(out, start)
+            return (lower.elementwise(sch, ["neg", "add"], place[b], None, scalar(a), z,
+                                      max(start, nb), what),
+                    clean.get(b, False) and lower.finite_at_zero(["neg", "add"], scalar(a)))
+    if ra != "full" or rb == "other":
+        raise CompileError(f"{what}: this broadcast ({list(graph.values[a].shape)} with "
+                           f"{list(graph.values[b].shape)}) is not lowered yet")
+    z, nb = new(out, start)
+    ca = clean.get(a, False)
+    if a == b:  # x op x: one read, the value goes to both ALU inputs
+        return (lower.elementwise(sch, [alu], place[a], None, None, z, max(start, nb), what,
+                                  y_is_x=True), ca and lower.finite_at_zero([alu], 0.0))
+    if rb in ("full", "row", "col") and set(place[a].slices) & set(place[b].slices):
+        # one slice cannot read both operands in one cycle: copy B to other slices first
+        pb = place[b]
+        cp, after = alloc.alloc(pb.dtype, pb.shape, len(pb.slices),
+                                avoid=frozenset(place[a].slices))
+        t = lower.elementwise(sch, ["copy"], pb, None, None, cp, max(start, after, ready_of(b)),
+                              what + " operand copy")
+        out_t = lower.elementwise(sch, [alu], place[a], cp, None, z, max(start, nb, t), what,
+                                  y_mode="col" if rb == "col" else "row")
+        alloc.release(cp, out_t)
+        return out_t, ca and clean.get(b, False) and lower.finite_at_zero([alu], 0.0)
+    if rb == "imm":
+        return (lower.elementwise(sch, [alu], place[a], None, scalar(b), z, max(start, nb), what),
+                ca and lower.finite_at_zero([alu], scalar(b)))
+    return (lower.elementwise(sch, [alu], place[a], place[b], None, z, max(start, nb), what,
+                              y_mode="col" if rb == "col" else "row"),
+            ca and clean.get(b, False) and lower.finite_at_zero([alu], 0.0))
+
+
+COMMUTATIVE = lower.COMMUTATIVE
