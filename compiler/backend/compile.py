@@ -46,7 +46,9 @@ def _machine_dtype(ir_dtype: str, what: str) -> str:
 
 
 def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
-    """Lower a canonicalised graph to a single-chip Program for `arch`."""
+    """Lower a canonicalised graph to a single-chip Program for `arch` (the caller's graph is
+    not changed: lowering adds constants of its own to a copy)."""
+    graph = graph.copy()
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
                            f"{', '.join(PRECISIONS)})")
