@@ -61,8 +61,8 @@ def build(arch, blocks: int, count: int, matmul: bool) -> tuple[Program, dict]:
                                       "int8", (naddr, arch.lanes), 0, (s,), 0))
     macs = 0
     if matmul:
-        # weights: 16 slices MEM_W40..W43 side... rows stream westward to MXM plane 0 at pos 0;
-        # 16 slices read one row each per cycle, so 320 rows take 20 cycles.
+        # weights: the 16 westmost slices (MEM_W28..W43) each read one row per cycle westward
+        # to MXM plane 0 at position 0, so a 320-row tile loads in 20 cycles.
         ns = arch.mxm_load_streams_max
         wsl = list(range(arch.mem_slices_per_hemisphere - ns, arch.mem_slices_per_hemisphere))
         xs = arch.mem_slices_per_hemisphere - ns - 1  # activation slice
