@@ -18,8 +18,10 @@ GELU = {
     "tanh": [(["mul"], "x"), (["mul"], "x"), (["mul"], 0.044715), (["add"], "x"),
              (["mul"], _SPI), (["tanh"], None), (["add"], 1.0), (["mul"], "x"), (["mul"], 0.5)],
 }
+
+
 def lower_clip(graph, sch, alloc, nd, place, new, start, what, clean, spread_scalar,
-          ready_of) -> tuple[int, bool]:
+               ready_of) -> tuple[int, bool]:
     """Clip(x, lo, hi) = min(max(x, lo), hi); constant bounds are immediates, others are
     spread over a vector first."""
     ins = nd["inputs"]
@@ -48,6 +50,27 @@ def lower_clip(graph, sch, alloc, nd, place, new, start, what, clean, spread_sca
                and lower.finite_at_zero(ops, b))
 
 
+def apart(sch, alloc, y: Placement, x: Placement, ready: int, what: str):
+    """B operand y in slices apart from x's: a slice reads one vector per cycle, and both are
+    read in the same cycles. Returns (placement, ready cycle, copy to release or None)."""
+    if not set(y.slices) & set(x.slices):
+        return y, ready, None
+    cp, after = alloc.alloc(y.dtype, y.shape, len(y.slices), avoid=frozenset(x.slices))
+    t = lower.elementwise(sch, ["copy"], y, None, None, cp, max(ready, after),
+                          what + " operand copy")
+    return cp, t, cp
+
+
+def binary(sch, alloc, ops, x: Placement, y: Placement, z: Placement, ready: int, what: str,
+           y_mode: str = "row") -> int:
+    """z = ops(x, y) on the VXM with y in slices apart from x's (copied there if need be)."""
+    py, t, cp = apart(sch, alloc, y, x, ready, what)
+    t = lower.elementwise(sch, ops, x, py, None, z, max(ready, t), what, y_mode=y_mode)
+    if cp is not None:
+        alloc.release(cp, t)
+    return t
+
+
 def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: str, steps) -> int:
     """Elementwise passes in order, each reading the previous result (and maybe x)."""
     cur, t = x, start
@@ -58,7 +81,10 @@ def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: st
             # temporaries avoid x's slices: a pass may read both in one cycle
             dst, a = alloc.alloc(x.dtype, x.shape, len(x.slices), avoid=frozenset(x.slices))
         if isinstance(b, Placement):
-            t = lower.elementwise(sch, ops, cur, b, None, dst, max(t, a), what)
+            pb, t, cp = apart(sch, alloc, b, cur, t, what)
+            t = lower.elementwise(sch, ops, cur, pb, None, dst, max(t, a), what)
+            if cp is not None:
+                alloc.release(cp, t)
         elif b == "x":
             if cur is x:
                 t = lower.elementwise(sch, ops, x, None, None, dst, max(t, a), what, y_is_x=True)
@@ -110,7 +136,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         mp = place[mask]
         cur, a = temp()
         temps.append(cur)
-        t = lower.elementwise(sch, ["add"], x, mp, None, cur, max(t, a), what + " pad mask")
+        t = binary(sch, alloc, ["add"], x, mp, cur, max(t, a), what + " pad mask")
     xm = cur
     m = xm
     shift = 1
@@ -118,20 +144,20 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         rot, a = temp()
         t = lower.sxm_rotate(sch, m, rot, shift, max(t, a), what + " max")
         nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(rot.slices))
-        t = lower.elementwise(sch, ["max"], m, rot, None, nxt, max(t, a), what + " max")
+        t = binary(sch, alloc, ["max"], m, rot, nxt, max(t, a), what + " max")
         alloc.release(rot, t)
         if m is not xm:
             alloc.release(m, t)
         m = nxt
         shift *= 2
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
-    t = lower.elementwise(sch, ["sub", "exp"], xm, m, None, e, max(t, a), what + " exp")
+    t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
     alloc.release(m, t)
     J = row_matrix(graph, arch, place, x.cols, 1.0)
     s, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(e.slices))
     t = lower.matmul(sch, e, J, s, max(t, a), what + " sum", zero=zero(x.dtype))
     y, a = new(nd["outputs"][0], t)
-    t = lower.elementwise(sch, ["div"], e, s, None, y, max(t, a), what, y_mode="col")
+    t = binary(sch, alloc, ["div"], e, s, y, max(t, a), what, y_mode="col")
     for p in temps + [e, s]:
         alloc.release(p, t)
     return t
@@ -221,7 +247,7 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
         m, a = per_row(extra[0])
         t = lower.matmul(sch, x, J, m, max(t, a), what + " mean", zero=z)
         d, a = temp(tuple(xt.shape))
-        t = lower.elementwise(sch, ["sub"], x, m, None, d, max(t, a), what, y_mode="col")
+        t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what, y_mode="col")
     else:
         d = x
     sq, a = temp(tuple(xt.shape))
@@ -250,7 +276,7 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
         else:
             dst, a = temp(tuple(xt.shape))
             temps.append(dst)
-        t = lower.elementwise(sch, [alu], src, operand, None, dst, max(t, a), what, y_mode=mode)
+        t = binary(sch, alloc, [alu], src, operand, dst, max(t, a), what, y_mode=mode)
         src = dst
     if d is not x:
         temps.append(d)
@@ -337,16 +363,12 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
     if a == b:  # x op x: one read, the value goes to both ALU inputs
         return (lower.elementwise(sch, [alu], place[a], None, None, z, max(start, nb), what,
                                   y_is_x=True), ca and lower.finite_at_zero([alu], 0.0))
-    if rb in ("full", "row", "col") and set(place[a].slices) & set(place[b].slices):
-        # one slice cannot read both operands in one cycle: copy B to other slices first
-        pb = place[b]
-        cp, after = alloc.alloc(pb.dtype, pb.shape, len(pb.slices),
-                                avoid=frozenset(place[a].slices))
-        t = lower.elementwise(sch, ["copy"], pb, None, None, cp, max(start, after, ready_of(b)),
-                              what + " operand copy")
-        out_t = lower.elementwise(sch, [alu], place[a], cp, None, z, max(start, nb, t), what,
+    if rb in ("full", "row", "col"):
+        pb, t, cp = apart(sch, alloc, place[b], place[a], max(start, ready_of(b)), what)
+        out_t = lower.elementwise(sch, [alu], place[a], pb, None, z, max(start, nb, t), what,
                                   y_mode="col" if rb == "col" else "row")
-        alloc.release(cp, out_t)
+        if cp is not None:
+            alloc.release(cp, out_t)
         return out_t, ca and clean.get(b, False) and lower.finite_at_zero([alu], 0.0)
     if rb == "imm":
         return (lower.elementwise(sch, [alu], place[a], None, scalar(b), z, max(start, nb), what),
