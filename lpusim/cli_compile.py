@@ -32,7 +32,9 @@ _common = [
                  help="Numeric policy. fp32 is the exact mode for checking against the "
                       "reference (the MXM runs it at the preset's emulated rate); fp16 and "
                       "bf16 round MatMul weights and activations to that type on the MXM and "
-                      "accumulate in fp32. int8 and fp8 are not implemented yet and say so."),
+                      "accumulate in fp32; int8 scales weights per output channel and "
+                      "activations per row, accumulating in int32. fp8 is not implemented "
+                      "yet and says so."),
     click.option("--dim", "dims", metavar="NAME=N", multiple=True,
                  help="Bind a symbolic input dimension, e.g. --dim batch=1 --dim seq=128."),
     click.option("--arch", "arch", metavar="NAME|FILE", default="tsp-v1", show_default=True,

@@ -9,15 +9,17 @@ from compiler.backend.ops import (
     GELU,
     lower_clip,
     lower_elementwise,
+    lower_matmul_int8,
     lower_norm,
     lower_reduce,
     lower_sequence,
     lower_softmax,
+    quantize_weights,
 )
 from compiler.backend.placement import Allocator, Placement, rows_cols
 from compiler.backend.schedule import Scheduler
 from compiler.errors import CompileError
-from compiler.ir import Graph
+from compiler.ir import Graph, TensorType
 from isa.dtypes import dtype as dtype_info
 from isa.dtypes import numpy_dtype
 from isa.encoding import encode, to_words
@@ -25,9 +27,9 @@ from lpusim.program import ChipProgram, Program, TensorSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 # The element type MatMul weights and activations have on the MXM under each policy; tensors
-# stay fp32 elsewhere, products accumulate in fp32. int8 and fp8 need scales (per output
-# channel for weights) and are not implemented yet.
-MXM_POLICY = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+# stay fp32 elsewhere, products accumulate in fp32 (int32 for int8). int8 scales weights per
+# output channel (at compile time) and activations per row (on chip); fp8 is not implemented.
+MXM_POLICY = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
 NORMS = {"LayerNormalization", "RMSNormalization"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
@@ -86,6 +88,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
 
     place: dict[str, Placement] = _Places()
     typed: dict[tuple[str, str], Placement] = {}  # a constant stored in another element type
+    quantized: dict[str, tuple[Placement, np.ndarray | None]] = {}  # int8 weights and data
 
     def as_type(v: str, md: str) -> Placement:
         """Constant v as machine dtype md (the weights of a reduced-precision MatMul)."""
@@ -166,29 +169,34 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 raise CompileError(f"{what}: the weight must be a constant (activation x "
                                    "activation matmul is not lowered yet)")
             bias = ins[2] if len(ins) > 2 and ins[2] else None
-            w = as_type(ins[1], mxm_dtype)
-            t_x = start
-            xq = x
-            if mxm_dtype != x.dtype:  # round the activations to the MXM's type on the VXM
-                xq, a = alloc.alloc(mxm_dtype, x.shape, dtype_info(mxm_dtype).nbytes,
-                                    avoid=frozenset(x.slices))
-                t_x = lower.elementwise(sch, ["cvt"], x, None, None, xq, max(start, a),
-                                        what + " activations to " + mxm_dtype)
-            if bias is None:
-                y, nb = new(out, t_x)
-                ready[out] = lower.matmul(sch, xq, w, y, max(t_x, nb), what,
-                                          zero=zero(w.dtype))
+            if precision == "int8":
+                wname = ins[1]
+                qname = f"{wname}@int8"
+                if qname not in quantized:
+                    wq_data, w_scale = quantize_weights(graph.const_array(wname))
+                    ty = graph.values[wname]
+                    pq, _ = alloc.alloc("int8", tuple(ty.shape), 1, resident=True)
+                    quantized[qname] = (pq, wq_data)
+                    sname = f"{wname}@scale"
+                    graph.add_const(sname, w_scale, ty=TensorType("float32", (ty.shape[-1],)),
+                                    kind="const")
+                w_scale = place[f"{wname}@scale"]
+                if bias is None:
+                    y, nb = new(out, start)
+                    ready[out] = lower_matmul_int8(sch, alloc, x, quantized[qname][0], w_scale,
+                                                   y, max(start, nb), what, zero)
+                else:
+                    tmp_ty = graph.values[out]
+                    tmp, nb = alloc.alloc("fp32", tuple(tmp_ty.shape), 4)
+                    t1 = lower_matmul_int8(sch, alloc, x, quantized[qname][0], w_scale, tmp,
+                                           max(start, nb), what, zero)
+                    y, nb2 = new(out, t1)
+                    ready[out] = lower.elementwise(sch, ["add"], tmp, place[bias], None, y,
+                                                   max(t1, nb2), what + " bias")
+                    alloc.release(tmp, ready[out])
             else:
-                tmp_ty = graph.values[out]
-                mdt = _machine_dtype(tmp_ty.dtype, what)
-                tmp, nb = alloc.alloc(mdt, tuple(tmp_ty.shape), dtype_info(mdt).nbytes)
-                t1 = lower.matmul(sch, xq, w, tmp, max(t_x, nb), what, zero=zero(w.dtype))
-                y, nb2 = new(out, t1)
-                ready[out] = lower.elementwise(sch, ["add"], tmp, place[bias], None, y,
-                                               max(t1, nb2), what + " bias")
-                alloc.release(tmp, ready[out])
-            if xq is not x:
-                alloc.release(xq, ready[out])
+                ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,
+                                           start, what, new, place, as_type, zero)
         elif op in NORMS:
             ready[out] = lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                clean, spread)
@@ -225,6 +233,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         kind = "weight" if c.kind == "weight" else "const"
         if v in place:
             tensors.append(_spec(v, kind, place[v], c.array))
+    for qname, (p, data) in sorted(quantized.items(), key=lambda kv: kv[0]):
+        tensors.append(TensorSpec(qname, "weight", "int8", tuple(p.shape), 0, tuple(p.slices),
+                                  p.addr, 1, data))
     for (v, md), p in sorted(typed.items()):
         tensors.append(_spec(f"{v}@{md}", "weight" if graph.consts[v].kind == "weight"
                              else "const", p, graph.consts[v].array))
@@ -238,6 +249,35 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     return Program(arch.config, [chip], tensors, {"generator": "lpusim compile",
                                                   "precision": precision,
                                                   "graph": graph.name})
+
+
+def _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype, start, what, new, place,
+                  as_type, zero) -> int:
+    """MatMul in a float policy: weights stored in the MXM's type, activations converted on the
+    VXM when the type differs, the bias added in fp32."""
+    w = as_type(ins[1], mxm_dtype)
+    t_x = start
+    xq = x
+    if mxm_dtype != x.dtype:  # round the activations to the MXM's type on the VXM
+        xq, a = alloc.alloc(mxm_dtype, x.shape, dtype_info(mxm_dtype).nbytes,
+                            avoid=frozenset(x.slices))
+        t_x = lower.elementwise(sch, ["cvt"], x, None, None, xq, max(start, a),
+                                what + " activations to " + mxm_dtype)
+    if bias is None:
+        y, nb = new(out, t_x)
+        done = lower.matmul(sch, xq, w, y, max(t_x, nb), what, zero=zero(w.dtype))
+    else:
+        tmp_ty = graph.values[out]
+        mdt = _machine_dtype(tmp_ty.dtype, what)
+        tmp, nb = alloc.alloc(mdt, tuple(tmp_ty.shape), dtype_info(mdt).nbytes)
+        t1 = lower.matmul(sch, xq, w, tmp, max(t_x, nb), what, zero=zero(w.dtype))
+        y, nb2 = new(out, t1)
+        done = lower.elementwise(sch, ["add"], tmp, place[bias], None, y, max(t1, nb2),
+                                 what + " bias")
+        alloc.release(tmp, done)
+    if xq is not x:
+        alloc.release(xq, done)
+    return done
 
 
 def _check_fits(graph: Graph, arch, nslices: int) -> None:

@@ -72,11 +72,12 @@ def _log2(g: int) -> int:
 
 def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | None,
                 imm: float | None, z: Placement, ready: int, what: str,
-                y_is_x: bool = False, y_mode: str = "row") -> int:
+                y_is_x: bool = False, y_mode: str = "row", x_of=None) -> int:
     """z = ops(x, B) on the VXM, B a placement, x itself, or an immediate; returns the cycle
     from which z is in SRAM. A placement B is read by `y_mode`: "row" repeats its vectors for
     every row (a same-shape B is the case of one repetition), "col" gives every vector of row
-    r the vector r of B (a per-row value already spread over all lanes)."""
+    r the vector r of B (a per-row value already spread over all lanes). `x_of` maps an output
+    vector to the x vector it reads (default: the same index)."""
     arch = sch.arch
     V = arch.vxm_position
     g = len(x.slices)
@@ -86,7 +87,7 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     for lo in range(0, z.nvec, CHUNK):
         n = min(CHUNK, z.nvec - lo)
         vs = list(range(lo, lo + n))
-        xa = [x.addr + v for v in vs]
+        xa = [x.addr + (v if x_of is None else x_of(v)) for v in vs]
         if y is not None:
             ya = [y.addr + (v % y.nvec if y_mode == "row" else v // z.vpr) for v in vs]
         za = [z.addr + v for v in vs]

@@ -379,3 +379,85 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
 
 
 COMMUTATIVE = lower.COMMUTATIVE
+
+
+def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placement, int]:
+    """max |x| of every row, in every lane of one vector per row: |x|, the max over the row's
+    vectors, then SXM rotations by 1, 2, ... 256 lanes with a VXM max after each."""
+    arch = sch.arch
+    g = len(x.slices)
+    shape = (x.rows, arch.lanes)
+    ax, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices))
+    t = lower.elementwise(sch, ["abs"], x, None, None, ax, max(ready, a), what + " |x|")
+    m, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(ax.slices))
+    vpr = x.vpr
+    t = lower.elementwise(sch, ["copy"], ax, None, None, m, max(t, a), what + " row max",
+                          x_of=lambda v: v * vpr)
+    for c in range(1, vpr):  # fold the row's other vectors in
+        nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(ax.slices) | frozenset(m.slices))
+        t = lower.elementwise(sch, ["max"], ax, m, None, nxt, max(t, a), what + " row max",
+                              x_of=lambda v, c=c: v * vpr + c)
+        alloc.release(m, t)
+        m = nxt
+    alloc.release(ax, t)
+    shift = 1
+    while shift < arch.lanes:
+        rot, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
+        t = lower.sxm_rotate(sch, m, rot, shift, max(t, a), what + " row max")
+        nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(rot.slices) | frozenset(m.slices))
+        t = binary(sch, alloc, ["max"], m, rot, nxt, max(t, a), what + " row max")
+        alloc.release(rot, t)
+        alloc.release(m, t)
+        m = nxt
+        shift *= 2
+    return m, t
+
+
+def quantize_weights(w: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per output channel (column): scale = max |w| / 127; w_q = round-half-even(w / scale)."""
+    if w is None:
+        return None, None
+    w = np.asarray(w, np.float32)
+    amax = np.abs(w).max(axis=0)
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def lower_matmul_int8(sch, alloc, x: Placement, wq: Placement, w_scale: Placement,
+                      y: Placement, ready: int, what: str, zero) -> int:
+    """y = x @ W with int8 on the MXM: W per output channel (w_q, scale from
+    quantize_weights), x per row (token) with its own scale max|x_r| / 127 found on chip:
+        r = 127 / max(m, tiny); x_q = int8(round(x * r)); acc = x_q @ w_q (int32, exact);
+        y = float(acc) * (m / 127) * w_scale."""
+    arch = sch.arch
+    g = len(x.slices)
+    m, t = row_absmax(sch, alloc, x, ready, what)
+    shape = (x.rows, arch.lanes)
+    m2, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
+    t = lower.elementwise(sch, ["max"], m, None, 1e-30, m2, max(t, a), what + " scale")
+    r, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
+    t = lower.elementwise(sch, ["recip", "mul"], m2, None, 127.0, r, max(t, a), what + " scale")
+    xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices))
+    t = binary(sch, alloc, ["mul"], x, r, xs, max(t, a), what + " quantize", y_mode="col")
+    alloc.release(r, t)
+    xq, a = alloc.alloc("int8", x.shape, 1, avoid=frozenset(xs.slices))
+    t = lower.elementwise(sch, ["cvt"], xs, None, None, xq, max(t, a), what + " quantize")
+    alloc.release(xs, t)
+    acc, a = alloc.alloc("int32", y.shape, 4)
+    t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero("int8"))
+    alloc.release(xq, t)
+    yf, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(acc.slices))
+    t = lower.elementwise(sch, ["cvt"], acc, None, None, yf, max(t, a), what + " dequantize")
+    alloc.release(acc, t)
+    sx, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
+    t = lower.elementwise(sch, ["mul"], m2, None, 1.0 / 127.0, sx, max(t, a), what + " scale")
+    alloc.release(m, t)
+    alloc.release(m2, t)
+    y1, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(yf.slices))
+    t = binary(sch, alloc, ["mul"], yf, sx, y1, max(t, a), what + " dequantize", y_mode="col")
+    alloc.release(yf, t)
+    alloc.release(sx, t)
+    t = binary(sch, alloc, ["mul"], y1, w_scale, y, t, what + " dequantize")
+    alloc.release(y1, t)
+    return t
