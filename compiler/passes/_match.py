@@ -69,6 +69,22 @@ def is_last_axis_reduce(graph: Graph, node: str, rank: int) -> bool:
             and int(a["attrs"].get("keepdims", 1)) == 1)
 
 
+def eps_sqrt(graph: Graph, value: str) -> tuple[str, float, str, str] | None:
+    """`Sqrt(value + eps)` with eps a scalar constant, each op the only reader of its input:
+    (the Add node, eps, the Sqrt node, the Sqrt's output), else None."""
+    add = only_user(graph, value)
+    if add is None or graph.node(add)["op"] != "Add":
+        return None
+    eps_v = other(graph.node(add)["inputs"], value)
+    eps = None if eps_v is None else scalar(graph, eps_v)
+    if eps is None or graph.values[eps_v].size != 1:
+        return None
+    sqrt = only_user(graph, graph.node(add)["outputs"][0])
+    if sqrt is None or graph.node(sqrt)["op"] != "Sqrt":
+        return None
+    return add, eps, sqrt, graph.node(sqrt)["outputs"][0]
+
+
 def remove_all(graph: Graph, nodes: list[str]) -> None:
     for n in nodes:
         if n in graph.g:

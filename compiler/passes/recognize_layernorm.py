@@ -7,6 +7,7 @@ from compiler.ir import Graph
 from compiler.passes._match import (
     affine_tail,
     as_vector,
+    eps_sqrt,
     f32,
     is_last_axis_reduce,
     is_scalar,
@@ -15,7 +16,6 @@ from compiler.passes._match import (
     op_of,
     other,
     remove_all,
-    scalar,
 )
 
 
@@ -64,17 +64,10 @@ class RecognizeLayernorm:
                 not is_last_axis_reduce(graph, r2, xt.rank):
             return
         var = graph.node(r2)["outputs"][0]
-        add = only_user(graph, var)
-        if add is None or graph.node(add)["op"] != "Add":
+        tail = eps_sqrt(graph, var)
+        if tail is None:
             return
-        eps_v = other(graph.node(add)["inputs"], var)
-        eps = None if eps_v is None else scalar(graph, eps_v)
-        if eps is None or graph.values[eps_v].size != 1:
-            return
-        sqrt = only_user(graph, graph.node(add)["outputs"][0])
-        if sqrt is None or graph.node(sqrt)["op"] != "Sqrt":
-            return
-        s = graph.node(sqrt)["outputs"][0]
+        add, eps, sqrt, s = tail
         chain = [r1, sub, sq, r2, add, sqrt]
         na = graph.node(norm)
         if na["op"] == "Div" and na["inputs"] == [d, s] and graph.num_uses(s) == 1:

@@ -7,6 +7,7 @@ from compiler.ir import Graph
 from compiler.passes._match import (
     affine_tail,
     as_vector,
+    eps_sqrt,
     f32,
     is_last_axis_reduce,
     is_scalar,
@@ -14,7 +15,6 @@ from compiler.passes._match import (
     only_user,
     other,
     remove_all,
-    scalar,
 )
 
 
@@ -53,17 +53,10 @@ class RecognizeRmsnorm:
         if not xt.rank or not is_last_axis_reduce(graph, r, xt.rank):
             return
         ms = graph.node(r)["outputs"][0]
-        add = only_user(graph, ms)
-        if add is None or graph.node(add)["op"] != "Add":
+        tail = eps_sqrt(graph, ms)
+        if tail is None:
             return
-        eps_v = other(graph.node(add)["inputs"], ms)
-        eps = None if eps_v is None else scalar(graph, eps_v)
-        if eps is None or graph.values[eps_v].size != 1:
-            return
-        sqrt = only_user(graph, graph.node(add)["outputs"][0])
-        if sqrt is None or graph.node(sqrt)["op"] != "Sqrt":
-            return
-        s = graph.node(sqrt)["outputs"][0]
+        add, eps, sqrt, s = tail
         user = only_user(graph, s)
         if user is None:
             return
