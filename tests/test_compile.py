@@ -274,3 +274,25 @@ def test_int8_matmul_per_channel_weights_per_row_activations():
     bound = k * mx * np.abs(w).max(0) * (1 / 127 + 1 / 254 ** 2) + 1e-4
     assert (np.abs(res.outputs["y"] - (x.astype(np.float64) @ w + b)) <= bound).all()
     assert res.report["mxm"]["dtypes"] == ["int8"] and not res.report["mxm"]["emulated_dtypes"]
+
+
+def test_row_moves_transpose_slice_split_concat():
+    """Ops that keep the last axis move whole rows: the attention head transpose
+    (0, 2, 1, 3), a Slice and a Split of a leading axis, and a Concat of two inputs."""
+    x = RNG.standard_normal((2, 3, 4, 40)).astype(np.float32)
+    z = RNG.standard_normal((2, 2, 4, 40)).astype(np.float32)
+    i64 = lambda name, vals: h.make_tensor(name, T.INT64, [len(vals)], vals)  # noqa: E731
+    nodes = [h.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]),
+             h.make_node("Slice", ["x", "st", "en", "ax"], ["s"]),
+             h.make_node("Split", ["x", "sp"], ["a", "b"], axis=1),
+             h.make_node("Concat", ["x", "z"], ["c"], axis=1)]
+    m = model(nodes, [vi("x", [2, 3, 4, 40]), vi("z", [2, 2, 4, 40])],
+              [vi("t", [2, 4, 3, 40]), vi("s", [2, 2, 4, 40]), vi("a", [2, 1, 4, 40]),
+               vi("b", [2, 2, 4, 40]), vi("c", [2, 5, 4, 40])],
+              [i64("st", [1]), i64("en", [3]), i64("ax", [1]), i64("sp", [1, 2])], opset=13)
+    res = lpusim.run_onnx(m, {"x": x, "z": z})
+    np.testing.assert_array_equal(res.outputs["t"], x.transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(res.outputs["s"], x[:, 1:3])
+    np.testing.assert_array_equal(res.outputs["a"], x[:, :1])
+    np.testing.assert_array_equal(res.outputs["b"], x[:, 1:])
+    np.testing.assert_array_equal(res.outputs["c"], np.concatenate([x, z], axis=1))

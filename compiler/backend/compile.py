@@ -8,6 +8,7 @@ from compiler.backend import lower
 from compiler.backend.ops import (
     GELU,
     lower_clip,
+    lower_data_movement,
     lower_elementwise,
     lower_matmul_int8,
     lower_norm,
@@ -31,10 +32,11 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 # output channel (at compile time) and activations per row (on chip); fp8 is not implemented.
 MXM_POLICY = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
 NORMS = {"LayerNormalization", "RMSNormalization"}
+MOVES = {"Transpose", "Slice", "Split", "Concat"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
-                           | {"Gelu", "Softmax", "Clip"}))
+                           | {"Gelu", "Softmax", "Clip"} | MOVES))
 # IR dtype -> machine dtype in the fp32 exact mode
 _MACHINE = {"float32": "fp32"}
 
@@ -205,6 +207,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                   clean)
             clean[out] = True
+        elif op in MOVES:
+            ready[out] = lower_data_movement(graph, sch, alloc, nd, place, new, start, what)
+            for o in outs:
+                if o:
+                    ready[o] = ready[out]
+                    clean[o] = clean.get(ins[0], False) if op != "Concat" else \
+                        all(clean.get(i, False) for i in ins)
         elif op == "Clip":
             ready[out], clean[out] = lower_clip(graph, sch, alloc, nd, place, new, start, what,
                                            clean, spread_scalar, lambda v: ready.get(v, 0))

@@ -461,3 +461,88 @@ def lower_matmul_int8(sch, alloc, x: Placement, wq: Placement, w_scale: Placemen
     t = binary(sch, alloc, ["mul"], y1, w_scale, y, t, what + " dequantize")
     alloc.release(y1, t)
     return t
+
+
+def copy_rows(sch, x: Placement, z: Placement, rows: np.ndarray, ready: int, what: str) -> int:
+    """z's row i = x's row rows[i] (last dimension unchanged), one VXM copy pass."""
+    vpr = x.vpr
+    return lower.elementwise(sch, ["copy"], x, None, None, z, ready, what,
+                             x_of=lambda v: int(rows[v // vpr]) * vpr + v % vpr)
+
+
+def row_index(shape: tuple[int, ...]) -> np.ndarray:
+    """The row number of every element row of a tensor viewed as (rows, last dim)."""
+    lead = shape[:-1]
+    return np.arange(int(np.prod(lead, dtype=np.int64))).reshape(lead) if lead else np.zeros(())
+
+
+def lower_data_movement(graph, sch, alloc, nd, place, new, start, what) -> int:
+    """Transpose, Slice, Split and Concat that keep the last axis in place: rows move, lanes do
+    not, so each is a copy of whole row vectors."""
+    op, ins, outs, attrs = nd["op"], nd["inputs"], nd["outputs"], nd["attrs"]
+    xt = graph.values[ins[0]]
+    rank = len(xt.shape)
+    idx = row_index(tuple(xt.shape))
+
+    def const_ints(v):
+        arr = graph.const_array(v) if v and graph.is_const(v) else None
+        if v and arr is None:
+            raise CompileError(f"{what}: a non-constant {v!r} operand is not lowered yet")
+        return None if arr is None else [int(a) for a in np.asarray(arr).reshape(-1)]
+
+    if op == "Transpose":
+        perm = list(attrs.get("perm", range(rank - 1, -1, -1)))
+        if rank < 1 or perm[-1] != rank - 1:
+            raise CompileError(f"{what}: a transpose that moves the last axis is not lowered "
+                               "yet")
+        z, a = new(outs[0], start)
+        return copy_rows(sch, place[ins[0]], z, idx.transpose(perm[:-1]).reshape(-1),
+                         max(start, a), what)
+    if op == "Slice":
+        starts, ends = const_ints(ins[1]), const_ints(ins[2])
+        axes = const_ints(ins[3]) if len(ins) > 3 and ins[3] else list(range(len(starts)))
+        steps = const_ints(ins[4]) if len(ins) > 4 and ins[4] else [1] * len(starts)
+        sl = [slice(None)] * rank
+        for s_, e_, ax, st in zip(starts, ends, axes, steps, strict=True):
+            ax %= rank
+            if ax == rank - 1:
+                raise CompileError(f"{what}: slicing the last axis is not lowered yet")
+            sl[ax] = slice(s_, e_, st)
+        z, a = new(outs[0], start)
+        return copy_rows(sch, place[ins[0]], z, idx[tuple(sl[:-1])].reshape(-1),
+                         max(start, a), what)
+    axis = int(attrs.get("axis", 0)) % rank
+    if axis == rank - 1:
+        raise CompileError(f"{what}: {op} along the last axis is not lowered yet")
+    t = start
+    if op == "Split":
+        sizes = const_ints(ins[1]) if len(ins) > 1 and ins[1] else \
+            [graph.values[o].shape[axis] for o in outs]
+        at = 0
+        for o, n in zip(outs, sizes, strict=True):
+            sl = [slice(None)] * (rank - 1)
+            sl[axis] = slice(at, at + n)
+            at += n
+            if not o:
+                continue
+            z, a = new(o, start)
+            t = max(t, copy_rows(sch, place[ins[0]], z, idx[tuple(sl)].reshape(-1),
+                                 max(start, a), what))
+        return t
+    # Concat: every input's rows go to their place in the output
+    out_t = graph.values[outs[0]]
+    z, a = new(outs[0], start)
+    out_idx = row_index(tuple(out_t.shape))
+    at = 0
+    for v in ins:
+        n = graph.values[v].shape[axis]
+        sl = [slice(None)] * (rank - 1)
+        sl[axis] = slice(at, at + n)
+        at += n
+        dest = out_idx[tuple(sl)].reshape(-1)  # output rows this input fills, in its row order
+        src = place[v]
+        for r0 in range(len(dest)):  # one copy per output row: rows of z are not contiguous
+            row = Placement(z.dtype, (1, z.cols), 1, z.cols, z.vpr, z.slices,
+                            z.addr + int(dest[r0]) * z.vpr)
+            t = max(t, copy_rows(sch, src, row, np.array([r0]), max(start, a), what))
+    return t
