@@ -296,3 +296,21 @@ def test_row_moves_transpose_slice_split_concat():
     np.testing.assert_array_equal(res.outputs["a"], x[:, :1])
     np.testing.assert_array_equal(res.outputs["b"], x[:, 1:])
     np.testing.assert_array_equal(res.outputs["c"], np.concatenate([x, z], axis=1))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_matmul_of_two_activations_and_independent_matmuls(precision):
+    """P @ V with V computed on chip (loaded as MXM weights from SRAM), batched over a leading
+    dimension, next to two matmuls that share an input and one MXM plane (weights and
+    accumulators of one must not be replaced while the other still uses them)."""
+    w1 = RNG.standard_normal((40, 30)).astype(np.float32)
+    w2 = RNG.standard_normal((40, 30)).astype(np.float32)
+    nodes = [h.make_node("MatMul", ["x", "W1"], ["a"]), h.make_node("MatMul", ["x", "W2"], ["b"]),
+             h.make_node("Relu", ["v"], ["rv"]), h.make_node("MatMul", ["p", "rv"], ["c"])]
+    m = model(nodes, [vi("x", [5, 40]), vi("p", [2, 3, 4]), vi("v", [2, 4, 6])],
+              [vi("a", [5, 30]), vi("b", [5, 30]), vi("c", [2, 3, 6])],
+              [const("W1", w1), const("W2", w2)])
+    res = lpusim.run_onnx(m, precision=precision)
+    tol = 1e-5 if precision == "fp32" else 2e-3
+    for name in ("a", "b", "c"):
+        assert res.report["errors"][name]["max_rel"] < tol, name

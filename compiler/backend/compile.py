@@ -168,8 +168,11 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                    "Log); masking them is not lowered yet")
             clean[out] = True
             if not graph.is_const(ins[1]):
-                raise CompileError(f"{what}: the weight must be a constant (activation x "
-                                   "activation matmul is not lowered yet)")
+                ready[out] = _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype,
+                                                 precision, start, what, new, place, zero,
+                                                 ready)
+                clean[out] = clean.get(ins[1], False)
+                continue
             bias = ins[2] if len(ins) > 2 and ins[2] else None
             if precision == "int8":
                 wname = ins[1]
@@ -258,6 +261,53 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     return Program(arch.config, [chip], tensors, {"generator": "lpusim compile",
                                                   "precision": precision,
                                                   "graph": graph.name})
+
+
+def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, start, what, new,
+                        place, zero, ready) -> int:
+    """A @ B with B computed on chip (e.g. attention probabilities @ V): B is loaded as MXM
+    weights straight from SRAM. With leading (batch) dimensions on both, one product per
+    batch, on row ranges of the three tensors."""
+    if precision == "int8":
+        raise CompileError(f"{what}: int8 with a non-constant second operand (its scales would "
+                           "be found at run time) is not lowered yet")
+    at, bt = graph.values[ins[0]], graph.values[ins[1]]
+    if len(at.shape) < 2 or len(bt.shape) < 2:
+        raise CompileError(f"{what}: a MatMul with a 1-D operand is not lowered yet")
+    w = place[ins[1]]
+    t = max(start, ready.get(ins[1], 0))
+    if len(bt.shape) != 2:
+        lead_a, lead_b = tuple(at.shape[:-2]), tuple(bt.shape[:-2])
+        if lead_a != lead_b:
+            raise CompileError(f"{what}: batched matmul with broadcast batch dimensions "
+                               f"({list(lead_a)} and {list(lead_b)}) is not lowered yet")
+    y, a = new(out, t)
+    t = max(t, a)
+    xs, ws = x, w
+    cps = []
+    if mxm_dtype != x.dtype:  # both operands to the MXM's type on the VXM
+        g2 = dtype_info(mxm_dtype).nbytes
+        xs, a = alloc.alloc(mxm_dtype, x.shape, g2, avoid=frozenset(x.slices))
+        t1 = lower.elementwise(sch, ["cvt"], x, None, None, xs, max(t, a), what + " to " +
+                               mxm_dtype)
+        ws, a = alloc.alloc(mxm_dtype, w.shape, g2, avoid=frozenset(w.slices))
+        t = max(t1, lower.elementwise(sch, ["cvt"], w, None, None, ws, max(t, a),
+                                      what + " to " + mxm_dtype))
+        cps = [xs, ws]
+    if len(bt.shape) == 2:
+        done = lower.matmul(sch, xs, ws, y, t, what, zero=zero(ws.dtype))
+    else:
+        M, K, N = at.shape[-2], bt.shape[-2], bt.shape[-1]
+        done = t
+        for b in range(int(np.prod(at.shape[:-2], dtype=np.int64))):
+            def rows(p, first, n, cols):
+                return Placement(p.dtype, (n, cols), n, cols, p.vpr, p.slices,
+                                 p.addr + first * p.vpr)
+            done = max(done, lower.matmul(sch, rows(xs, b * M, M, K), rows(ws, b * K, K, N),
+                                          rows(y, b * M, M, N), t, what, zero=zero(ws.dtype)))
+    for p in cps:
+        alloc.release(p, done)
+    return done
 
 
 def _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype, start, what, new, place,

@@ -180,9 +180,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
     rate = arch.mxm_rate_of(x.dtype)
     iv = int(round(1 / rate))
     kt_n, nt_n = math.ceil(K / lanes), math.ceil(N / lanes)
-    t_free = ready  # the plane's buffer is free to load from here
-    array_busy_until = ready  # last ABC input of the installed weights
-    acc_free = ready  # accumulators may be overwritten from here
+    # the plane is shared by every matmul: continue from where the last one left it
+    t_free, array_busy_until, acc_free = (max(ready, c) for c in sch.mxm.get(plane, (0, 0, 0)))
     done = ready
     for nt in range(nt_n):
         last_abc_in = None
@@ -257,6 +256,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
 
         t_acc = sch.place(last_abc_in + arch.lat("mxm_activate") + 1, acc, f"{what} results")
         acc_free = t_acc + M
+        sch.mxm[plane] = (t_free, array_busy_until, acc_free)
         far = max(abs(sch.slice_pos[s] - P) for s in y.slices)
         done = max(done, t_acc + arch.lat("mxm_accumulate") + M + far + arch.lat("mem_write") + 1)
     return done

@@ -30,6 +30,10 @@ class Scheduler:
     arch: object
     table: Table = field(default_factory=Table)
     code: list[Emitted] = field(default_factory=list)
+    # per MXM plane, across matmuls: (cycle from which its weight buffer may be loaded,
+    # cycle after the last activation read of the installed weights, cycle from which its
+    # accumulators may be overwritten)
+    mxm: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
         a = self.arch
