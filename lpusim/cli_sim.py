@@ -60,6 +60,10 @@ def _load_inputs(path: Path | None) -> dict[str, np.ndarray]:
     if path is None:
         return {}
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                raise LpusimError(f"{path}: not an .npz archive (numpy.savez writes one, with "
+                                  "an array per input tensor name)")
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:

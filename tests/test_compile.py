@@ -314,3 +314,12 @@ def test_matmul_of_two_activations_and_independent_matmuls(precision):
     tol = 1e-5 if precision == "fp32" else 2e-3
     for name in ("a", "b", "c"):
         assert res.report["errors"][name]["max_rel"] < tol, name
+
+
+def test_cli_inputs_that_are_not_an_npz(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(16, 8, 4), str(path))
+    bad = tmp_path / "in.npz"
+    bad.write_text("x,y\n1,2\n")
+    r = CliRunner().invoke(main, ["run", str(path), "--dim", "batch=1", "--inputs", str(bad)])
+    assert r.exit_code == 1 and "not an .npz archive" in r.output
