@@ -62,6 +62,10 @@ def reference_outputs(model, inputs: dict[str, np.ndarray], dims=None) -> tuple[
     import onnx
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+             for i in proto.graph.input if i.type.tensor_type.elem_type}
+    # the program may hold an input in a narrower type (int64 indices load as int32)
+    inputs = {k: np.asarray(v).astype(types[k]) if k in types else v for k, v in inputs.items()}
     try:
         import onnxruntime as ort
     except ImportError:

@@ -42,12 +42,15 @@ def random_inputs(program, seed: int) -> dict[str, np.ndarray]:
     from isa.dtypes import numpy_dtype
 
     rng = np.random.default_rng(seed)
+    index_inputs = program.meta.get("index_inputs") or {}
     out = {}
     for t in program.tensors:
         if t.kind != "input":
             continue
         d = dtype_info(t.dtype)
-        if d.is_float:
+        if t.name in index_inputs:  # Gather indices: rows of the table (none negative)
+            v = rng.integers(0, index_inputs[t.name][1] + 1, t.shape)
+        elif d.is_float:
             v = rng.standard_normal(t.shape).astype(np.float32)
         else:
             hi = min(1 << (8 * d.nbytes - 1), 128)

@@ -75,6 +75,8 @@ def _bind(program: Program, arch, sram: np.ndarray, inputs: dict) -> None:
     if unknown:
         raise LpusimError(f"input {unknown[0]!r} is not a tensor of the program "
                           f"(tensors: {', '.join(sorted(names)) or 'none'})")
+    index_inputs = {k: (int(v[0]), int(v[1]))
+                    for k, v in (program.meta.get("index_inputs") or {}).items()}
     for t in program.tensors:
         if t.name in given:
             values = np.asarray(given[t.name])
@@ -91,6 +93,16 @@ def _bind(program: Program, arch, sram: np.ndarray, inputs: dict) -> None:
         if tuple(values.shape) != tuple(t.shape):
             raise LpusimError(f"tensor {t.name!r}: expected shape {list(t.shape)}, got "
                               f"{list(values.shape)}")
+        target = np.dtype(numpy_dtype(t.dtype))
+        if values.dtype.kind in "iub" and target.kind == "i" and values.size:
+            lo, hi = np.iinfo(target).min, np.iinfo(target).max
+            if t.name in index_inputs:  # Gather indices: the table's rows
+                lo, hi = index_inputs[t.name]
+            if int(values.min()) < lo or int(values.max()) > hi:
+                bad = int(values.min()) if int(values.min()) < lo else int(values.max())
+                raise LpusimError(f"input {t.name!r} holds {bad}, outside [{lo}, {hi}] "
+                                  + ("(the rows of the table it indexes)"
+                                     if t.name in index_inputs else f"({t.dtype})"))
         try:
             cast = values.astype(numpy_dtype(t.dtype))
         except (TypeError, ValueError) as exc:

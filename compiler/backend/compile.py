@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.backend import lower
+from compiler.backend.gather import lower_gather
 from compiler.backend.ops import (
     GELU,
     lower_clip,
@@ -12,6 +13,7 @@ from compiler.backend.ops import (
     lower_elementwise,
     lower_matmul_int8,
     lower_norm,
+    lower_reshape,
     lower_reduce,
     lower_sequence,
     lower_softmax,
@@ -36,9 +38,11 @@ MOVES = {"Transpose", "Slice", "Split", "Concat"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
-                           | {"Gelu", "Softmax", "Clip"} | MOVES))
-# IR dtype -> machine dtype in the fp32 exact mode
-_MACHINE = {"float32": "fp32"}
+                           | {"Gelu", "Softmax", "Clip", "Gather"} | MOVES))
+# IR dtype -> machine dtype in the fp32 exact mode; integers only as Gather indices (the host
+# loads int64 indices as int32 and checks their range)
+_MACHINE = {"float32": "fp32", "int64": "int32", "int32": "int32"}
+_INDEX_OPS = {"Gather"} | lower.ALIASES | {"Identity"}
 
 
 def _machine_dtype(ir_dtype: str, what: str) -> str:
@@ -89,6 +93,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             return p
 
     place: dict[str, Placement] = _Places()
+    index_ranges: dict[str, tuple[int, int]] = {}  # graph inputs used as Gather indices
     typed: dict[tuple[str, str], Placement] = {}  # a constant stored in another element type
     quantized: dict[str, tuple[Placement, np.ndarray | None]] = {}  # int8 weights and data
 
@@ -147,13 +152,22 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         if any(v and graph.values[v].size == 0 for v in list(ins) + list(outs)):
             raise CompileError(f"{what}: tensors with no elements are not lowered yet")
         start = max([ready.get(i, 0) for i in ins if i] + [0])
+        for v in ins + list(outs):
+            vt = graph.values[v] if v else None
+            as_index = op in _INDEX_OPS - {"Gather"} or (op == "Gather" and v == ins[1])
+            if vt is not None and vt.dtype != "float32" and not graph.is_const(v) \
+                    and not as_index:
+                raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
+                                   "lowered yet; integers are lowered only as Gather indices")
         if op in lower.ALIASES or (op == "Identity"):
             src = place[ins[0]]
             ty = graph.values[outs[0]]
             rows, cols = rows_cols(tuple(ty.shape))
             if cols != src.cols:
-                raise CompileError(f"{what}: a reshape that changes the last dimension "
-                                   f"({src.cols} -> {cols}) is not lowered yet")
+                z, a = new(outs[0], start)
+                ready[outs[0]] = lower_reshape(sch, alloc, src, z, max(start, a), what)
+                clean[outs[0]] = clean.get(ins[0], False)
+                continue
             place[outs[0]] = Placement(src.dtype, tuple(ty.shape), rows, cols, src.vpr,
                                        src.slices, src.addr)
             ready[outs[0]] = ready[ins[0]]
@@ -202,6 +216,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             else:
                 ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,
                                            start, what, new, place, as_type, zero)
+        elif op == "Gather":
+            ready[out], clean[out] = lower_gather(graph, arch, sch, alloc, nd, place, new,
+                                                  start, what, clean, index_ranges)
         elif op in NORMS:
             ready[out] = lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                clean, spread)
@@ -258,9 +275,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         tensors.append(_spec(v, "output", place[v], None))
     _check_distinct(tensors)
     chip = _emit(sch, arch)
-    return Program(arch.config, [chip], tensors, {"generator": "lpusim compile",
-                                                  "precision": precision,
-                                                  "graph": graph.name})
+    meta = {"generator": "lpusim compile", "precision": precision, "graph": graph.name}
+    if index_ranges:
+        meta["index_inputs"] = {k: list(v) for k, v in sorted(index_ranges.items())}
+    return Program(arch.config, [chip], tensors, meta)
 
 
 def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, start, what, new,
@@ -405,4 +423,6 @@ def _emit(sch: Scheduler, arch) -> ChipProgram:
             words.append(encode(e.mnemonic, **e.fields))
             t = e.cycle + 1
         chip.queues[qname] = to_words(words)
+    if sch.maps:
+        chip.maps = np.array(sch.maps, dtype=np.int16)
     return chip

@@ -72,21 +72,24 @@ def _log2(g: int) -> int:
 
 def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | None,
                 imm: float | None, z: Placement, ready: int, what: str,
-                y_is_x: bool = False, y_mode: str = "row", x_of=None) -> int:
+                y_is_x: bool = False, y_mode: str = "row", x_of=None,
+                vectors: list[int] | None = None) -> int:
     """z = ops(x, B) on the VXM, B a placement, x itself, or an immediate; returns the cycle
     from which z is in SRAM. A placement B is read by `y_mode`: "row" repeats its vectors for
     every row (a same-shape B is the case of one repetition), "col" gives every vector of row
     r the vector r of B (a per-row value already spread over all lanes). `x_of` maps an output
-    vector to the x vector it reads (default: the same index)."""
+    vector to the x vector it reads (default: the same index); `vectors` limits the work to those output
+    vectors (default: all)."""
     arch = sch.arch
     V = arch.vxm_position
     g = len(x.slices)
     lat = arch.lat("vxm_convert") if ops == ["cvt"] else \
         sum(arch.lat(ALU_BY_NAME[o].latency) for o in ops)
     done = ready
-    for lo in range(0, z.nvec, CHUNK):
-        n = min(CHUNK, z.nvec - lo)
-        vs = list(range(lo, lo + n))
+    todo = list(range(z.nvec)) if vectors is None else list(vectors)
+    for lo in range(0, len(todo), CHUNK):
+        n = min(CHUNK, len(todo) - lo)
+        vs = todo[lo:lo + n]
         xa = [x.addr + (v if x_of is None else x_of(v)) for v in vs]
         if y is not None:
             ya = [y.addr + (v % y.nvec if y_mode == "row" else v // z.vpr) for v in vs]
@@ -133,7 +136,7 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
             elif y_is_x:
                 f.update(src2=bx, src2_dir=0, src2_g=_log2(g))
             elif imm is not None:
-                f.update(imm=fp32_bits(imm), flag=1)
+                f.update(imm=(int(imm) & 0xFFFFFFFF) if _is_int(x) else fp32_bits(imm), flag=1)
             if ops == ["cvt"]:
                 mn = "vxm.cvt"
                 f["dtype2"] = _dt(z)
@@ -151,6 +154,10 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
         far = max(abs(V - sch.slice_pos[s]) for s in z.slices)
         done = max(done, T + lat + n + far + arch.lat("mem_write") + 1)
     return done
+
+
+def _is_int(p: Placement) -> bool:
+    return p.dtype in ("int8", "int16", "int32")
 
 
 def _dt(p: Placement) -> int:
@@ -265,15 +272,24 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
 def sxm_rotate(sch: Scheduler, x: Placement, z: Placement, shift: int, ready: int,
                what: str) -> int:
     """z = x rotated north by `shift` lanes (cyclically), through the west SXM."""
+    n = z.nvec
+    return sxm_unary(sch, "sxm.rotate", x, z, list(range(n)), list(range(n)), dict(shift=shift),
+                     ready, what)
+
+
+def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement, xv: list[int],
+              zv: list[int], fields: dict, ready: int, what: str) -> int:
+    """z's vector zv[i] = op(x's vector xv[i]) for one SXM op (rotate, shift, permute,
+    distribute) through the west SXM; returns the cycle from which z is in SRAM."""
     arch = sch.arch
     X = arch.sxm_position("W")
     g = len(x.slices)
-    lat = arch.lat("sxm_rotate")
+    lat = arch.lat(mnemonic.replace(".", "_"))
     done = ready
-    for lo in range(0, z.nvec, CHUNK):
-        n = min(CHUNK, z.nvec - lo)
-        xa = [x.addr + v for v in range(lo, lo + n)]
-        za = [z.addr + v for v in range(lo, lo + n)]
+    for lo in range(0, len(zv), CHUNK):
+        n = min(CHUNK, len(zv) - lo)
+        xa = [x.addr + v for v in xv[lo:lo + n]]
+        za = [z.addr + v for v in zv[lo:lo + n]]
 
         def build(res, T, n=n, xa=xa, za=za):
             arrive = [T + i for i in range(n)]
@@ -288,10 +304,10 @@ def sxm_rotate(sch: Scheduler, x: Placement, z: Placement, shift: int, ready: in
             rx = sch.read_code(res, x, xa, arrive, X, 1, bx)
             if code is None or rx is None:
                 return None
-            return rx + code + [Emitted("SXM_W", T, "sxm.rotate",
+            return rx + code + [Emitted("SXM_W", T, mnemonic,
                                         dict(dtype=_dt(x), dst=bz, dst_dir=0, dst_g=_log2(g),
                                              src=bx, src_dir=1, src_g=_log2(g), count=n,
-                                             shift=shift))]
+                                             **fields))]
 
         T = sch.place(ready, build, what)
         far = max(abs(sch.slice_pos[s] - X) for s in z.slices)

@@ -476,6 +476,121 @@ def row_index(shape: tuple[int, ...]) -> np.ndarray:
     return np.arange(int(np.prod(lead, dtype=np.int64))).reshape(lead) if lead else np.zeros(())
 
 
+def lane_slice(sch, alloc, x: Placement, z: Placement, a: int, ready: int, what: str,
+               rows: list[tuple[int, int]] | None = None) -> int:
+    """z[zr, :cols] = x[xr, a:a + cols] for every pair (xr, zr) of `rows` (default: row r of
+    both, for every row of z): lanes move south by a on the SXM (sxm.shift fills with zeros);
+    an output vector that straddles two input vectors is the sum of both shifted parts."""
+    L = sch.arch.lanes
+    r0, v0 = a % L, a // L
+    rows = rows if rows is not None else [(r, r) for r in range(z.rows)]
+    xv = [xr * x.vpr + v0 + c for xr, _ in rows for c in range(z.vpr)]
+    zv = [zr * z.vpr + c for _, zr in rows for c in range(z.vpr)]
+    if r0 == 0:
+        return lower.sxm_unary(sch, "sxm.shift", x, z, xv, zv, dict(shift=0), ready, what)
+    # does any output vector take lanes from the next input vector too?
+    need = [c for c in range(z.vpr) if min(L, z.cols - c * L) > L - r0]
+    if not need:
+        return lower.sxm_unary(sch, "sxm.shift", x, z, xv, zv, dict(shift=-r0), ready, what)
+    p1, a1 = alloc.alloc(x.dtype, z.shape, len(x.slices))
+    t = lower.sxm_unary(sch, "sxm.shift", x, p1, xv, zv, dict(shift=-r0), max(ready, a1), what)
+    p2, a2 = alloc.alloc(x.dtype, z.shape, len(x.slices), avoid=frozenset(p1.slices))
+    has = [i for i, v in enumerate(zv) if v % z.vpr in need]
+    none = [i for i, v in enumerate(zv) if v % z.vpr not in need]
+    t2 = lower.sxm_unary(sch, "sxm.shift", x, p2, [xv[i] + 1 for i in has],
+                         [zv[i] for i in has], dict(shift=L - r0), max(ready, a2), what)
+    if none:  # a shift by all the lanes gives zeros
+        t2 = max(t2, lower.sxm_unary(sch, "sxm.shift", x, p2, [xv[i] for i in none],
+                                     [zv[i] for i in none], dict(shift=L), max(ready, a2),
+                                     what))
+    t = lower.elementwise(sch, ["add"], p1, p2, None, z, max(t, t2), what,
+                          vectors=zv)
+    alloc.release(p1, t)
+    alloc.release(p2, t)
+    return t
+
+
+def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
+    """z[zr, off:off + cols] = x[xr, :cols] for every piece (x, [(xr, zr), ...], off): the
+    pieces' lanes past their last column are zeroed (sxm.distribute with -1 in the map), then
+    every vector moves north to its offset (sxm.shift, zero-filled); the first part to reach a
+    vector of z is written there, the others are added to it on the VXM. The pieces must cover
+    every column of z."""
+    L = sch.arch.lanes
+    t = ready
+    written: set[int] = set()
+    masked: dict[tuple, Placement] = {}
+    temps = []
+    for x, rows, off in pieces:
+        src = x
+        if x.cols % L:
+            key = (x.slices, x.addr)
+            if key not in masked:
+                xm, a = alloc.alloc(x.dtype, x.shape, len(x.slices))
+                keep = np.arange(L)
+                keep[x.cols % L:] = -1
+                last = [v for v in range(x.nvec) if v % x.vpr == x.vpr - 1]
+                t = lower.sxm_unary(sch, "sxm.distribute", x, xm, last, last,
+                                    dict(imm=sch.map_index(keep)), max(t, a), what)
+                rest = [v for v in range(x.nvec) if v % x.vpr != x.vpr - 1]
+                if rest:
+                    t = lower.sxm_unary(sch, "sxm.shift", x, xm, rest, rest, dict(shift=0),
+                                        max(t, a), what)
+                masked[key] = xm
+                temps.append(xm)
+            src = masked[key]
+        for v in range(x.vpr):
+            nv = min(L, x.cols - v * L)
+            d0 = off + v * L
+            c, sh = d0 // L, d0 % L
+            parts = [(c, sh)] + ([(c + 1, sh - L)] if sh and sh + nv > L else [])
+            for dc, shift in parts:
+                xv = [xr * x.vpr + v for xr, _ in rows]
+                zv = [zr * z.vpr + dc for _, zr in rows]
+                first = [i for i, zz in enumerate(zv) if zz not in written]
+                later = [i for i, zz in enumerate(zv) if zz in written]
+                t0 = t
+                if first:
+                    t = max(t, lower.sxm_unary(sch, "sxm.shift", src, z,
+                                               [xv[i] for i in first], [zv[i] for i in first],
+                                               dict(shift=shift), t0, what))
+                    written.update(zv[i] for i in first)
+                if later:
+                    tmp, a = alloc.alloc(z.dtype, z.shape, len(z.slices),
+                                         avoid=frozenset(z.slices))
+                    tl = lower.sxm_unary(sch, "sxm.shift", src, tmp, [xv[i] for i in later],
+                                         [zv[i] for i in later], dict(shift=shift),
+                                         max(t0, a), what)
+                    t = max(t, lower.elementwise(sch, ["add"], z, tmp, None, z, max(t, tl),
+                                                 what, vectors=[zv[i] for i in later]))
+                    alloc.release(tmp, t)
+    if len(written) != z.nvec:
+        raise CompileError(f"internal: {what}: the pieces leave vectors of the result unset")
+    for tmp in temps:
+        alloc.release(tmp, t)
+    return t
+
+
+def lower_reshape(sch, alloc, x: Placement, z: Placement, ready: int, what: str) -> int:
+    """A reshape that changes the last dimension: split it into rows (C = m * C') or merge
+    rows into it (C' = m * C); row-major order is kept, so each is a slice or a concat of
+    lanes."""
+    C, C2 = x.cols, z.cols
+    if C % C2 == 0:
+        m = C // C2
+        t = ready
+        for h in range(m):
+            t = max(t, lane_slice(sch, alloc, x, z, h * C2, ready, what,
+                                  rows=[(r, r * m + h) for r in range(x.rows)]))
+        return t
+    if C2 % C == 0:
+        m = C2 // C
+        return lane_concat(sch, alloc, [(x, [(r * m + h, r) for r in range(z.rows)], h * C)
+                                        for h in range(m)], z, ready, what)
+    raise CompileError(f"{what}: a reshape of the last dimension {C} -> {C2} (neither divides "
+                       "the other) is not lowered yet")
+
+
 def lower_data_movement(graph, sch, alloc, nd, place, new, start, what) -> int:
     """Transpose, Slice, Split and Concat that keep the last axis in place: rows move, lanes do
     not, so each is a copy of whole row vectors."""
@@ -505,16 +620,40 @@ def lower_data_movement(graph, sch, alloc, nd, place, new, start, what) -> int:
         sl = [slice(None)] * rank
         for s_, e_, ax, st in zip(starts, ends, axes, steps, strict=True):
             ax %= rank
-            if ax == rank - 1:
-                raise CompileError(f"{what}: slicing the last axis is not lowered yet")
             sl[ax] = slice(s_, e_, st)
+        cols = xt.shape[-1]
+        first, stop, step = sl[-1].indices(cols)
+        if step != 1:
+            raise CompileError(f"{what}: slicing the last axis with a step is not lowered yet")
+        if (first, stop) == (0, cols) or stop <= first:
+            z, a = new(outs[0], start)
+            return copy_rows(sch, place[ins[0]], z, idx[tuple(sl[:-1])].reshape(-1),
+                             max(start, a), what)
+        if any(s != slice(None) for s in sl[:-1]):
+            raise CompileError(f"{what}: slicing the last axis and another at once is not "
+                               "lowered yet")
         z, a = new(outs[0], start)
-        return copy_rows(sch, place[ins[0]], z, idx[tuple(sl[:-1])].reshape(-1),
-                         max(start, a), what)
+        return lane_slice(sch, alloc, place[ins[0]], z, first, max(start, a), what)
     axis = int(attrs.get("axis", 0)) % rank
-    if axis == rank - 1:
-        raise CompileError(f"{what}: {op} along the last axis is not lowered yet")
+    if axis == rank - 1 and op == "Concat":
+        z, a = new(outs[0], start)
+        pieces, off = [], 0
+        for v in ins:
+            p = place[v]
+            pieces.append((p, [(r, r) for r in range(p.rows)], off))
+            off += p.cols
+        return lane_concat(sch, alloc, pieces, z, max(start, a), what)
     t = start
+    if op == "Split" and axis == rank - 1:
+        sizes = const_ints(ins[1]) if len(ins) > 1 and ins[1] else \
+            [graph.values[o].shape[axis] for o in outs]
+        at = 0
+        for o, n in zip(outs, sizes, strict=True):
+            if o:
+                z, a = new(o, start)
+                t = max(t, lane_slice(sch, alloc, place[ins[0]], z, at, max(start, a), what))
+            at += n
+        return t
     if op == "Split":
         sizes = const_ints(ins[1]) if len(ins) > 1 and ins[1] else \
             [graph.values[o].shape[axis] for o in outs]

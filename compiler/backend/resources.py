@@ -15,6 +15,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 
+# The bank of a read whose addresses depend on data (a gather): it conflicts with a write to
+# any bank of its slice in that cycle.
+ALL_BANKS = -1
+
+
 def diagonal(direction: int, position: int, cycle: int) -> int:
     return cycle - position if direction == 0 else cycle + position
 
@@ -62,7 +67,7 @@ class Reservation:
         if cycle < 0 or cycle in self.t.read_port[sl] or (sl, cycle) in self._mine_r:
             return False
         w = self.t.write_port[sl].get(cycle, self._mine_w.get((sl, cycle)))
-        if w is not None and w == bank:
+        if w is not None and (w == bank or bank == ALL_BANKS):
             return False
         self._mine_r[(sl, cycle)] = bank
         self.reads.append((sl, cycle, bank))
@@ -72,7 +77,7 @@ class Reservation:
         if cycle < 0 or cycle in self.t.write_port[sl] or (sl, cycle) in self._mine_w:
             return False
         r = self.t.read_port[sl].get(cycle, self._mine_r.get((sl, cycle)))
-        if r is not None and r == bank:
+        if r is not None and (r == bank or r == ALL_BANKS):
             return False
         self._mine_w[(sl, cycle)] = bank
         self.writes.append((sl, cycle, bank))

@@ -34,6 +34,8 @@ class Scheduler:
     # cycle after the last activation read of the installed weights, cycle from which its
     # accumulators may be overwritten)
     mxm: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    # the chip's SXM map table (permute and distribute maps), each map once
+    maps: list[tuple[int, ...]] = field(default_factory=list)
 
     def __post_init__(self):
         a = self.arch
@@ -57,6 +59,17 @@ class Scheduler:
             t += 1
         raise CompileError(f"internal: {what} does not fit the machine at any cycle (a "
                            "resource it needs is used twice by itself)")
+
+    def map_index(self, m) -> int:
+        """The index of an SXM map (one int per lane) in the program's map table."""
+        key = tuple(int(v) for v in m)
+        if len(key) != self.arch.lanes:
+            raise CompileError(f"internal: an SXM map of {len(key)} lanes")
+        try:
+            return self.maps.index(key)
+        except ValueError:
+            self.maps.append(key)
+            return len(self.maps) - 1
 
     # -- flows --------------------------------------------------------------------------------
     def read_flow(self, res: Reservation, p: Placement, addrs: list[int], arrive: list[int],
