@@ -406,3 +406,16 @@ def test_gathers_not_lowered_are_clear_errors():
     m, _ = embedding(10, 32, (1, 4), axis=1)
     with pytest.raises(Exception, match="only a gather of rows"):
         lpusim.compile_onnx(m)
+
+
+@pytest.mark.parametrize("shape,perm", [((5, 7), (1, 0)), ((2, 3, 33, 50), (0, 1, 3, 2)),
+                                        ((2, 8, 4, 16), (0, 2, 3, 1)), ((3, 4, 5), (2, 0, 1)),
+                                        ((330, 20), (1, 0)), ((20, 700), (1, 0))])
+def test_transposes_that_move_the_last_axis(shape, perm):
+    """K^T and friends through the SXM corner turn (skew, gather, unskew, transpose, copy
+    back), blocks of 320 included: exact."""
+    x = RNG.standard_normal(shape).astype(np.float32)
+    m = model([h.make_node("Transpose", ["x"], ["y"], perm=list(perm))], [vi("x", list(shape))],
+              [vi("y", [shape[p] for p in perm])])
+    res = lpusim.run_onnx(m, {"x": x})
+    np.testing.assert_array_equal(res.outputs["y"], x.transpose(perm))

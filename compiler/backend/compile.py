@@ -6,6 +6,7 @@ import numpy as np
 
 from compiler.backend import lower
 from compiler.backend.gather import lower_gather
+from compiler.backend.transpose import lower_transpose_last
 from compiler.backend.ops import (
     GELU,
     lower_clip,
@@ -227,6 +228,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                   clean)
             clean[out] = True
+        elif op == "Transpose" and _moves_last(nd, graph):
+            ready[out] = lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start,
+                                              what)
+            clean[out] = clean.get(ins[0], False)
         elif op in MOVES:
             ready[out] = lower_data_movement(graph, sch, alloc, nd, place, new, start, what)
             for o in outs:
@@ -264,6 +269,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             tensors.append(_spec(v, kind, place[v], c.array))
     for qname, (p, data) in sorted(quantized.items(), key=lambda kv: kv[0]):
         tensors.append(TensorSpec(qname, "weight", "int8", tuple(p.shape), 0, tuple(p.slices),
+                                  p.addr, 1, data))
+    for name, (p, data) in sorted(sch.data.items()):
+        tensors.append(TensorSpec(name, "const", p.dtype, tuple(p.shape), 0, tuple(p.slices),
                                   p.addr, 1, data))
     for (v, md), p in sorted(typed.items()):
         tensors.append(_spec(f"{v}@{md}", "weight" if graph.consts[v].kind == "weight"
@@ -372,6 +380,12 @@ def _check_fits(graph: Graph, arch, nslices: int) -> None:
                            f"{need:,} bytes and this backend places tensors in {have:,} bytes "
                            f"(the west half of {arch.name}'s {arch.sram_bytes:,} bytes); about "
                            f"{chips} chips' worth (multi-chip compilation is a later step)")
+
+
+def _moves_last(nd, graph) -> bool:
+    n = len(graph.values[nd["inputs"][0]].shape)
+    perm = list(nd["attrs"].get("perm", range(n - 1, -1, -1)))
+    return n >= 2 and int(perm[-1]) % n != n - 1
 
 
 def _aliased(v, place, outputs) -> bool:

@@ -136,52 +136,66 @@ def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: in
 def gather_rows(sch, table: Placement, amap: Placement, z: Placement, n_idx: int, U: int,
                 ready: int, what: str) -> int:
     """z's vector n*U + j = the table's vector amap[n] + j, for every byte plane."""
-    arch = sch.arch
-    lat = arch.lat("mem_gather")
     done = ready
     for b, tsl in enumerate(table.slices):
-        tp = sch.slice_pos[tsl]
-        mpos = [sch.slice_pos[s] for s in amap.slices]
-        if all(p < tp for p in mpos):
-            dmap = 0
-        elif all(p > tp for p in mpos):
-            dmap = 1
-        else:
-            raise CompileError(f"internal: {what}: the address map straddles the table")
-        zsl = z.slices[b]
-        zp = sch.slice_pos[zsl]
-        if zp == tp:
-            raise CompileError(f"internal: {what}: the result shares a slice with the table")
-        dout = 0 if zp > tp else 1
-        zb = Placement("int8", z.shape, z.rows, z.cols, z.vpr, (zsl,), z.addr)
-        q = sch.slice_names[tsl]
+        zb = plane(z, b)
         for j in range(U):
             for lo in range(0, n_idx, lower.CHUNK):
                 n = min(lower.CHUNK, n_idx - lo)
-                ma = [amap.addr + v for v in range(lo, lo + n)]
-                za = [z.addr + v * U + j for v in range(lo, lo + n)]
-
-                def build(res, T, n=n, ma=ma, za=za, j=j):
-                    arrive = [T + i for i in range(n)]
-                    bm = sch.read_flow(res, amap, ma, arrive, tp, dmap, ready)
-                    if bm is None or not res.take_issue(q, T):
-                        return None
-                    for i in range(n):  # data-dependent addresses: no write in any bank
-                        if not res.take_read(tsl, T + i, ALL_BANKS):
-                            return None
-                    leave = [T + lat + i for i in range(n)]
-                    bz = sch.free_group(res, 1, dout, tp, [zp], leave)
-                    if bz is None:
-                        return None
-                    code = sch.write_flow(res, zb, za, leave, tp, dout, bz)
-                    rm = sch.read_code(res, amap, ma, arrive, tp, dmap, bm)
-                    if code is None or rm is None:
-                        return None
-                    return rm + code + [Emitted(q, T, "mem.gather",
-                                                dict(dst=bz, dst_dir=dout, src=bm,
-                                                     src_dir=dmap, src_g=1,
-                                                     addr=table.addr + j, count=n))]
-
-                T = sch.place(ready, build, what)
-                done = max(done, T + lat + n + abs(zp - tp) + arch.lat("mem_write") + 1)
+                done = max(done, gather_job(sch, tsl, table.addr + j, amap,
+                                            list(range(lo, lo + n)), zb,
+                                            [v * U + j for v in range(lo, lo + n)], ready,
+                                            what))
     return done
+
+
+def plane(p: Placement, b: int) -> Placement:
+    """Byte plane b of a placement, as a one-slice int8 placement."""
+    return Placement("int8", p.shape, p.rows, p.cols, p.vpr, (p.slices[b],), p.addr)
+
+
+def gather_job(sch, tsl: int, base: int, amap: Placement, mv: list[int], zb: Placement,
+               zv: list[int], ready: int, what: str) -> int:
+    """One mem.gather on slice tsl: zb's vector zv[i] = SRAM[base + map], the address map
+    being amap's vector mv[i] (zb is one byte plane, in another slice)."""
+    arch = sch.arch
+    lat = arch.lat("mem_gather")
+    tp = sch.slice_pos[tsl]
+    mpos = [sch.slice_pos[s] for s in amap.slices]
+    if all(p < tp for p in mpos):
+        dmap = 0
+    elif all(p > tp for p in mpos):
+        dmap = 1
+    else:
+        raise CompileError(f"internal: {what}: the address map straddles the gathered slice")
+    zp = sch.slice_pos[zb.slices[0]]
+    if zp == tp:
+        raise CompileError(f"internal: {what}: the result shares a slice with the gather")
+    dout = 0 if zp > tp else 1
+    q = sch.slice_names[tsl]
+    n = len(mv)
+    ma = [amap.addr + v for v in mv]
+    za = [zb.addr + v for v in zv]
+
+    def build(res, T):
+        arrive = [T + i for i in range(n)]
+        bm = sch.read_flow(res, amap, ma, arrive, tp, dmap, ready)
+        if bm is None or not res.take_issue(q, T):
+            return None
+        for i in range(n):  # data-dependent addresses: no write in any bank
+            if not res.take_read(tsl, T + i, ALL_BANKS):
+                return None
+        leave = [T + lat + i for i in range(n)]
+        bz = sch.free_group(res, 1, dout, tp, [zp], leave)
+        if bz is None:
+            return None
+        code = sch.write_flow(res, zb, za, leave, tp, dout, bz)
+        rm = sch.read_code(res, amap, ma, arrive, tp, dmap, bm)
+        if code is None or rm is None:
+            return None
+        return rm + code + [Emitted(q, T, "mem.gather",
+                                    dict(dst=bz, dst_dir=dout, src=bm, src_dir=dmap, src_g=1,
+                                         addr=base, count=n))]
+
+    T = sch.place(ready, build, what)
+    return T + lat + n + abs(zp - tp) + arch.lat("mem_write") + 1

@@ -277,32 +277,46 @@ def sxm_rotate(sch: Scheduler, x: Placement, z: Placement, shift: int, ready: in
                      ready, what)
 
 
-def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement, xv: list[int],
-              zv: list[int], fields: dict, ready: int, what: str) -> int:
+def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
+              xv: list[int], zv: list[int] | None, fields: dict, ready: int, what: str,
+              dests: list[tuple[Placement, int]] | None = None) -> int:
     """z's vector zv[i] = op(x's vector xv[i]) for one SXM op (rotate, shift, permute,
-    distribute) through the west SXM; returns the cycle from which z is in SRAM."""
+    distribute) through the west SXM; `dests` instead gives each result its own placement and
+    vector (any slices). Returns the cycle from which the results are in SRAM."""
     arch = sch.arch
     X = arch.sxm_position("W")
     g = len(x.slices)
     lat = arch.lat(mnemonic.replace(".", "_"))
+    if dests is None:
+        dests = [(z, v) for v in zv]
     done = ready
-    for lo in range(0, len(zv), CHUNK):
-        n = min(CHUNK, len(zv) - lo)
+    for lo in range(0, len(dests), CHUNK):
+        n = min(CHUNK, len(dests) - lo)
         xa = [x.addr + v for v in xv[lo:lo + n]]
-        za = [z.addr + v for v in zv[lo:lo + n]]
+        part = dests[lo:lo + n]
+        groups: dict[tuple, tuple[Placement, list[int]]] = {}
+        for i, (p, v) in enumerate(part):
+            groups.setdefault((p.slices, p.addr), (p, []))[1].append(i)
+        positions = sorted({sch.slice_pos[s] for p, _ in groups.values() for s in p.slices})
 
-        def build(res, T, n=n, xa=xa, za=za):
+        def build(res, T, n=n, xa=xa, part=part, groups=groups, positions=positions):
             arrive = [T + i for i in range(n)]
             bx = sch.read_flow(res, x, xa, arrive, X, 1, ready)
             if bx is None or not res.take_issue("SXM_W", T):
                 return None
             leave = [T + lat + i for i in range(n)]
-            bz = sch.free_group(res, g, 0, X, [sch.slice_pos[s] for s in z.slices], leave)
+            bz = sch.free_group(res, g, 0, X, positions, leave)
             if bz is None:
                 return None
-            code = sch.write_flow(res, z, za, leave, X, 0, bz)
+            code = []
+            for p, idx in groups.values():
+                c = sch.write_flow(res, p, [p.addr + part[i][1] for i in idx],
+                                   [leave[i] for i in idx], X, 0, bz)
+                if c is None:
+                    return None
+                code += c
             rx = sch.read_code(res, x, xa, arrive, X, 1, bx)
-            if code is None or rx is None:
+            if rx is None:
                 return None
             return rx + code + [Emitted("SXM_W", T, mnemonic,
                                         dict(dtype=_dt(x), dst=bz, dst_dir=0, dst_g=_log2(g),
@@ -310,6 +324,6 @@ def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement, xv: lis
                                              **fields))]
 
         T = sch.place(ready, build, what)
-        far = max(abs(sch.slice_pos[s] - X) for s in z.slices)
+        far = max(abs(pos - X) for pos in positions)
         done = max(done, T + lat + n + far + arch.lat("mem_write") + 1)
     return done

@@ -325,6 +325,11 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
         r, c = rows_cols(tuple(ty.shape))
         if r == 1 and c == full[-1] if full else False:
             return "row"
+        tail = tuple(ty.shape)
+        while tail and tail[0] == 1:
+            tail = tail[1:]
+        if tail and len(tail) <= len(full) and tuple(full[len(full) - len(tail):]) == tail:
+            return "row"  # repeated over leading dims: B's vectors, again for every block
         if v in spread and full and tuple(ty.shape) == full[:-1] + (1,):
             return "col"
         if ty.size == 1:

@@ -105,6 +105,20 @@ class Reservation:
         self._mine_streams[key].append(sp)
         self.flows.append((key, sp))
 
+    def snapshot(self):
+        """The state to go back to when a choice half-way through a job fails."""
+        return (list(self.issue), list(self.reads), list(self.writes), list(self.alus),
+                list(self.flows), set(self._mine_issue), dict(self._mine_r),
+                dict(self._mine_w), set(self._mine_alu),
+                {k: list(v) for k, v in self._mine_streams.items()})
+
+    def restore(self, snap) -> None:
+        (self.issue, self.reads, self.writes, self.alus, self.flows, self._mine_issue,
+         self._mine_r, self._mine_w, self._mine_alu, ms) = (
+            list(snap[0]), list(snap[1]), list(snap[2]), list(snap[3]), list(snap[4]),
+            set(snap[5]), dict(snap[6]), dict(snap[7]), set(snap[8]), snap[9])
+        self._mine_streams = defaultdict(list, {k: list(v) for k, v in ms.items()})
+
     def commit(self) -> None:
         cycles = [c for _, c in self.issue] + [c for _, c, _ in self.reads] + \
             [c for _, c, _ in self.writes] + [c for _, c in self.alus]

@@ -36,6 +36,8 @@ class Scheduler:
     mxm: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     # the chip's SXM map table (permute and distribute maps), each map once
     maps: list[tuple[int, ...]] = field(default_factory=list)
+    # constant tensors the lowering makes (address maps): name -> (placement, data)
+    data: dict[str, tuple[Placement, object]] = field(default_factory=dict)
 
     def __post_init__(self):
         a = self.arch

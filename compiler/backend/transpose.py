@@ -1,0 +1,229 @@
+"""Transposes that move the last axis (K^T in attention), on the SXM's 16x16 corner turn.
+
+sxm.transpose reads 16 streams in one cycle and, in every 16-lane superlane (a "tile"),
+swaps stream and lane. A matrix X [R, C] (rows along vectors, columns along lanes) becomes
+Y = X^T in 320x320 blocks; in a block, with tiles of 16 rows (k) and 16 columns (cb):
+
+1. skew: Z[r] = X[r] rotated north by 16 * (r // 16) lanes, so tile cb of row 16k + j sits
+   in tile cb + k (mod 20) of Z[16k + j] (sxm.rotate, all byte planes at once);
+2. gather: G[cb, j] tile t = Z[16 * ((t - cb) mod 20) + j] tile t (mem.gather with a constant
+   address map), i.e. tile cb + k holds X[16k + j] tile cb;
+3. unskew: rotate G[cb, j] south by 16 * cb lanes, so tile k holds X[16k + j] tile cb; the 16
+   vectors j go to 16 different slices (a slice reads one vector per cycle, and the corner
+   turn needs all 16 in the same cycle);
+4. corner turn: out stream i, tile k, lane j = X[16k + j, 16cb + i] = Y[16cb + i, 16k + j],
+   written to 16 slices;
+5. copy back: each row of Y to Y's own slices (VXM copy).
+
+Steps 2-5 run per byte plane (the corner turn moves bytes); the row moves that bring the two
+axes last (other permutations) are row copies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from compiler.backend import lower
+from compiler.backend.gather import gather_job, plane
+from compiler.backend.ops import copy_rows, row_index
+from compiler.backend.placement import Placement
+from compiler.backend.schedule import Emitted
+from compiler.errors import CompileError
+
+TILE = 16
+
+
+def lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start, what) -> int:
+    """ONNX Transpose whose perm moves the last axis: row moves to [..., a, last], batched
+    2-D transposes to [..., last, a], row moves to the output order."""
+    x_name, out = nd["inputs"][0], nd["outputs"][0]
+    shape = tuple(graph.values[x_name].shape)
+    n = len(shape)
+    perm = [int(p) % n for p in nd["attrs"].get("perm", range(n - 1, -1, -1))]
+    if arch.lanes % TILE or arch.lanes_per_superlane != TILE:
+        raise CompileError(f"{what}: the corner turn needs 16-lane superlanes")
+    a = perm[-1]
+    others = [p for p in perm if p not in (a, n - 1)]
+    p1 = others + [a, n - 1]
+    y1_axes = others + [n - 1, a]
+    p2 = [y1_axes.index(perm[i]) for i in range(n)]
+    x = place[x_name]
+    t = start
+    temps = []
+    if p1 != list(range(n)):
+        s1 = tuple(shape[i] for i in p1)
+        x1, a1 = alloc.alloc(x.dtype, s1, len(x.slices))
+        t = copy_rows(sch, x, x1, row_index(shape).transpose(p1[:-1]).reshape(-1),
+                      max(t, a1), what)
+        x, temps = x1, [x1]
+    bt = math.prod(shape[i] for i in others)
+    R, C = shape[a], shape[n - 1]
+    y1_shape = tuple(shape[i] for i in y1_axes)
+    if p2 == list(range(n)):
+        z, az = new(out, t)
+        t = transpose2d(sch, alloc, x, z, bt, R, C, max(t, az), what)
+    else:
+        y1, ay = alloc.alloc(x.dtype, y1_shape, len(x.slices))
+        t = transpose2d(sch, alloc, x, y1, bt, R, C, max(t, ay), what)
+        z, az = new(out, t)
+        t = copy_rows(sch, y1, z, row_index(y1_shape).transpose(p2[:-1]).reshape(-1),
+                      max(t, az), what)
+        temps.append(y1)
+    for p in temps:
+        alloc.release(p, t)
+    return t
+
+
+def _gather_map(sch, alloc, nr: int, nc: int) -> Placement:
+    """The constant address map of step 2 for a block of nr rows and nc columns: vector
+    16 * cb + j, tile t addresses Z row 16 * ((t - cb) mod tiles) + j (row 0 where that row
+    is past the block: those lanes of Y are past its last column)."""
+    key = f"__transpose_map_{nr}x{nc}"
+    if key not in sch.data:
+        L = sch.arch.lanes
+        tiles = L // TILE
+        ntc = -(-nc // TILE)
+        m = np.zeros((ntc * TILE, L), np.int16)
+        for cb in range(ntc):
+            for j in range(TILE):
+                for t in range(tiles):
+                    r = TILE * ((t - cb) % tiles) + j
+                    m[cb * TILE + j, t * TILE:(t + 1) * TILE] = r if r < nr else 0
+        p, _ = alloc.alloc("int16", m.shape, 2, resident=True)
+        sch.data[key] = (p, m)
+    return sch.data[key][0]
+
+
+def transpose2d(sch, alloc, x: Placement, z: Placement, bt: int, R: int, C: int, ready: int,
+                what: str) -> int:
+    """z [bt, C, R] = x [bt, R, C] transposed in its last two axes."""
+    L = sch.arch.lanes
+    done = ready
+    for b0 in range(bt):
+        for ra in range(-(-R // L)):
+            for ca in range(-(-C // L)):
+                nr, nc = min(L, R - ra * L), min(L, C - ca * L)
+                xv = [(b0 * R + ra * L + r) * x.vpr + ca for r in range(nr)]
+                zv = [(b0 * C + ca * L + c) * z.vpr + ra for c in range(nc)]
+                done = max(done, _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what))
+    return done
+
+
+def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
+    L = sch.arch.lanes
+    ntc = -(-nc // TILE)
+    amap = _gather_map(sch, alloc, nr, nc)
+    # 1. skew (every byte plane at once)
+    zk, a = alloc.alloc(x.dtype, (nr, L), len(x.slices), avoid=frozenset(amap.slices))
+    t = max(ready, a)
+    t_skew = t
+    for k in range(-(-nr // TILE)):
+        rows = list(range(k * TILE, min(nr, (k + 1) * TILE)))
+        t_skew = max(t_skew, lower.sxm_unary(sch, "sxm.rotate", x, zk, [xv[r] for r in rows],
+                                             rows, dict(shift=TILE * k), t, what))
+    t = t_skew
+    done = t
+    for b in range(len(x.slices)):
+        zb = plane(zk, b)
+        # 2. gather, into one slice away from Z and the map
+        g, ag = alloc.alloc("int8", (ntc * TILE, L), 1,
+                            avoid=frozenset(zk.slices) | frozenset(amap.slices))
+        tb = gather_job(sch, zk.slices[b], zk.addr, amap, list(range(ntc * TILE)), g,
+                        list(range(ntc * TILE)), max(t, ag), what)
+        # 3. unskew into 16 slices (vector cb of slice j)
+        ins, a3 = _sixteen(alloc, (ntc, L))
+        tb = max(tb, a3)
+        t3 = tb
+        for cb in range(ntc):
+            t3 = max(t3, lower.sxm_unary(sch, "sxm.rotate", g, None,
+                                         list(range(cb * TILE, (cb + 1) * TILE)), None,
+                                         dict(shift=-TILE * cb), tb, what,
+                                         dests=[(ins[j], cb) for j in range(TILE)]))
+        alloc.release(g, t3)
+        # 4. corner turn into 16 slices (vector cb of slice i = row 16 cb + i of Y)
+        outs, a4 = _sixteen(alloc, (ntc, L))
+        t4 = _corner_turn(sch, ins, outs, ntc, max(t3, a4), what)
+        for p in ins:
+            alloc.release(p, t4)
+        # 5. copy back to Y's plane b
+        yb = plane(z, b)
+        t5 = t4
+        for i in range(TILE):
+            cbs = [cb for cb in range(ntc) if cb * TILE + i < nc]
+            if not cbs:
+                continue
+            vecs = [zv[cb * TILE + i] for cb in cbs]
+            src = dict(zip(vecs, cbs, strict=True))
+            t5 = max(t5, lower.elementwise(sch, ["copy"], outs[i], None, None, yb, t4, what,
+                                           x_of=src.__getitem__, vectors=vecs))
+        for p in outs:
+            alloc.release(p, t5)
+        done = max(done, t5)
+    alloc.release(zk, done)
+    return done
+
+
+def _sixteen(alloc, shape) -> tuple[list[Placement], int]:
+    """16 one-byte placements in 16 different slices, and the first cycle all may be
+    written."""
+    got: list[Placement] = []
+    after = 0
+    for _ in range(TILE):
+        p, a = alloc.alloc("int8", shape, 1, avoid=frozenset(s for q in got for s in q.slices))
+        got.append(p)
+        after = max(after, a)
+    return got, after
+
+
+def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready: int,
+                 what: str) -> int:
+    """sxm.transpose of n vectors from the 16 slices `ins` (vector v of each) to `outs`."""
+    arch = sch.arch
+    X = arch.sxm_position("W")
+    lat = arch.lat("sxm_transpose")
+    S = arch.streams_per_direction
+    bases = list(range(0, S - TILE + 1, TILE))
+    # the writes of step 3 must be done before the reads: ready covers them
+
+    def build(res, T):
+        arrive = [T + v for v in range(n)]
+        leave = [T + lat + v for v in range(n)]
+        if not res.take_issue("SXM_W", T):
+            return None
+        snap = res.snapshot()
+        for bs in bases:  # the 16 input streams, westward
+            if all(sch.read_flow(res, ins[j], [ins[j].addr + v for v in range(n)], arrive, X,
+                                 1, ready, base=bs + j) is not None for j in range(TILE)):
+                break
+            res.restore(snap)
+        else:
+            return None
+        snap = res.snapshot()
+        for bd in bases:  # the 16 output streams, eastward
+            code = []
+            for i in range(TILE):
+                c = sch.write_flow(res, outs[i], [outs[i].addr + v for v in range(n)], leave,
+                                   X, 0, bd + i)
+                if c is None:
+                    break
+                code += c
+            else:
+                break
+            res.restore(snap)
+        else:
+            return None
+        for j in range(TILE):
+            c = sch.read_code(res, ins[j], [ins[j].addr + v for v in range(n)], arrive, X, 1,
+                              bs + j)
+            if c is None:
+                return None
+            code += c
+        return code + [Emitted("SXM_W", T, "sxm.transpose",
+                               dict(dst=bd, dst_dir=0, src=bs, src_dir=1, count=n, aux=1))]
+
+    T = sch.place(ready, build, what)
+    far = max(abs(sch.slice_pos[p.slices[0]] - X) for p in outs)
+    return T + lat + n + far + arch.lat("mem_write") + 1
+
