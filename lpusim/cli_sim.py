@@ -52,6 +52,8 @@ def random_inputs(program, seed: int) -> dict[str, np.ndarray]:
             v = rng.integers(0, index_inputs[t.name][1] + 1, t.shape)
         elif d.is_float:
             v = rng.standard_normal(t.shape).astype(np.float32)
+        elif program.meta.get("generator") == "lpusim compile":
+            v = rng.integers(0, 2, t.shape)  # a compiled model's other integers: masks, 0/1
         else:
             hi = min(1 << (8 * d.nbytes - 1), 128)
             v = rng.integers(-hi, hi, t.shape)

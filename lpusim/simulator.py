@@ -115,6 +115,7 @@ def _bind(program: Program, arch, sram: np.ndarray, inputs: dict) -> None:
 
 
 def _read_outputs(program: Program, arch, sram: np.ndarray) -> dict[str, np.ndarray]:
+    host_types = program.meta.get("host_types") or {}
     out = {}
     for t in program.tensors:
         if t.kind != "output":
@@ -122,6 +123,8 @@ def _read_outputs(program: Program, arch, sram: np.ndarray) -> dict[str, np.ndar
         addrs = _addresses(t, arch.lanes)
         planes = np.stack([sram[t.chip, sl, addrs] for sl in t.slices], axis=1)
         out[t.name] = vectors_tensor(t, planes, arch.lanes)
+        if host_types.get(t.name) == "bool":  # held as 0.0/1.0 on chip
+            out[t.name] = out[t.name] != 0
     return out
 
 

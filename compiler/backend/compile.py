@@ -9,7 +9,9 @@ from compiler.backend.gather import lower_gather
 from compiler.backend.transpose import lower_transpose_last
 from compiler.backend.ops import (
     GELU,
+    lower_cast,
     lower_clip,
+    lower_expand,
     lower_data_movement,
     lower_elementwise,
     lower_matmul_int8,
@@ -18,6 +20,7 @@ from compiler.backend.ops import (
     lower_reduce,
     lower_sequence,
     lower_softmax,
+    lower_where,
     quantize_weights,
 )
 from compiler.backend.placement import Allocator, Placement, rows_cols
@@ -39,11 +42,14 @@ MOVES = {"Transpose", "Slice", "Split", "Concat"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
-                           | {"Gelu", "Softmax", "Clip", "Gather"} | MOVES))
+                           | {"Gelu", "Softmax", "Clip", "Gather", "Cast", "Where", "Expand"}
+                           | MOVES))
 # IR dtype -> machine dtype in the fp32 exact mode; integers only as Gather indices (the host
 # loads int64 indices as int32 and checks their range)
-_MACHINE = {"float32": "fp32", "int64": "int32", "int32": "int32"}
+# bools are fp32 0.0/1.0 (what the VXM's comparisons and logical ops give)
+_MACHINE = {"float32": "fp32", "bool": "fp32", "int64": "int32", "int32": "int32"}
 _INDEX_OPS = {"Gather"} | lower.ALIASES | {"Identity"}
+_AS_FLOAT = ("float32", "bool")
 
 
 def _machine_dtype(ir_dtype: str, what: str) -> str:
@@ -132,12 +138,19 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             graph.add_const(name, np.zeros(arch.lanes, np.float32), kind="const")
         return as_type(name, mdtype)
     tensors: list[TensorSpec] = []
+    reading: list[frozenset[int]] = [frozenset()]  # slices the current op's inputs are in
 
-    def new(value: str, not_before: int = 0) -> tuple[Placement, int]:
+    def new(value: str, not_before: int = 0,
+            avoid: frozenset[int] = frozenset()) -> tuple[Placement, int]:
         ty = graph.values[value]
         md = _machine_dtype(ty.dtype, f"value {value!r}")
         resident = value in graph.consts or value in graph.inputs
-        p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes, resident=resident)
+        try:  # away from the op's inputs: streaming reads and writes of one bank collide
+            p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
+                                   resident=resident, avoid=avoid | reading[0])
+        except CompileError:
+            p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
+                                   resident=resident, avoid=avoid)
         place[value] = p
         return p, max(after, not_before)
 
@@ -153,10 +166,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         if any(v and graph.values[v].size == 0 for v in list(ins) + list(outs)):
             raise CompileError(f"{what}: tensors with no elements are not lowered yet")
         start = max([ready.get(i, 0) for i in ins if i] + [0])
+        reading[0] = frozenset(s for i in ins if i and i in place for s in place[i].slices)
         for v in ins + list(outs):
             vt = graph.values[v] if v else None
-            as_index = op in _INDEX_OPS - {"Gather"} or (op == "Gather" and v == ins[1])
-            if vt is not None and vt.dtype != "float32" and not graph.is_const(v) \
+            as_index = op in _INDEX_OPS - {"Gather"} or (op == "Gather" and v == ins[1]) \
+                or (op == "Cast" and v == ins[0])
+            if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
                     and not as_index:
                 raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
                                    "lowered yet; integers are lowered only as Gather indices")
@@ -217,6 +232,15 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             else:
                 ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,
                                            start, what, new, place, as_type, zero)
+        elif op == "Cast":
+            ready[out], clean[out] = lower_cast(graph, sch, alloc, nd, place, new, start, what,
+                                                clean)
+        elif op == "Where":
+            ready[out], clean[out] = lower_where(graph, sch, alloc, nd, place, new, start,
+                                                 what, clean)
+        elif op == "Expand":
+            ready[out] = lower_expand(graph, sch, nd, place, new, start, what)
+            clean[out] = clean.get(ins[0], False)
         elif op == "Gather":
             ready[out], clean[out] = lower_gather(graph, arch, sch, alloc, nd, place, new,
                                                   start, what, clean, index_ranges)
@@ -284,6 +308,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _check_distinct(tensors)
     chip = _emit(sch, arch)
     meta = {"generator": "lpusim compile", "precision": precision, "graph": graph.name}
+    host_types = {v: graph.values[v].dtype for v in list(graph.inputs) + list(graph.outputs)
+                  if graph.values[v].dtype not in ("float32",)}
+    if host_types:  # the host's element type where the chip holds another (see _MACHINE)
+        meta["host_types"] = dict(sorted(host_types.items()))
     if index_ranges:
         meta["index_inputs"] = {k: list(v) for k, v in sorted(index_ranges.items())}
     return Program(arch.config, [chip], tensors, meta)

@@ -69,16 +69,19 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
         index_ranges[idx] = (max(lo, -n_axis), min(hi, n_axis - 1))
     ishape = tuple(graph.values[idx].shape)
     n_idx = math.prod(ishape)
-    amap, t = address_map(arch, sch, alloc, ids, ishape, n_axis, U, start, what)
-    z, a = new(out, t)
+    amap, t = address_map(arch, sch, alloc, ids, ishape, n_axis, U, start, what,
+                          avoid=frozenset(table.slices))
+    z, a = new(out, t, avoid=frozenset(table.slices))
     t = gather_rows(sch, table, amap, z, n_idx, U, max(t, a), what)
     alloc.release(amap, t)
     return t, clean.get(data, False)
 
 
 def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: int, U: int,
-                ready: int, what: str) -> tuple[Placement, int]:
-    """An int16 tensor with one vector per index, every lane holding its fixed, scaled index."""
+                ready: int, what: str, avoid: frozenset[int] = frozenset()
+                ) -> tuple[Placement, int]:
+    """An int16 tensor with one vector per index, every lane holding its fixed, scaled index
+    (the map itself in no slice of `avoid`)."""
     lanes, lps = arch.lanes, arch.lanes_per_superlane
     S = ishape[-1] if ishape else 1
     rows = math.prod(ishape[:-1]) if len(ishape) > 1 else 1
@@ -101,7 +104,7 @@ def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: in
         alloc.release(fixed, t)
         fixed = scaled
     n_idx = rows * S
-    m, nm = alloc.alloc("int16", (n_idx, lanes), 2)
+    m, nm = alloc.alloc("int16", (n_idx, lanes), 2, avoid=avoid)
     t = max(t, nm)
     done = t
     for lane in range(min(S, lanes)):
@@ -122,9 +125,9 @@ def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: in
     t = done
     tiles, covered = lanes // lps, 1
     while covered < tiles:
-        rot, nr = alloc.alloc("int16", (n_idx, lanes), 2, avoid=frozenset(m.slices))
+        rot, nr = alloc.alloc("int16", (n_idx, lanes), 2, avoid=frozenset(m.slices) | avoid)
         t = lower.sxm_rotate(sch, m, rot, covered * lps, max(t, nr), what + " index map")
-        m2, n2 = alloc.alloc("int16", (n_idx, lanes), 2, avoid=frozenset(rot.slices))
+        m2, n2 = alloc.alloc("int16", (n_idx, lanes), 2, avoid=frozenset(rot.slices) | avoid)
         t = lower.elementwise(sch, ["or"], m, rot, None, m2, max(t, n2), what + " index map")
         alloc.release(m, t)
         alloc.release(rot, t)

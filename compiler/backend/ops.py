@@ -337,6 +337,19 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
         return "other"
 
     ra, rb = role(a), role(b)
+    # a constant broadcast in a way the VXM's reads do not do (an outer product of a column
+    # and a row, say): store it at the output's shape
+    for v, r in ((a, ra), (b, rb)):
+        if r == "other" and graph.is_const(v) and graph.const_array(v) is not None:
+            name = f"{v}@{'x'.join(map(str, full))}"
+            if name not in graph.consts:
+                arr = np.broadcast_to(graph.const_array(v), full)
+                graph.add_const(name, np.ascontiguousarray(arr), kind="const")
+            clean[name] = True
+            if v == a:
+                a, ra = name, "full"
+            else:
+                b, rb = name, "full"
     # a one-element tensor that is not a constant: spread it over a vector, then broadcast it
     if rb == "scalar" and ra == "full":
         b = spread_scalar(b)
@@ -690,3 +703,83 @@ def lower_data_movement(graph, sch, alloc, nd, place, new, start, what) -> int:
                             z.addr + int(dest[r0]) * z.vpr)
             t = max(t, copy_rows(sch, src, row, np.array([r0]), max(start, a), what))
     return t
+
+
+def lower_cast(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[int, bool]:
+    """Cast between the types the machine holds: integers (int32 on chip) to float32 by the
+    VXM's conversion, anything to bool (fp32 1.0 where nonzero, NaN included), bool or float32
+    to float32 by a copy."""
+    x_name, out = nd["inputs"][0], nd["outputs"][0]
+    src, dst = graph.values[x_name].dtype, graph.values[out].dtype
+    x = place[x_name]
+    z, a = new(out, start)
+    t = max(start, a)
+    if dst not in ("float32", "bool"):
+        raise CompileError(f"{what}: a cast to {dst} is not lowered yet (casts to float32 and "
+                           "bool are)")
+    if x.dtype != "fp32":  # an integer on chip
+        if dst == "float32":
+            return lower.elementwise(sch, ["cvt"], x, None, None, z, t, what), True
+        tmp, a2 = alloc.alloc("fp32", z.shape, 4, avoid=frozenset(x.slices))
+        t = lower.elementwise(sch, ["cvt"], x, None, None, tmp, max(t, a2), what)
+        t = lower.elementwise(sch, ["or"], tmp, None, 0.0, z, t, what)
+        alloc.release(tmp, t)
+        return t, True
+    if dst == "bool" and src != "bool":
+        return lower.elementwise(sch, ["or"], x, None, 0.0, z, t, what), True
+    return lower.elementwise(sch, ["copy"], x, None, None, z, t, what), clean.get(x_name, False)
+
+
+def lower_where(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[int, bool]:
+    """Where(c, a, b) = c * a + (not c) * b with c a bool (fp32 0/1): exact for finite a and
+    b. The branches may be finite scalar constants or tensors of the output's shape."""
+    c, a, b = nd["inputs"]
+    out = nd["outputs"][0]
+    full = tuple(graph.values[out].shape)
+    if tuple(graph.values[c].shape) != full:
+        raise CompileError(f"{what}: a condition broadcast to the output is not lowered yet")
+
+    def branch(v):
+        arr = graph.const_array(v) if graph.is_const(v) else None
+        if arr is not None and arr.size == 1:
+            f = float(np.asarray(arr).reshape(-1)[0])
+            if not np.isfinite(f):
+                raise CompileError(f"{what}: a non-finite branch ({f}) is not lowered yet "
+                                   "(0 * inf is NaN)")
+            return f
+        if tuple(graph.values[v].shape) != full:
+            raise CompileError(f"{what}: a branch broadcast to the output is not lowered yet")
+        return place[v]
+
+    pa, pb = branch(a), branch(b)
+    pc = place[c]
+    t = start
+    parts = []
+    for ops, val in ((["mul"], pa), (["not", "mul"], pb)):
+        tmp, at = alloc.alloc("fp32", full, 4, avoid=frozenset(pc.slices))
+        if isinstance(val, float):
+            t1 = lower.elementwise(sch, ops, pc, None, val, tmp, max(start, at), what)
+        else:
+            q, tq, cp = apart(sch, alloc, val, pc, start, what)
+            t1 = lower.elementwise(sch, ops, pc, q, None, tmp, max(start, at, tq), what)
+            if cp is not None:
+                alloc.release(cp, t1)
+        parts.append(tmp)
+        t = max(t, t1)
+    z, az = new(out, t)
+    t = lower.elementwise(sch, ["add"], parts[0], parts[1], None, z, max(t, az), what)
+    for p in parts:
+        alloc.release(p, t)
+    return t, all(clean.get(v, False) for v in (c, a, b) if not graph.is_const(v))
+
+
+def lower_expand(graph, sch, nd, place, new, start, what) -> int:
+    """Expand over leading dims (the last dim kept): row copies."""
+    x_name, out = nd["inputs"][0], nd["outputs"][0]
+    xs, zs = tuple(graph.values[x_name].shape), tuple(graph.values[out].shape)
+    if not xs or not zs or xs[-1] != zs[-1]:
+        raise CompileError(f"{what}: an Expand of the last dimension is not lowered yet")
+    idx = row_index(xs).reshape((1,) * (len(zs) - len(xs)) + xs[:-1])
+    rows = np.broadcast_to(idx, zs[:-1]).reshape(-1)
+    z, a = new(out, start)
+    return copy_rows(sch, place[x_name], z, rows, max(start, a), what)
