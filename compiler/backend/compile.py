@@ -8,6 +8,7 @@ from compiler.backend import lower
 from compiler.backend.gather import lower_gather
 from compiler.backend.transpose import lower_transpose_last
 from compiler.backend.ops import (
+    apart,
     GELU,
     lower_cast,
     lower_clip,
@@ -225,10 +226,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                     tmp, nb = alloc.alloc("fp32", tuple(tmp_ty.shape), 4)
                     t1 = lower_matmul_int8(sch, alloc, x, quantized[qname][0], w_scale, tmp,
                                            max(start, nb), what, zero)
-                    y, nb2 = new(out, t1)
-                    ready[out] = lower.elementwise(sch, ["add"], tmp, place[bias], None, y,
-                                                   max(t1, nb2), what + " bias")
-                    alloc.release(tmp, ready[out])
+                    ready[out] = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what)
             else:
                 ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,
                                            start, what, new, place, as_type, zero)
@@ -322,9 +320,8 @@ def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, st
     """A @ B with B computed on chip (e.g. attention probabilities @ V): B is loaded as MXM
     weights straight from SRAM. With leading (batch) dimensions on both, one product per
     batch, on row ranges of the three tensors."""
-    if precision == "int8":
-        raise CompileError(f"{what}: int8 with a non-constant second operand (its scales would "
-                           "be found at run time) is not lowered yet")
+    if precision == "int8":  # per-channel scales are a compile-time thing: attention's
+        mxm_dtype = "fp16"    # activation x activation products run in fp16 (fp32 sums)
     at, bt = graph.values[ins[0]], graph.values[ins[1]]
     if len(at.shape) < 2 or len(bt.shape) < 2:
         raise CompileError(f"{what}: a MatMul with a 1-D operand is not lowered yet")
@@ -384,10 +381,7 @@ def _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype, start, what, 
         mdt = _machine_dtype(tmp_ty.dtype, what)
         tmp, nb = alloc.alloc(mdt, tuple(tmp_ty.shape), dtype_info(mdt).nbytes)
         t1 = lower.matmul(sch, xq, w, tmp, max(t_x, nb), what, zero=zero(w.dtype))
-        y, nb2 = new(out, t1)
-        done = lower.elementwise(sch, ["add"], tmp, place[bias], None, y, max(t1, nb2),
-                                 what + " bias")
-        alloc.release(tmp, done)
+        done = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what)
     if xq is not x:
         alloc.release(xq, done)
     return done
@@ -408,6 +402,19 @@ def _check_fits(graph: Graph, arch, nslices: int) -> None:
                            f"{need:,} bytes and this backend places tensors in {have:,} bytes "
                            f"(the west half of {arch.name}'s {arch.sram_bytes:,} bytes); about "
                            f"{chips} chips' worth (multi-chip compilation is a later step)")
+
+
+def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready: int,
+              what: str) -> int:
+    """out = tmp + bias (a row repeated for every row); frees tmp. The three are streamed at
+    once, so they sit in different slices."""
+    pb, t, cp = apart(sch, alloc, bias, tmp, ready, what)
+    y, nb = new(out, t, avoid=frozenset(tmp.slices) | frozenset(pb.slices))
+    done = lower.elementwise(sch, ["add"], tmp, pb, None, y, max(t, nb), what + " bias")
+    alloc.release(tmp, done)
+    if cp is not None:
+        alloc.release(cp, done)
+    return done
 
 
 def _moves_last(nd, graph) -> bool:

@@ -579,9 +579,17 @@ def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
                     tl = lower.sxm_unary(sch, "sxm.shift", src, tmp, [xv[i] for i in later],
                                          [zv[i] for i in later], dict(shift=shift),
                                          max(t0, a), what)
-                    t = max(t, lower.elementwise(sch, ["add"], z, tmp, None, z, max(t, tl),
-                                                 what, vectors=[zv[i] for i in later]))
+                    # z + part into a third place, then back: a slice cannot stream reads
+                    # and writes of one bank at once
+                    acc, a2 = alloc.alloc(z.dtype, z.shape, len(z.slices),
+                                          avoid=frozenset(z.slices) | frozenset(tmp.slices))
+                    vs = [zv[i] for i in later]
+                    t = max(t, lower.elementwise(sch, ["add"], z, tmp, None, acc,
+                                                 max(t, tl, a2), what, vectors=vs))
+                    t = lower.elementwise(sch, ["copy"], acc, None, None, z, t, what,
+                                          vectors=vs)
                     alloc.release(tmp, t)
+                    alloc.release(acc, t)
     if len(written) != z.nvec:
         raise CompileError(f"internal: {what}: the pieces leave vectors of the result unset")
     for tmp in temps:
