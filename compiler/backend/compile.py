@@ -78,9 +78,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         if nd["op"] not in LOWERED_OPS:
             raise CompileError(f"op {nd['op']!r} (node {name!r}) is not lowered to the machine "
                                f"yet; lowered ops: {', '.join(LOWERED_OPS)}")
-    west = [q.index for q in arch.queues if q.kind == "MEM" and q.hemisphere == "W"]
-    _check_fits(graph, arch, len(west))
-    alloc = Allocator(arch, west)
+    mem = [q.index for q in arch.queues if q.kind == "MEM"]
+    _check_fits(graph, arch, len(mem))
+    alloc = Allocator(arch, mem)
     sch = Scheduler(arch)
     ready: dict[str, int] = {}
     # values whose lanes past the last column are finite (graph inputs and constants hold
@@ -399,8 +399,7 @@ def _check_fits(graph: Graph, arch, nslices: int) -> None:
     if need > have:
         chips = -(-need // have)
         raise CompileError(f"the model does not fit one chip: its weights and inputs need "
-                           f"{need:,} bytes and this backend places tensors in {have:,} bytes "
-                           f"(the west half of {arch.name}'s {arch.sram_bytes:,} bytes); about "
+                           f"{need:,} bytes and {arch.name} has {have:,} bytes of SRAM; about "
                            f"{chips} chips' worth (multi-chip compilation is a later step)")
 
 

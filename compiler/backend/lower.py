@@ -89,6 +89,8 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     lat = arch.lat("vxm_convert") if ops == ["cvt"] else \
         sum(arch.lat(ALU_BY_NAME[o].latency) for o in ops)
     done = ready
+    dx, dz = sch.toward(x, V), sch.away(V, z)
+    dy = sch.toward(y, V) if y is not None else None
     todo = list(range(z.nvec)) if vectors is None else list(vectors)
     for lo in range(0, len(todo), CHUNK):
         n = min(CHUNK, len(todo) - lo)
@@ -100,12 +102,12 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
 
         def build(res, T, n=n, xa=xa, za=za, ya=(ya if y is not None else None)):
             arrive = [T + i for i in range(n)]
-            bx = sch.read_flow(res, x, xa, arrive, V, 0, ready)
+            bx = sch.read_flow(res, x, xa, arrive, V, dx, ready)
             if bx is None:
                 return None
             by = None
             if y is not None:
-                by = sch.read_flow(res, y, ya, arrive, V, 0, ready)
+                by = sch.read_flow(res, y, ya, arrive, V, dy, ready)
                 if by is None:
                     return None
             for a in range(arch.vxm_alus - len(ops) + 1):
@@ -122,22 +124,22 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
                 return None
             leave = [T + lat + i for i in range(n)]
             dests = [sch.slice_pos[s] for s in z.slices]
-            bz = sch.free_group(res, len(z.slices), 1, V, dests, leave)
+            bz = sch.free_group(res, len(z.slices), dz, V, dests, leave)
             if bz is None:
                 return None
-            code = sch.write_flow(res, z, za, leave, V, 1, bz)
+            code = sch.write_flow(res, z, za, leave, V, dz, bz)
             if code is None:
                 return None
-            rx = sch.read_code(res, x, xa, arrive, V, 0, bx)
-            ry = sch.read_code(res, y, ya, arrive, V, 0, by) if y is not None else []
+            rx = sch.read_code(res, x, xa, arrive, V, dx, bx)
+            ry = sch.read_code(res, y, ya, arrive, V, dy, by) if y is not None else []
             if rx is None or ry is None:
                 return None
-            f = dict(dtype=_dt(x), dst=bz, dst_dir=1, dst_g=_log2(len(z.slices)), src=bx,
-                     src_dir=0, src_g=_log2(g), count=n)
+            f = dict(dtype=_dt(x), dst=bz, dst_dir=dz, dst_g=_log2(len(z.slices)), src=bx,
+                     src_dir=dx, src_g=_log2(g), count=n)
             if y is not None:
-                f.update(src2=by, src2_dir=0, src2_g=_log2(g))
+                f.update(src2=by, src2_dir=dy, src2_g=_log2(g))
             elif y_is_x:
-                f.update(src2=bx, src2_dir=0, src2_g=_log2(g))
+                f.update(src2=bx, src2_dir=dx, src2_g=_log2(g))
             elif imm is not None:
                 f.update(imm=(int(imm) & 0xFFFFFFFF) if _is_int(x) else fp32_bits(imm), flag=1)
             if ops == ["cvt"]:
@@ -287,7 +289,9 @@ def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
     distribute) through the west SXM; `dests` instead gives each result its own placement and
     vector (any slices). Returns the cycle from which the results are in SRAM."""
     arch = sch.arch
-    X = arch.sxm_position("W")
+    q, X = sch.sxm_for(x)
+    din = sch.toward(x, X)
+    dout = 1 - din
     g = len(x.slices)
     lat = arch.lat(mnemonic.replace(".", "_"))
     if dests is None:
@@ -304,26 +308,26 @@ def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
 
         def build(res, T, n=n, xa=xa, part=part, groups=groups, positions=positions):
             arrive = [T + i for i in range(n)]
-            bx = sch.read_flow(res, x, xa, arrive, X, 1, ready)
-            if bx is None or not res.take_issue("SXM_W", T):
+            bx = sch.read_flow(res, x, xa, arrive, X, din, ready)
+            if bx is None or not res.take_issue(q, T):
                 return None
             leave = [T + lat + i for i in range(n)]
-            bz = sch.free_group(res, g, 0, X, positions, leave)
+            bz = sch.free_group(res, g, dout, X, positions, leave)
             if bz is None:
                 return None
             code = []
             for p, idx in groups.values():
                 c = sch.write_flow(res, p, [p.addr + part[i][1] for i in idx],
-                                   [leave[i] for i in idx], X, 0, bz)
+                                   [leave[i] for i in idx], X, dout, bz)
                 if c is None:
                     return None
                 code += c
-            rx = sch.read_code(res, x, xa, arrive, X, 1, bx)
+            rx = sch.read_code(res, x, xa, arrive, X, din, bx)
             if rx is None:
                 return None
-            return rx + code + [Emitted("SXM_W", T, mnemonic,
-                                        dict(dtype=_dt(x), dst=bz, dst_dir=0, dst_g=_log2(g),
-                                             src=bx, src_dir=1, src_g=_log2(g), count=n,
+            return rx + code + [Emitted(q, T, mnemonic,
+                                        dict(dtype=_dt(x), dst=bz, dst_dir=dout, dst_g=_log2(g),
+                                             src=bx, src_dir=din, src_g=_log2(g), count=n,
                                              **fields))]
 
         T = sch.place(ready, build, what)

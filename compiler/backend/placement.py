@@ -52,7 +52,8 @@ class Allocator:
 
     def alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int,
               avoid: frozenset[int] = frozenset(),
-              resident: bool = False) -> tuple[Placement, int]:
+              resident: bool = False,
+              only: frozenset[int] | None = None) -> tuple[Placement, int]:
         """A placement (in no slice of `avoid`) and the first cycle it may be written.
         A resident tensor (a constant or input, in SRAM before the program starts) only takes
         space no other tensor has used, from the top of the slices down."""
@@ -67,7 +68,7 @@ class Allocator:
                                                            nbytes)]
         for j in range(len(groups)):
             grp = groups[(self.cursor + j) % len(groups)]
-            if avoid & set(grp):
+            if avoid & set(grp) or (only is not None and not set(grp) <= only):
                 continue
             got = self._common(grp, n, resident)
             if got is not None:

@@ -73,6 +73,25 @@ class Scheduler:
             self.maps.append(key)
             return len(self.maps) - 1
 
+    def toward(self, p: Placement, dest: int) -> int:
+        """The stream direction from p's slices to position dest (0 east, 1 west)."""
+        pos = [self.slice_pos[s] for s in p.slices]
+        if all(q < dest for q in pos):
+            return 0
+        if all(q > dest for q in pos):
+            return 1
+        raise CompileError(f"internal: slices {p.slices} lie on both sides of position {dest}")
+
+    def away(self, src: int, p: Placement) -> int:
+        """The stream direction from position src to p's slices."""
+        return 1 - self.toward(p, src)
+
+    def sxm_for(self, p: Placement) -> tuple[str, int]:
+        """The SXM on p's side of the chip (queue name, position)."""
+        west = self.toward(p, self.arch.vxm_position) == 0
+        hemi = "W" if west else "E"
+        return f"SXM_{hemi}", self.arch.sxm_position(hemi)
+
     # -- flows --------------------------------------------------------------------------------
     def read_flow(self, res: Reservation, p: Placement, addrs: list[int], arrive: list[int],
                   dest: int, direction: int, not_before: int = 0,

@@ -166,22 +166,36 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
 
 
 def _sixteen(alloc, shape) -> tuple[list[Placement], int]:
-    """16 one-byte placements in 16 different slices, and the first cycle all may be
-    written."""
-    got: list[Placement] = []
-    after = 0
-    for _ in range(TILE):
-        p, a = alloc.alloc("int8", shape, 1, avoid=frozenset(s for q in got for s in q.slices))
-        got.append(p)
-        after = max(after, a)
-    return got, after
+    """16 one-byte placements in 16 different slices of one hemisphere (the corner turn reads
+    them through that side's SXM), and the first cycle all may be written."""
+    arch = alloc.arch
+    sides = [frozenset(q.index for q in arch.queues if q.kind == "MEM" and q.hemisphere == h)
+             for h in "WE"]
+    for side in sides:
+        side &= frozenset(alloc.slices)
+        got: list[Placement] = []
+        after = 0
+        try:
+            for _ in range(TILE):
+                p, a = alloc.alloc("int8", shape, 1, only=side,
+                                   avoid=frozenset(s for q in got for s in q.slices))
+                got.append(p)
+                after = max(after, a)
+        except CompileError:
+            for p in got:
+                alloc.release(p, 0)
+            continue
+        return got, after
+    raise CompileError("the corner turn needs 16 slices with free space in one hemisphere")
 
 
 def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready: int,
                  what: str) -> int:
     """sxm.transpose of n vectors from the 16 slices `ins` (vector v of each) to `outs`."""
     arch = sch.arch
-    X = arch.sxm_position("W")
+    q, X = sch.sxm_for(ins[0])
+    din = sch.toward(ins[0], X)
+    dout = 1 - din
     lat = arch.lat("sxm_transpose")
     S = arch.streams_per_direction
     bases = list(range(0, S - TILE + 1, TILE))
@@ -190,12 +204,12 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
     def build(res, T):
         arrive = [T + v for v in range(n)]
         leave = [T + lat + v for v in range(n)]
-        if not res.take_issue("SXM_W", T):
+        if not res.take_issue(q, T):
             return None
         snap = res.snapshot()
         for bs in bases:  # the 16 input streams, westward
             if all(sch.read_flow(res, ins[j], [ins[j].addr + v for v in range(n)], arrive, X,
-                                 1, ready, base=bs + j) is not None for j in range(TILE)):
+                                 din, ready, base=bs + j) is not None for j in range(TILE)):
                 break
             res.restore(snap)
         else:
@@ -205,7 +219,7 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
             code = []
             for i in range(TILE):
                 c = sch.write_flow(res, outs[i], [outs[i].addr + v for v in range(n)], leave,
-                                   X, 0, bd + i)
+                                   X, dout, bd + i)
                 if c is None:
                     break
                 code += c
@@ -215,13 +229,13 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
         else:
             return None
         for j in range(TILE):
-            c = sch.read_code(res, ins[j], [ins[j].addr + v for v in range(n)], arrive, X, 1,
+            c = sch.read_code(res, ins[j], [ins[j].addr + v for v in range(n)], arrive, X, din,
                               bs + j)
             if c is None:
                 return None
             code += c
-        return code + [Emitted("SXM_W", T, "sxm.transpose",
-                               dict(dst=bd, dst_dir=0, src=bs, src_dir=1, count=n, aux=1))]
+        return code + [Emitted(q, T, "sxm.transpose",
+                               dict(dst=bd, dst_dir=dout, src=bs, src_dir=din, count=n, aux=1))]
 
     T = sch.place(ready, build, what)
     far = max(abs(sch.slice_pos[p.slices[0]] - X) for p in outs)
