@@ -45,6 +45,8 @@ LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAI
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
                            | {"Gelu", "Softmax", "Clip", "Gather", "Cast", "Where", "Expand"}
                            | MOVES))
+# stream width of a weight load from tiled weights (rows per cycle = LW_STREAMS / dtype bytes)
+LW_STREAMS = 16
 # IR dtype -> machine dtype in the fp32 exact mode; integers only as Gather indices (the host
 # loads int64 indices as int32 and checks their range)
 # bools are fp32 0.0/1.0 (what the VXM's comparisons and logical ops give)
@@ -103,7 +105,34 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     place: dict[str, Placement] = _Places()
     index_ranges: dict[str, tuple[int, int]] = {}  # graph inputs used as Gather indices
     typed: dict[tuple[str, str], Placement] = {}  # a constant stored in another element type
-    quantized: dict[str, tuple[Placement, np.ndarray | None]] = {}  # int8 weights and data
+    # MatMul weights in MXM tiles: (value, machine dtype) -> (tiles, data, tensor kind)
+    tiled: dict[tuple[str, str], tuple[lower.Tiled, np.ndarray | None, str]] = {}
+
+    def tiled_weight(v: str, md: str, data: np.ndarray | None = None):
+        """Constant [K, N] weight v stored as MXM tiles of machine dtype md (data: the values
+        to store, when not v's own, e.g. int8 quantized)."""
+        if (v, md) not in tiled:
+            ty = graph.values[v]
+            if len(ty.shape) != 2:
+                return as_type(v, md)
+            K, N = ty.shape
+            L = arch.lanes
+            g = dtype_info(md).nbytes
+            R = max(1, min(LW_STREAMS, arch.mxm_load_streams_max) // g)  # rows per LW cycle
+            tiles = {}
+            for kt in range(-(-K // L)):
+                for nt in range(-(-N // L)):
+                    rk, cn = min(L, K - kt * L), min(L, N - nt * L)
+                    parts: list[Placement] = []
+                    for j in range(min(R, rk)):  # rows j, j + R, ... in their own slices
+                        p, _ = alloc.alloc(md, (len(range(j, rk, R)), cn), g, resident=True,
+                                           avoid=frozenset(s for q in parts for s in q.slices))
+                        parts.append(p)
+                    tiles[(kt, nt)] = tuple(parts)
+            arr = data if data is not None else graph.const_array(v)
+            kind = "weight" if graph.consts[v].kind == "weight" else "const"
+            tiled[(v, md)] = (lower.Tiled(md, K, N, tiles), arr, kind)
+        return tiled[(v, md)][0]
 
     def as_type(v: str, md: str) -> Placement:
         """Constant v as machine dtype md (the weights of a reduced-precision MatMul)."""
@@ -132,12 +161,17 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             clean[name] = True
         return name
 
-    def zero(mdtype: str) -> Placement:
-        """A zero vector of a machine dtype (the padding rows of short weight tiles)."""
-        name = "__zero"
-        if name not in graph.consts:
-            graph.add_const(name, np.zeros(arch.lanes, np.float32), kind="const")
-        return as_type(name, mdtype)
+    def zero(mdtype: str) -> list[Placement]:
+        """Zero vectors of a machine dtype, the padding rows of short weight tiles: as many
+        copies as one weight load reads rows per cycle, in different slices where space
+        allows."""
+        out = []
+        for c in range(max(1, lower.S_LW // dtype_info(mdtype).nbytes)):
+            name = "__zero" if c == 0 else f"__zero{c}"
+            if name not in graph.consts:
+                graph.add_const(name, np.zeros(arch.lanes, np.float32), kind="const")
+            out.append(as_type(name, mdtype))
+        return out
     tensors: list[TensorSpec] = []
     reading: list[frozenset[int]] = [frozenset()]  # slices the current op's inputs are in
 
@@ -207,29 +241,30 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             bias = ins[2] if len(ins) > 2 and ins[2] else None
             if precision == "int8":
                 wname = ins[1]
-                qname = f"{wname}@int8"
-                if qname not in quantized:
+                if (wname, "int8") not in tiled:
                     wq_data, w_scale = quantize_weights(graph.const_array(wname))
                     ty = graph.values[wname]
-                    pq, _ = alloc.alloc("int8", tuple(ty.shape), 1, resident=True)
-                    quantized[qname] = (pq, wq_data)
+                    if len(ty.shape) != 2:
+                        raise CompileError(f"{what}: int8 weights of rank {len(ty.shape)} are "
+                                           "not lowered yet")
+                    tiled_weight(wname, "int8", wq_data)
                     sname = f"{wname}@scale"
                     graph.add_const(sname, w_scale, ty=TensorType("float32", (ty.shape[-1],)),
                                     kind="const")
                 w_scale = place[f"{wname}@scale"]
                 if bias is None:
                     y, nb = new(out, start)
-                    ready[out] = lower_matmul_int8(sch, alloc, x, quantized[qname][0], w_scale,
+                    ready[out] = lower_matmul_int8(sch, alloc, x, tiled[(wname, "int8")][0], w_scale,
                                                    y, max(start, nb), what, zero)
                 else:
                     tmp_ty = graph.values[out]
                     tmp, nb = alloc.alloc("fp32", tuple(tmp_ty.shape), 4)
-                    t1 = lower_matmul_int8(sch, alloc, x, quantized[qname][0], w_scale, tmp,
+                    t1 = lower_matmul_int8(sch, alloc, x, tiled[(wname, "int8")][0], w_scale, tmp,
                                            max(start, nb), what, zero)
                     ready[out] = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what)
             else:
                 ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,
-                                           start, what, new, place, as_type, zero)
+                                           start, what, new, place, tiled_weight, zero)
         elif op == "Cast":
             ready[out], clean[out] = lower_cast(graph, sch, alloc, nd, place, new, start, what,
                                                 clean)
@@ -289,9 +324,16 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         kind = "weight" if c.kind == "weight" else "const"
         if v in place:
             tensors.append(_spec(v, kind, place[v], c.array))
-    for qname, (p, data) in sorted(quantized.items(), key=lambda kv: kv[0]):
-        tensors.append(TensorSpec(qname, "weight", "int8", tuple(p.shape), 0, tuple(p.slices),
-                                  p.addr, 1, data))
+    L = arch.lanes
+    for (v, md), (tw, data, kind) in sorted(tiled.items(), key=lambda kv: kv[0]):
+        for (kt, nt), parts in sorted(tw.tiles.items()):
+            R = len(parts)
+            for j, p in enumerate(parts):
+                part = None if data is None else np.asarray(data)[
+                    kt * L + j:kt * L + min(L, tw.rows - kt * L):R,
+                    nt * L:nt * L + p.cols].astype(numpy_dtype(md))
+                tensors.append(TensorSpec(f"{v}@{md}.k{kt}n{nt}r{j}", kind, md,
+                                          tuple(p.shape), 0, tuple(p.slices), p.addr, 1, part))
     for name, (p, data) in sorted(sch.data.items()):
         tensors.append(TensorSpec(name, "const", p.dtype, tuple(p.shape), 0, tuple(p.slices),
                                   p.addr, 1, data))

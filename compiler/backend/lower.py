@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -171,11 +172,24 @@ def _dt(p: Placement) -> int:
     return dtype(p.dtype).code
 
 
-def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int, what: str,
-           plane: int = 0, zero: Placement | None = None) -> int:
-    """y[M, N] = x[M, K] @ w[K, N] on one MXM plane; returns when y is in SRAM. With `zero`
-    (a zero vector of w's type), a last K tile shorter than 320 rows also loads zero rows for
-    the rest, so lanes of x past column K never meet stale weights."""
+@dataclass(frozen=True)
+class Tiled:
+    """A constant [K, N] matrix stored as MXM tiles of at most 320 x 320, each its own
+    placement (K rows of one 320-column slice): no tile is limited by one slice's words, and
+    the weight loads of a large matmul spread over many slices' read ports."""
+
+    dtype: str
+    rows: int
+    cols: int
+    tiles: dict  # (kt, nt) -> Placement of shape (rk, cn)
+
+
+def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, ready: int,
+           what: str, plane: int | None = None, zero: Placement | None = None) -> int:
+    """y[M, N] = x[M, K] @ w[K, N] on the MXM, each 320-column tile of y on the plane that is
+    free first (or on `plane`); returns when y is in SRAM. With `zero` (a zero vector of w's
+    type), a last K tile shorter than 320 rows also loads zero rows for the rest, so lanes of x
+    past column K never meet stale weights."""
     arch = sch.arch
     lanes = arch.lanes
     M, K, N = x.rows, x.cols, w.cols
@@ -184,49 +198,59 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
     if M > arch.mxm_acc_vectors_per_plane:
         raise CompileError(f"{what}: {M} rows exceed the {arch.mxm_acc_vectors_per_plane} "
                            "accumulators of a plane (tiling over rows is not implemented yet)")
-    q = f"MXM{plane}"
-    P = arch.mxm_position(plane)
-    west = P == 0
-    to_mxm, from_mxm = (1, 0) if west else (0, 1)
     g = len(x.slices)
     rate = arch.mxm_rate_of(x.dtype)
     iv = int(round(1 / rate))
     kt_n, nt_n = math.ceil(K / lanes), math.ceil(N / lanes)
-    # the plane is shared by every matmul: continue from where the last one left it
-    t_free, array_busy_until, acc_free = (max(ready, c) for c in sch.mxm.get(plane, (0, 0, 0)))
     done = ready
     for nt in range(nt_n):
+        if plane is None:  # of the planes on the weights' side, the one free first
+            ps = [p for kt in range(kt_n) for p in w.tiles[(kt, nt)]] \
+                if isinstance(w, Tiled) else [w]
+            V = arch.vxm_position
+            west = 2 * sum(sch.slice_pos[p.slices[0]] < V for p in ps) >= len(ps)
+            side = [p for p in range(arch.mxm_planes) if (arch.mxm_position(p) == 0) == west]
+            pl = min(side, key=lambda p: (max(sch.mxm.get(p, (0, 0, 0))[:2]), p))
+        else:
+            pl = plane
+        q = f"MXM{pl}"
+        P = arch.mxm_position(pl)
+        to_mxm, from_mxm = (1, 0) if P == 0 else (0, 1)
+        # the plane is shared by every matmul: continue from where the last one left it
+        t_free, array_busy_until, acc_free = (max(ready, c)
+                                              for c in sch.mxm.get(pl, (0, 0, 0)))
         last_abc_in = None
         for kt in range(kt_n):
             rk = min(lanes, K - kt * lanes)
-            wa = [w.addr + (kt * lanes + r) * w.vpr + nt for r in range(rk)]
+            zeros = [] if zero is None else (list(zero) if isinstance(zero, (list, tuple))
+                                             else [zero])
+            total = lanes if zeros else rk  # rows loaded: zero rows after a short tile
+            if isinstance(w, Tiled):  # row r of the tile is row r // R of part r % R
+                parts = list(w.tiles[(kt, nt)])
+                R = len(parts)
+                plan = [(p, [p.addr + i for i in range(p.rows)]) for p in parts]
+            else:
+                R = 1
+                plan = [(w, [w.addr + (kt * lanes + r) * w.vpr + nt for r in range(rk)])]
+            n1 = -(-rk // R)  # real rows, R per cycle; zeros fill the last cycle's gaps
+            pad = [[i for i in range(n1) if rk <= i * R + j < total] for j in range(R)]
+            lw = _lw_job(sch, q, P, to_mxm, plan, pad, zeros, n1, ready, 0)
+            rest = total - n1 * R  # then the zero rows, as many per cycle as copies allow
+            lw2 = None
+            if rest > 0:
+                distinct = list({zp.slices: zp for zp in zeros}.values())
+                Z = max(d for d in range(1, min(len(distinct), S_LW // len(x.slices)) + 1)
+                        if rest % d == 0) if distinct else 1
+                n2 = rest // Z
+                lw2 = _lw_job(sch, q, P, to_mxm,
+                              [(zp, [zp.addr] * n2) for zp in distinct[:Z]],
+                              [[] for _ in range(Z)], [], n2, ready, n1 * R)
+            loaded = sch.place(t_free, lw, f"{what} weight load") + n1
+            if lw2 is not None:
+                loaded = max(loaded, sch.place(t_free, lw2, f"{what} weight load") + n2)
+            earliest_iw = max(loaded, array_busy_until - arch.lat("mxm_install") + 1)
 
-            pad = lanes - rk if zero is not None else 0
-
-            def lw(res, T, wa=wa, rk=rk, pad=pad):
-                arrive = [T + i for i in range(rk)]
-                b = sch.read_flow(res, w, wa, arrive, P, to_mxm, ready)
-                if b is None or not res.take_issue(q, T):
-                    return None
-                rc = sch.read_code(res, w, wa, arrive, P, to_mxm, b)
-                if rc is None:
-                    return None
-                if pad:
-                    za = [zero.addr] * pad
-                    zarr = [T + rk + i for i in range(pad)]
-                    if sch.read_flow(res, zero, za, zarr, P, to_mxm, ready, base=b) is None:
-                        return None
-                    rz = sch.read_code(res, zero, za, zarr, P, to_mxm, b)
-                    if rz is None:
-                        return None
-                    rc += rz
-                return rc + [Emitted(q, T, "mxm.lw", dict(dtype=_dt(w), src=b, src_dir=to_mxm,
-                                                          aux=g, count=rk + pad, addr=0))]
-
-            t_lw = sch.place(t_free, lw, f"{what} weight load")
-            earliest_iw = max(t_lw + rk + pad, array_busy_until - arch.lat("mxm_install") + 1)
-
-            def iw(res, T):
+            def iw(res, T, q=q):
                 return [Emitted(q, T, "mxm.iw", {})] if res.take_issue(q, T) else None
 
             t_iw = sch.place(earliest_iw, iw, f"{what} install")
@@ -234,7 +258,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
             xa = [x.addr + m * x.vpr + kt for m in range(M)]
             flag = 1 if kt > 0 else 0
 
-            def abc(res, T, xa=xa, flag=flag):
+            def abc(res, T, xa=xa, flag=flag, q=q, P=P, to_mxm=to_mxm):
                 arrive = [T + m * iv for m in range(M)]
                 b = sch.read_flow(res, x, xa, arrive, P, to_mxm, ready)
                 if b is None or not res.take_issue(q, T):
@@ -253,7 +277,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
         ya = [y.addr + m * y.vpr + nt for m in range(M)]
         dests = [sch.slice_pos[s] for s in y.slices]
 
-        def acc(res, T, ya=ya, dests=dests):
+        def acc(res, T, ya=ya, dests=dests, q=q, P=P, from_mxm=from_mxm):
             if not res.take_issue(q, T):
                 return None
             leave = [T + arch.lat("mxm_accumulate") + m for m in range(M)]
@@ -268,10 +292,59 @@ def matmul(sch: Scheduler, x: Placement, w: Placement, y: Placement, ready: int,
 
         t_acc = sch.place(last_abc_in + arch.lat("mxm_activate") + 1, acc, f"{what} results")
         acc_free = t_acc + M
-        sch.mxm[plane] = (t_free, array_busy_until, acc_free)
+        sch.mxm[pl] = (t_free, array_busy_until, acc_free)
         far = max(abs(sch.slice_pos[s] - P) for s in y.slices)
         done = max(done, t_acc + arch.lat("mxm_accumulate") + M + far + arch.lat("mem_write") + 1)
     return done
+
+
+S_LW = 16  # streams a weight load of zero rows reads at most
+
+
+def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, ready: int,
+            addr: int):
+    """The build of one mxm.lw reading R rows per cycle: plan[j] = (placement, addresses) of
+    the rows streamed on the j-th stream group in cycles 0, 1, ...; pad[j] = the cycles in
+    which group j carries a zero row instead (read from one of `zeros`)."""
+    R = len(plan)
+    g = len(plan[0][0].slices)
+    S = sch.arch.streams_per_direction
+
+    def lw(res, T):
+        if not res.take_issue(q, T):
+            return None
+        snap = res.snapshot()
+        for b0 in range(0, S - R * g + 1, R * g):
+            code = []
+            for j, (p, addrs) in enumerate(plan):
+                arrive = [T + i for i in range(len(addrs))]
+                if addrs and sch.read_flow(res, p, addrs, arrive, P, to_mxm, ready,
+                                           base=b0 + j * g) is None:
+                    break
+                if addrs:
+                    code += sch.read_code(res, p, addrs, arrive, P, to_mxm, b0 + j * g) or [None]
+                if pad[j]:
+                    zarr = [T + i for i in pad[j]]
+                    inner = res.snapshot()
+                    for zp in zeros:  # a zero row from a slice that is free then
+                        za = [zp.addr] * len(zarr)
+                        if sch.read_flow(res, zp, za, zarr, P, to_mxm, ready,
+                                         base=b0 + j * g) is not None:
+                            code += sch.read_code(res, zp, za, zarr, P, to_mxm,
+                                                  b0 + j * g) or [None]
+                            break
+                        res.restore(inner)
+                    else:
+                        break
+            else:
+                if None not in code:
+                    return code + [Emitted(q, T, "mxm.lw", dict(
+                        dtype=_dt(plan[0][0]), src=b0, src_dir=to_mxm, aux=R * g,
+                        count=n_cyc, addr=addr))]
+            res.restore(snap)
+        return None
+
+    return lw
 
 
 def sxm_rotate(sch: Scheduler, x: Placement, z: Placement, shift: int, ready: int,
