@@ -374,7 +374,7 @@ def embedding(vocab, d, ids_shape, extra=(), axis=0):
 
 @pytest.mark.parametrize("vocab,d,ids_shape,extra", [
     (50, 64, (1, 8), ()), (7, 700, (2, 3), ()), (300, 24, (400,), ()), (9, 16, (5,), (3,)),
-    (20, 8, (), ())])
+    (20, 8, (), ()), (9000, 40, (2, 7), ())])
 def test_gather_rows_with_runtime_indices(vocab, d, ids_shape, extra):
     """Embedding lookups: indices from the host (int64 loaded as int32), negative ones
     wrapped, map built on chip and rows fetched by mem.gather, exactly."""
@@ -420,3 +420,19 @@ def test_transposes_that_move_the_last_axis(shape, perm):
               [vi("y", [shape[p] for p in perm])])
     res = lpusim.run_onnx(m, {"x": x})
     np.testing.assert_array_equal(res.outputs["y"], x.transpose(perm))
+
+
+def test_gather_from_a_table_in_chunks_in_reduced_precision():
+    """A table larger than a chunk (several slices' worth) is stored in chunks, each with a
+    zero row that indices of the other chunks read; fp16 keeps the table in fp16, int8 in
+    int8 with a scale per column."""
+    from compiler.backend.ops import quantize_weights
+
+    m, w = embedding(9000, 700, (1, 5))
+    ids = np.array([[0, 8999, 4000, -1, 1234]])
+    rows = np.where(ids < 0, ids + 9000, ids)
+    res = lpusim.run_onnx(m, {"ids": ids}, precision="fp16")
+    np.testing.assert_array_equal(res.outputs["y"], w.astype(np.float16).astype(np.float32)[rows])
+    res = lpusim.run_onnx(m, {"ids": ids}, precision="int8")
+    q, scale = quantize_weights(w)
+    np.testing.assert_array_equal(res.outputs["y"], q[rows].astype(np.float32) * scale)

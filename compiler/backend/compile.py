@@ -38,6 +38,9 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 # stay fp32 elsewhere, products accumulate in fp32 (int32 for int8). int8 scales weights per
 # output channel (at compile time) and activations per row (on chip); fp8 is not implemented.
 MXM_POLICY = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
+# the element type constant Gather tables (embeddings) are stored in: the MXM's type (int8
+# with a scale per column, like the per-output-channel scales of weights)
+TABLE_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
 NORMS = {"LayerNormalization", "RMSNormalization"}
 MOVES = {"Transpose", "Slice", "Split", "Concat"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
@@ -81,7 +84,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             raise CompileError(f"op {nd['op']!r} (node {name!r}) is not lowered to the machine "
                                f"yet; lowered ops: {', '.join(LOWERED_OPS)}")
     mem = [q.index for q in arch.queues if q.kind == "MEM"]
-    _check_fits(graph, arch, len(mem))
+    _check_fits(graph, arch, len(mem), precision)
     alloc = Allocator(arch, mem)
     sch = Scheduler(arch)
     ready: dict[str, int] = {}
@@ -276,7 +279,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             clean[out] = clean.get(ins[0], False)
         elif op == "Gather":
             ready[out], clean[out] = lower_gather(graph, arch, sch, alloc, nd, place, new,
-                                                  start, what, clean, index_ranges)
+                                                  start, what, clean, index_ranges,
+                                                  TABLE_DTYPE[precision])
         elif op in NORMS:
             ready[out] = lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                clean, spread)
@@ -429,14 +433,27 @@ def _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype, start, what, 
     return done
 
 
-def _check_fits(graph: Graph, arch, nslices: int) -> None:
-    """Resident tensors (weights, constants, inputs) alone must fit the usable SRAM."""
+def _check_fits(graph: Graph, arch, nslices: int, precision: str) -> None:
+    """Resident tensors (weights, constants, inputs) alone must fit the usable SRAM, in the
+    types they are stored in: MatMul weights in the MXM's, Gather tables in TABLE_DTYPE's."""
+    role: dict[str, set[str]] = {}
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        for k, v in enumerate(nd["inputs"]):
+            if v and graph.is_const(v):
+                r = "weight" if (nd["op"] in lower.MATMULS and k == 1) else \
+                    "table" if (nd["op"] == "Gather" and k == 0) else "data"
+                role.setdefault(v, set()).add(r)
+    stored = {"weight": dtype_info(MXM_POLICY[precision]).nbytes,
+              "table": dtype_info(TABLE_DTYPE[precision]).nbytes}
     need = 0
     for v in list(graph.consts) + list(graph.inputs):
         ty = graph.values[v]
         rows, cols = rows_cols(tuple(ty.shape))
         vec = rows * max(1, -(-cols // arch.lanes))
-        need += vec * arch.lanes * np.dtype(ty.dtype).itemsize
+        size = np.dtype(ty.dtype).itemsize
+        for r in role.get(v, {"data"}):
+            need += vec * arch.lanes * stored.get(r, size)
     have = nslices * arch.mem_words_per_slice * arch.lanes
     if need > have:
         chips = -(-need // have)

@@ -24,15 +24,17 @@ import math
 import numpy as np
 
 from compiler.backend import lower
-from compiler.backend.ops import copy_rows, row_index
+from compiler.backend.ops import binary, copy_rows, row_index
 from compiler.backend.placement import Placement
 from compiler.backend.resources import ALL_BANKS
 from compiler.backend.schedule import Emitted
 from compiler.errors import CompileError
+from compiler.ir import TensorType
 
 
 def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
-                 index_ranges: dict[str, tuple[int, int]]) -> tuple[int, bool]:
+                 index_ranges: dict[str, tuple[int, int]],
+                 table_dtype: str = "fp32") -> tuple[int, bool]:
     """Returns (cycle the output is in SRAM, whether its padding lanes are clean)."""
     data, idx = nd["inputs"][0], nd["inputs"][1]
     out = nd["outputs"][0]
@@ -56,55 +58,176 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
     if axis != 0 or rank < 2:
         raise CompileError(f"{what}: with indices computed at run time only a gather of rows "
                            "(axis 0 of a tensor of rank 2 or more) is lowered yet")
-    table = place[data]
     ids = place[idx]
     if ids.dtype not in ("int32", "int16"):
         raise CompileError(f"{what}: indices of type {ids.dtype} are not lowered")
-    U = math.prod(dt.shape[1:-1]) * table.vpr  # vectors one index selects
-    if n_axis * U > 32767:
-        raise CompileError(f"{what}: a table of {n_axis * U:,} vectors is beyond the 15-bit "
-                           "address maps this backend builds")
     if idx in graph.inputs:  # the host checks the values it loads (see lpusim.simulator)
         lo, hi = index_ranges.get(idx, (-n_axis, n_axis - 1))
         index_ranges[idx] = (max(lo, -n_axis), min(hi, n_axis - 1))
     ishape = tuple(graph.values[idx].shape)
     n_idx = math.prod(ishape)
-    amap, t = address_map(arch, sch, alloc, ids, ishape, n_axis, U, start, what,
-                          avoid=frozenset(table.slices))
-    z, a = new(out, t, avoid=frozenset(table.slices))
-    t = gather_rows(sch, table, amap, z, n_idx, U, max(t, a), what)
-    alloc.release(amap, t)
-    return t, clean.get(data, False)
+    chunks = _table_chunks(graph, arch, sch, alloc, data, place, table_dtype)
+    U = math.prod(dt.shape[1:-1]) * chunks[0][0].vpr  # vectors one index selects
+    avoid = frozenset(s for c in chunks for s in c[0].slices)
+    ids_m, t = address_map(arch, sch, alloc, ids, ishape, n_axis, start, what, avoid=avoid)
+    md = chunks[0][0].dtype
+    z, a = new(out, t, avoid=avoid)
+    acc = None
+    done = t
+    for tab, r0, n_c in chunks:
+        if len(chunks) == 1:
+            amap, tm = _scaled(sch, alloc, ids_m, U, t, what, avoid)
+        else:
+            amap, tm = _chunk_map(sch, alloc, ids_m, r0, n_c, U, t, what, avoid)
+        if len(chunks) == 1 and md == z.dtype:
+            dest, ad = z, a
+        else:
+            dest, ad = alloc.alloc(md, z.shape, len(tab.slices),
+                                   avoid=avoid | frozenset(amap.slices)
+                                   | (frozenset(acc.slices) if acc is not None else frozenset()))
+        tg = gather_rows(sch, tab, _low16(amap), dest, n_idx, U, max(tm, ad), what)
+        if amap is not ids_m:
+            alloc.release(amap, tg)
+        if acc is None:
+            acc, done = dest, tg
+        else:  # rows of other chunks are zero: the sum is the row
+            s2, a2 = alloc.alloc(md, z.shape, len(tab.slices),
+                                 avoid=frozenset(acc.slices) | frozenset(dest.slices))
+            done = lower.elementwise(sch, ["add"], acc, dest, None, s2, max(done, tg, a2),
+                                     what + " chunks")
+            alloc.release(acc, done)
+            alloc.release(dest, done)
+            acc = s2
+    alloc.release(ids_m, done)
+    if md == "int8":  # back to fp32 with the per-column scales
+        f, af = alloc.alloc("fp32", z.shape, 4, avoid=frozenset(acc.slices) | frozenset(z.slices))
+        done = lower.elementwise(sch, ["cvt"], acc, None, None, f, max(done, af), what)
+        alloc.release(acc, done)
+        done = binary(sch, alloc, ["mul"], f, place[f"{data}@int8.scale"], z, max(done, a),
+                      what + " scale")
+        alloc.release(f, done)
+        acc = z
+    if acc is not z:
+        done = lower.elementwise(sch, ["cvt"] if md != z.dtype else ["copy"], acc, None, None,
+                                 z, max(done, a), what)
+        alloc.release(acc, done)
+    return done, clean.get(data, False)
 
 
-def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: int, U: int,
+# vectors of one stored chunk of a gathered table (a slice holds mem_words_per_slice)
+TABLE_CHUNK_VECTORS = 4096
+
+
+def _table_chunks(graph, arch, sch, alloc, data, place, table_dtype):
+    """The table as (placement, first row, rows) chunks. A constant table is stored in
+    `table_dtype`, in chunks of at most TABLE_CHUNK_VECTORS vectors per slice, each (when
+    there are several) with a zero row after its rows, for indices in other chunks."""
+    dt = graph.values[data]
+    if not graph.is_const(data):
+        tab = place[data]
+        return [(tab, 0, dt.shape[0])]
+    key = f"{data}@{table_dtype}"
+    if key not in sch.tables:
+        from isa.dtypes import dtype as dtype_info
+        from isa.dtypes import numpy_dtype
+
+        V = dt.shape[0]
+        per = math.prod(dt.shape[1:-1]) * -(-dt.shape[-1] // arch.lanes)  # vectors per row
+        rows = max(1, TABLE_CHUNK_VECTORS // per - 1)
+        single = V * per <= TABLE_CHUNK_VECTORS
+        arr = graph.const_array(data)
+        if table_dtype == "int8":  # per column (feature) scales, applied after the gather
+            from compiler.backend.ops import quantize_weights
+
+            D = dt.shape[-1]
+            q, scale = quantize_weights(None if arr is None else np.asarray(arr).reshape(-1, D))
+            arr = None if q is None else q.reshape(dt.shape)
+            graph.add_const(f"{key}.scale", scale, ty=TensorType("float32", (D,)),
+                            kind="const")
+        g = dtype_info(table_dtype).nbytes
+        got = []
+        for r0 in range(0, V, V if single else rows):
+            n_c = min(V - r0, V if single else rows)
+            shape = (n_c + (0 if single else 1),) + tuple(dt.shape[1:])
+            p, _ = alloc.alloc(table_dtype, shape, g, resident=True)
+            part = None
+            if arr is not None:
+                part = np.zeros(shape, numpy_dtype(table_dtype))
+                part[:n_c] = np.asarray(arr[r0:r0 + n_c]).astype(numpy_dtype(table_dtype))
+            sch.data[f"{key}.r{r0}"] = (p, part)
+            got.append((p, r0, n_c))
+        sch.tables[key] = got
+    return sch.tables[key]
+
+
+def _low16(p: Placement) -> Placement:
+    """The low two byte planes of an int32 placement: the uint16 address map of a gather."""
+    return Placement("int16", p.shape, p.rows, p.cols, p.vpr, p.slices[:2], p.addr)
+
+
+def _scaled(sch, alloc, m: Placement, U: int, ready: int, what: str, avoid):
+    if U == 1:
+        return m, ready
+    out, a = alloc.alloc("int32", m.shape, 4, avoid=avoid | frozenset(m.slices))
+    return out, lower.elementwise(sch, ["mul"], m, None, U, out, max(ready, a), what)
+
+
+def _chunk_map(sch, alloc, m: Placement, r0: int, n_c: int, U: int, ready: int, what: str,
+               avoid):
+    """Addresses into one chunk of rows [r0, r0 + n_c): (i - r0) * U for indices in it, the
+    chunk's zero row (n_c * U) for the others."""
+    t = ready
+    temps = []
+
+    def step(ops, x, imm, y=None):
+        nonlocal t
+        z, a = alloc.alloc("int32", m.shape, 4, avoid=avoid | frozenset(x.slices)
+                           | (frozenset(y.slices) if y is not None else frozenset()))
+        t = lower.elementwise(sch, ops, x, y, imm, z, max(t, a), what + " chunk map")
+        temps.append(z)
+        return z
+
+    d = step(["add"], m, -r0)  # i - r0
+    lo = step(["ge"], d, 0)
+    hi = step(["lt"], d, n_c)
+    inside = step(["mul"], lo, None, hi)
+    e = step(["add"], d, -n_c)
+    f = step(["mul"], inside, None, e)  # (i - r0 - n_c) inside, else 0
+    sel = step(["add"], f, n_c)
+    out = step(["mul"], sel, U) if U > 1 else sel
+    for p in temps:
+        if p is not out:
+            alloc.release(p, t)
+    return out, t
+
+
+def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: int,
                 ready: int, what: str, avoid: frozenset[int] = frozenset()
                 ) -> tuple[Placement, int]:
-    """An int16 tensor with one vector per index, every lane holding its fixed, scaled index
-    (the map itself in no slice of `avoid`)."""
+    """An int32 tensor with one vector per index, every lane holding the index (negative ones
+    wrapped by V), in no slice of `avoid`."""
     lanes, lps = arch.lanes, arch.lanes_per_superlane
     S = ishape[-1] if ishape else 1
     rows = math.prod(ishape[:-1]) if len(ishape) > 1 else 1
     t = ready
-    a, na = alloc.alloc("int16", ids.shape, 2, avoid=frozenset(ids.slices))
-    t = lower.elementwise(sch, ["cvt"], ids, None, None, a, max(t, na), what + " index map")
-    lt, nl = alloc.alloc("int16", ids.shape, 2, avoid=frozenset(a.slices))
+    a = ids
+    if ids.dtype != "int32":
+        a, na = alloc.alloc("int32", ids.shape, 4, avoid=frozenset(ids.slices))
+        t = lower.elementwise(sch, ["cvt"], ids, None, None, a, max(t, na),
+                              what + " index map")
+    lt, nl = alloc.alloc("int32", ids.shape, 4, avoid=frozenset(a.slices))
     t = lower.elementwise(sch, ["lt"], a, None, 0, lt, max(t, nl), what + " index map")
-    neg, nn = alloc.alloc("int16", ids.shape, 2, avoid=frozenset(lt.slices))
+    neg, nn = alloc.alloc("int32", ids.shape, 4, avoid=frozenset(lt.slices))
     t = lower.elementwise(sch, ["mul"], lt, None, V, neg, max(t, nn), what + " index map")
     alloc.release(lt, t)
-    fixed, nf = alloc.alloc("int16", ids.shape, 2, avoid=frozenset(neg.slices))
+    fixed, nf = alloc.alloc("int32", ids.shape, 4,
+                            avoid=frozenset(neg.slices) | frozenset(a.slices))
     t = lower.elementwise(sch, ["add"], a, neg, None, fixed, max(t, nf), what + " index map")
-    alloc.release(a, t)
+    if a is not ids:
+        alloc.release(a, t)
     alloc.release(neg, t)
-    if U > 1:
-        scaled, ns = alloc.alloc("int16", ids.shape, 2, avoid=frozenset(fixed.slices))
-        t = lower.elementwise(sch, ["mul"], fixed, None, U, scaled, max(t, ns),
-                              what + " index map")
-        alloc.release(fixed, t)
-        fixed = scaled
     n_idx = rows * S
-    m, nm = alloc.alloc("int16", (n_idx, lanes), 2, avoid=avoid)
+    m, nm = alloc.alloc("int32", (n_idx, lanes), 4, avoid=avoid)
     t = max(t, nm)
     done = t
     for lane in range(min(S, lanes)):
@@ -125,9 +248,9 @@ def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: in
     t = done
     tiles, covered = lanes // lps, 1
     while covered < tiles:
-        rot, nr = alloc.alloc("int16", (n_idx, lanes), 2, avoid=frozenset(m.slices) | avoid)
+        rot, nr = alloc.alloc("int32", (n_idx, lanes), 4, avoid=frozenset(m.slices) | avoid)
         t = lower.sxm_rotate(sch, m, rot, covered * lps, max(t, nr), what + " index map")
-        m2, n2 = alloc.alloc("int16", (n_idx, lanes), 2, avoid=frozenset(rot.slices) | avoid)
+        m2, n2 = alloc.alloc("int32", (n_idx, lanes), 4, avoid=frozenset(rot.slices) | avoid)
         t = lower.elementwise(sch, ["or"], m, rot, None, m2, max(t, n2), what + " index map")
         alloc.release(m, t)
         alloc.release(rot, t)

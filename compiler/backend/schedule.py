@@ -38,6 +38,8 @@ class Scheduler:
     maps: list[tuple[int, ...]] = field(default_factory=list)
     # constant tensors the lowering makes (address maps): name -> (placement, data)
     data: dict[str, tuple[Placement, object]] = field(default_factory=dict)
+    # constant gather tables, stored in chunks: key -> [(placement, first row, rows)]
+    tables: dict[str, list] = field(default_factory=dict)
 
     def __post_init__(self):
         a = self.arch
@@ -102,14 +104,16 @@ class Scheduler:
         g = len(p.slices)
         lat = self.lat("mem_read")
         plans = []
+        floor = max(0, not_before)
         for b, sl in enumerate(p.slices):
             pos = self.slice_pos[sl]
             if (direction == 0) != (pos < dest):
                 raise CompileError("internal: a read flow against the stream direction")
             hops = abs(dest - pos)
+            busy = self.table.read_port[sl]
             for a, t in zip(addrs, arrive, strict=True):
                 rc = t - lat - hops
-                if rc < max(0, not_before):
+                if rc < floor or rc in busy:  # the cheap checks first
                     return None
                 plans.append((b, sl, pos, a, rc, diagonal(direction, pos, rc + lat)))
         for cand in ([base] if base is not None else range(0, self.S - g + 1, g)):
