@@ -410,6 +410,7 @@ def test_gathers_not_lowered_are_clear_errors():
 
 
 @pytest.mark.parametrize("shape,perm", [((5, 7), (1, 0)), ((2, 3, 33, 50), (0, 1, 3, 2)),
+                                        ((2, 3, 1, 400), (0, 1, 3, 2)),
                                         ((2, 8, 4, 16), (0, 2, 3, 1)), ((3, 4, 5), (2, 0, 1)),
                                         ((330, 20), (1, 0)), ((20, 700), (1, 0))])
 def test_transposes_that_move_the_last_axis(shape, perm):

@@ -210,21 +210,22 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             V = arch.vxm_position
             west = 2 * sum(sch.slice_pos[p.slices[0]] < V for p in ps) >= len(ps)
             side = [p for p in range(arch.mxm_planes) if (arch.mxm_position(p) == 0) == west]
-            pl = min(side, key=lambda p: (max(sch.mxm.get(p, (0, 0, 0))[:2]), p))
+            pl = min(side, key=lambda p: (max(sch.mxm.get(p, _FRESH)[:2]), p))
         else:
             pl = plane
         q = f"MXM{pl}"
         P = arch.mxm_position(pl)
         to_mxm, from_mxm = (1, 0) if P == 0 else (0, 1)
         # the plane is shared by every matmul: continue from where the last one left it
+        t_free, array_busy_until, acc_free, stale = sch.mxm.get(pl, _FRESH)
         t_free, array_busy_until, acc_free = (max(ready, c)
-                                              for c in sch.mxm.get(pl, (0, 0, 0)))
+                                              for c in (t_free, array_busy_until, acc_free))
         last_abc_in = None
         for kt in range(kt_n):
             rk = min(lanes, K - kt * lanes)
             zeros = [] if zero is None else (list(zero) if isinstance(zero, (list, tuple))
                                              else [zero])
-            total = lanes if zeros else rk  # rows loaded: zero rows after a short tile
+
             if isinstance(w, Tiled):  # row r of the tile is row r // R of part r % R
                 parts = list(w.tiles[(kt, nt)])
                 R = len(parts)
@@ -233,6 +234,12 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                 R = 1
                 plan = [(w, [w.addr + (kt * lanes + r) * w.vpr + nt for r in range(rk)])]
             n1 = -(-rk // R)  # real rows, R per cycle; zeros fill the last cycle's gaps
+            # and the rows past rk that an earlier load may have left nonzero (the load
+            # buffer keeps rows a load does not write): x's lanes past K meet zero weights
+            total = max(n1 * R, stale if zeros else rk)
+            if total > rk and not zeros:
+                raise CompileError(f"internal: {what}: a short weight tile needs zero rows")
+            stale = rk
             pad = [[i for i in range(n1) if rk <= i * R + j < total] for j in range(R)]
             lw = _lw_job(sch, q, P, to_mxm, plan, pad, zeros, n1, ready, 0)
             rest = total - n1 * R  # then the zero rows, as many per cycle as copies allow
@@ -292,13 +299,17 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
 
         t_acc = sch.place(last_abc_in + arch.lat("mxm_activate") + 1, acc, f"{what} results")
         acc_free = t_acc + M
-        sch.mxm[pl] = (t_free, array_busy_until, acc_free)
+        sch.mxm[pl] = (t_free, array_busy_until, acc_free, stale)
         far = max(abs(sch.slice_pos[s] - P) for s in y.slices)
         done = max(done, t_acc + arch.lat("mxm_accumulate") + M + far + arch.lat("mem_write") + 1)
     return done
 
 
 S_LW = 16  # streams a weight load of zero rows reads at most
+# an MXM plane's state across matmuls: (cycle its load buffer may be written, cycle after the
+# last activation read of its installed weights, cycle its accumulators may be overwritten,
+# the row of its load buffer from which on every row is zero)
+_FRESH = (0, 0, 0, 0)
 
 
 def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, ready: int,
@@ -309,8 +320,17 @@ def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, read
     R = len(plan)
     g = len(plan[0][0].slices)
     S = sch.arch.streams_per_direction
+    lat = sch.lat("mem_read")
+    # read cycles of the real rows relative to T, per slice: checked first, cheaply
+    checks = [(sch.table.read_port[sl], -lat - abs(P - sch.slice_pos[sl]), len(addrs))
+              for p, addrs in plan for sl in p.slices]
+    floor = max(0, ready)
 
     def lw(res, T):
+        for busy, off, n in checks:
+            first = T + off
+            if first < floor or any(first + i in busy for i in range(n)):
+                return None
         if not res.take_issue(q, T):
             return None
         snap = res.snapshot()

@@ -100,6 +100,14 @@ def transpose2d(sch, alloc, x: Placement, z: Placement, bt: int, R: int, C: int,
                 what: str) -> int:
     """z [bt, C, R] = x [bt, R, C] transposed in its last two axes."""
     L = sch.arch.lanes
+    if R == 1:  # a row to a column (K^T of one token): row c of z is x shifted south by c
+        done = ready
+        for c in range(C):
+            xv = [b0 * x.vpr + c // L for b0 in range(bt)]
+            zv = [b0 * C + c for b0 in range(bt)]
+            done = max(done, lower.sxm_unary(sch, "sxm.shift", x, z, xv, zv,
+                                             dict(shift=-(c % L)), ready, what))
+        return done
     done = ready
     for b0 in range(bt):
         for ra in range(-(-R // L)):
