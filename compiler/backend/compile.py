@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.backend import lower
-from compiler.backend.gather import lower_gather
+from compiler.backend.gather import lower_gather, table_chunks
 from compiler.backend.transpose import lower_transpose_last
 from compiler.backend.ops import (
     apart,
@@ -192,11 +192,63 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         place[value] = p
         return p, max(after, not_before)
 
+    def int8_weight(wname: str, what: str) -> None:
+        """A MatMul weight quantized per output channel, in MXM tiles, and its scales."""
+        if (wname, "int8") not in tiled:
+            ty = graph.values[wname]
+            if len(ty.shape) != 2:
+                raise CompileError(f"{what}: int8 weights of rank {len(ty.shape)} are not "
+                                   "lowered yet")
+            wq_data, w_scale = quantize_weights(graph.const_array(wname))
+            tiled_weight(wname, "int8", wq_data)
+            graph.add_const(f"{wname}@scale", w_scale,
+                            ty=TensorType("float32", (ty.shape[-1],)), kind="const")
+
     for v in graph.inputs:
         new(v)
         ready[v] = 0
+    # weights and tables first: they need space no temporary has used (they are in SRAM
+    # before the run), which is easiest to find before any temporary is placed
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        ins = nd["inputs"]
+        if nd["op"] in lower.MATMULS and graph.is_const(ins[1]):
+            if precision == "int8":
+                int8_weight(ins[1], f"{nd['op']} (node {name!r})")
+            else:
+                tiled_weight(ins[1], mxm_dtype)
+        elif nd["op"] == "Gather" and graph.is_const(ins[0]) and not graph.is_const(ins[1]) \
+                and len(graph.values[ins[0]].shape) >= 2:
+            table_chunks(graph, arch, sch, alloc, ins[0], place, TABLE_DTYPE[precision])
     last_use = _last_uses(graph)
     order = graph.topo_order()
+    # the values living in each placement (a reshape that keeps the last dim shares its
+    # input's): the space is free when the last of them is dead
+    owners: dict[tuple, set[str]] = {}
+
+    def key(p: Placement) -> tuple:
+        return (p.slices, p.addr)
+
+    def finish(name: str, ins, outs) -> None:
+        """After node `name`: register its outputs' placements and free the space of values
+        read for the last time (or never read), unless another live value shares it."""
+        done = max([ready.get(o, 0) for o in outs if o] + [0])
+        for o in outs:
+            if o and o in place and o not in graph.outputs:
+                owners.setdefault(key(place[o]), set()).add(o)
+        dead = [i for i in ins if i and last_use.get(i) == name]
+        dead += [o for o in outs if o and o not in last_use]
+        for v in dead:
+            if v in graph.outputs or v in graph.inputs or graph.is_const(v) or v not in place:
+                continue
+            k = key(place[v])
+            vals = owners.get(k)
+            if vals is None or v not in vals:
+                continue
+            vals.discard(v)
+            if not vals and not _aliased(v, place, graph.outputs):
+                del owners[k]
+                alloc.release(place[v], done)
     for name in order:
         nd = graph.node(name)
         op, ins, outs = nd["op"], list(nd["inputs"]), nd["outputs"]
@@ -221,11 +273,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 z, a = new(outs[0], start)
                 ready[outs[0]] = lower_reshape(sch, alloc, src, z, max(start, a), what)
                 clean[outs[0]] = clean.get(ins[0], False)
+                finish(name, ins, outs)
                 continue
             place[outs[0]] = Placement(src.dtype, tuple(ty.shape), rows, cols, src.vpr,
                                        src.slices, src.addr)
             ready[outs[0]] = ready[ins[0]]
             clean[outs[0]] = clean.get(ins[0], False)
+            finish(name, ins, outs)
             continue
         out = outs[0]
         if op in lower.MATMULS:
@@ -240,20 +294,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                                  precision, start, what, new, place, zero,
                                                  ready)
                 clean[out] = clean.get(ins[1], False)
+                finish(name, ins, outs)
                 continue
             bias = ins[2] if len(ins) > 2 and ins[2] else None
             if precision == "int8":
                 wname = ins[1]
-                if (wname, "int8") not in tiled:
-                    wq_data, w_scale = quantize_weights(graph.const_array(wname))
-                    ty = graph.values[wname]
-                    if len(ty.shape) != 2:
-                        raise CompileError(f"{what}: int8 weights of rank {len(ty.shape)} are "
-                                           "not lowered yet")
-                    tiled_weight(wname, "int8", wq_data)
-                    sname = f"{wname}@scale"
-                    graph.add_const(sname, w_scale, ty=TensorType("float32", (ty.shape[-1],)),
-                                    kind="const")
+                int8_weight(wname, what)
                 w_scale = place[f"{wname}@scale"]
                 if bias is None:
                     y, nb = new(out, start)
@@ -316,12 +362,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out], clean[out] = lower_elementwise(graph, sch, alloc, nd, place, new, start,
                                                   what, clean, spread,
                                                   lambda v: ready.get(v, 0), spread_scalar)
-        # free the inputs whose last reader this was (never graph inputs, outputs or consts)
-        for i in ins:
-            if i and last_use.get(i) == name and i not in graph.outputs \
-                    and i not in graph.inputs and not graph.is_const(i) and i in place:
-                if not _aliased(i, place, graph.outputs):
-                    alloc.release(place[i], ready[out])
+        finish(name, ins, outs)
     for v in graph.inputs:
         tensors.append(_spec(v, "input", place[v], None))
     for v, c in graph.consts.items():

@@ -66,7 +66,7 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
         index_ranges[idx] = (max(lo, -n_axis), min(hi, n_axis - 1))
     ishape = tuple(graph.values[idx].shape)
     n_idx = math.prod(ishape)
-    chunks = _table_chunks(graph, arch, sch, alloc, data, place, table_dtype)
+    chunks = table_chunks(graph, arch, sch, alloc, data, place, table_dtype)
     U = math.prod(dt.shape[1:-1]) * chunks[0][0].vpr  # vectors one index selects
     avoid = frozenset(s for c in chunks for s in c[0].slices)
     ids_m, t = address_map(arch, sch, alloc, ids, ishape, n_axis, start, what, avoid=avoid)
@@ -118,7 +118,7 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
 TABLE_CHUNK_VECTORS = 4096
 
 
-def _table_chunks(graph, arch, sch, alloc, data, place, table_dtype):
+def table_chunks(graph, arch, sch, alloc, data, place, table_dtype):
     """The table as (placement, first row, rows) chunks. A constant table is stored in
     `table_dtype`, in chunks of at most TABLE_CHUNK_VECTORS vectors per slice, each (when
     there are several) with a zero row after its rows, for indices in other chunks."""
@@ -179,19 +179,20 @@ def _chunk_map(sch, alloc, m: Placement, r0: int, n_c: int, U: int, ready: int, 
     t = ready
     temps = []
 
-    def step(ops, x, imm, y=None):
+    def step(ops, x, imm, y=None, apart_from=None):
         nonlocal t
         z, a = alloc.alloc("int32", m.shape, 4, avoid=avoid | frozenset(x.slices)
-                           | (frozenset(y.slices) if y is not None else frozenset()))
+                           | (frozenset(y.slices) if y is not None else frozenset())
+                           | (frozenset(apart_from.slices) if apart_from else frozenset()))
         t = lower.elementwise(sch, ops, x, y, imm, z, max(t, a), what + " chunk map")
         temps.append(z)
         return z
 
     d = step(["add"], m, -r0)  # i - r0
     lo = step(["ge"], d, 0)
-    hi = step(["lt"], d, n_c)
+    hi = step(["lt"], d, n_c, apart_from=lo)  # lo and hi are read together next
     inside = step(["mul"], lo, None, hi)
-    e = step(["add"], d, -n_c)
+    e = step(["add"], d, -n_c, apart_from=inside)
     f = step(["mul"], inside, None, e)  # (i - r0 - n_c) inside, else 0
     sel = step(["add"], f, n_c)
     out = step(["mul"], sel, U) if U > 1 else sel
@@ -217,7 +218,7 @@ def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: in
                               what + " index map")
     lt, nl = alloc.alloc("int32", ids.shape, 4, avoid=frozenset(a.slices))
     t = lower.elementwise(sch, ["lt"], a, None, 0, lt, max(t, nl), what + " index map")
-    neg, nn = alloc.alloc("int32", ids.shape, 4, avoid=frozenset(lt.slices))
+    neg, nn = alloc.alloc("int32", ids.shape, 4, avoid=frozenset(lt.slices) | frozenset(a.slices))
     t = lower.elementwise(sch, ["mul"], lt, None, V, neg, max(t, nn), what + " index map")
     alloc.release(lt, t)
     fixed, nf = alloc.alloc("int32", ids.shape, 4,
@@ -250,7 +251,8 @@ def address_map(arch, sch, alloc, ids: Placement, ishape: tuple[int, ...], V: in
     while covered < tiles:
         rot, nr = alloc.alloc("int32", (n_idx, lanes), 4, avoid=frozenset(m.slices) | avoid)
         t = lower.sxm_rotate(sch, m, rot, covered * lps, max(t, nr), what + " index map")
-        m2, n2 = alloc.alloc("int32", (n_idx, lanes), 4, avoid=frozenset(rot.slices) | avoid)
+        m2, n2 = alloc.alloc("int32", (n_idx, lanes), 4,
+                             avoid=frozenset(rot.slices) | frozenset(m.slices) | avoid)
         t = lower.elementwise(sch, ["or"], m, rot, None, m2, max(t, n2), what + " index map")
         alloc.release(m, t)
         alloc.release(rot, t)

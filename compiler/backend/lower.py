@@ -93,8 +93,9 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     dx, dz = sch.toward(x, V), sch.away(V, z)
     dy = sch.toward(y, V) if y is not None else None
     todo = list(range(z.nvec)) if vectors is None else list(vectors)
-    for lo in range(0, len(todo), CHUNK):
-        n = min(CHUNK, len(todo) - lo)
+    step = _run_limit(sch, [x] + ([y] if y is not None else []), [z], V, lat)
+    for lo in range(0, len(todo), step):
+        n = min(step, len(todo) - lo)
         vs = todo[lo:lo + n]
         xa = [x.addr + (v if x_of is None else x_of(v)) for v in vs]
         if y is not None:
@@ -162,6 +163,21 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     return done
 
 
+def _run_limit(sch, reads: list[Placement], writes: list[Placement], unit: int,
+               lat: int) -> int:
+    """Vectors per job: CHUNK, or fewer when a slice both streams reads to the unit and takes
+    its results (its one read and one write per cycle must be on different banks): a run no
+    longer than the round trip never reads and writes that slice in one cycle."""
+    shared = {s for p in reads for s in p.slices} & {s for p in writes for s in p.slices}
+    if not shared:
+        return CHUNK
+    a = sch.arch
+    # from the read of a vector to the write instruction of the result: issue slots of the
+    # slice's queue, and (later by mem_write) its ports
+    trip = min(a.lat("mem_read") + lat + 2 * abs(unit - sch.slice_pos[s]) for s in shared)
+    return max(1, min(CHUNK, trip - 1))
+
+
 def _is_int(p: Placement) -> bool:
     return p.dtype in ("int8", "int16", "int32")
 
@@ -170,6 +186,11 @@ def _dt(p: Placement) -> int:
     from isa.dtypes import dtype
 
     return dtype(p.dtype).code
+
+
+def row_block(p: Placement, first: int, n: int) -> Placement:
+    """Rows first .. first + n - 1 of a placement, as a placement of n rows."""
+    return Placement(p.dtype, (n, p.cols), n, p.cols, p.vpr, p.slices, p.addr + first * p.vpr)
 
 
 @dataclass(frozen=True)
@@ -195,9 +216,14 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
     M, K, N = x.rows, x.cols, w.cols
     if w.rows != K:
         raise CompileError(f"{what}: inner dimensions differ ({K} vs {w.rows})")
-    if M > arch.mxm_acc_vectors_per_plane:
-        raise CompileError(f"{what}: {M} rows exceed the {arch.mxm_acc_vectors_per_plane} "
-                           "accumulators of a plane (tiling over rows is not implemented yet)")
+    cap = arch.mxm_acc_vectors_per_plane
+    if M > cap:  # row blocks that fit a plane's accumulators, one after another
+        done = ready
+        for m0 in range(0, M, cap):
+            n = min(cap, M - m0)
+            done = max(done, matmul(sch, row_block(x, m0, n), w, row_block(y, m0, n), ready,
+                                    what, plane, zero))
+        return done
     g = len(x.slices)
     rate = arch.mxm_rate_of(x.dtype)
     iv = int(round(1 / rate))
@@ -390,8 +416,9 @@ def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
     if dests is None:
         dests = [(z, v) for v in zv]
     done = ready
-    for lo in range(0, len(dests), CHUNK):
-        n = min(CHUNK, len(dests) - lo)
+    step = _run_limit(sch, [x], list({d[0] for d in dests}), X, lat)
+    for lo in range(0, len(dests), step):
+        n = min(step, len(dests) - lo)
         xa = [x.addr + v for v in xv[lo:lo + n]]
         part = dests[lo:lo + n]
         groups: dict[tuple, tuple[Placement, list[int]]] = {}

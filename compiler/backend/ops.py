@@ -63,9 +63,20 @@ def apart(sch, alloc, y: Placement, x: Placement, ready: int, what: str):
 
 def binary(sch, alloc, ops, x: Placement, y: Placement, z: Placement, ready: int, what: str,
            y_mode: str = "row") -> int:
-    """z = ops(x, y) on the VXM with y in slices apart from x's (copied there if need be)."""
+    """z = ops(x, y) on the VXM with y in slices apart from x's (copied there if need be) and
+    z apart from both (else through a temporary: a slice cannot stream reads and writes of
+    one bank at once)."""
     py, t, cp = apart(sch, alloc, y, x, ready, what)
-    t = lower.elementwise(sch, ops, x, py, None, z, max(ready, t), what, y_mode=y_mode)
+    if set(z.slices) & (set(x.slices) | set(py.slices)):
+        tmp, a = alloc.alloc(z.dtype, z.shape, len(z.slices),
+                             avoid=frozenset(x.slices) | frozenset(py.slices)
+                             | frozenset(z.slices))
+        t = lower.elementwise(sch, ops, x, py, None, tmp, max(ready, t, a), what,
+                              y_mode=y_mode)
+        t = lower.elementwise(sch, ["copy"], tmp, None, None, z, t, what)
+        alloc.release(tmp, t)
+    else:
+        t = lower.elementwise(sch, ops, x, py, None, z, max(ready, t), what, y_mode=y_mode)
     if cp is not None:
         alloc.release(cp, t)
     return t
@@ -456,7 +467,7 @@ def lower_matmul_int8(sch, alloc, x: Placement, wq: Placement, w_scale: Placemen
     t = lower.elementwise(sch, ["max"], m, None, 1e-30, m2, max(t, a), what + " scale")
     r, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
     t = lower.elementwise(sch, ["recip", "mul"], m2, None, 127.0, r, max(t, a), what + " scale")
-    xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices))
+    xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices) | frozenset(r.slices))
     t = binary(sch, alloc, ["mul"], x, r, xs, max(t, a), what + " quantize", y_mode="col")
     alloc.release(r, t)
     xq, a = alloc.alloc("int8", x.shape, 1, avoid=frozenset(xs.slices))
@@ -472,7 +483,8 @@ def lower_matmul_int8(sch, alloc, x: Placement, wq: Placement, w_scale: Placemen
     t = lower.elementwise(sch, ["mul"], m2, None, 1.0 / 127.0, sx, max(t, a), what + " scale")
     alloc.release(m, t)
     alloc.release(m2, t)
-    y1, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(yf.slices))
+    y1, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(yf.slices) | frozenset(sx.slices)
+                        | frozenset(y.slices))
     t = binary(sch, alloc, ["mul"], yf, sx, y1, max(t, a), what + " dequantize", y_mode="col")
     alloc.release(yf, t)
     alloc.release(sx, t)

@@ -124,7 +124,8 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
     ntc = -(-nc // TILE)
     amap = _gather_map(sch, alloc, nr, nc)
     # 1. skew (every byte plane at once)
-    zk, a = alloc.alloc(x.dtype, (nr, L), len(x.slices), avoid=frozenset(amap.slices))
+    zk, a = alloc.alloc(x.dtype, (nr, L), len(x.slices),
+                        avoid=frozenset(amap.slices) | frozenset(x.slices))
     t = max(ready, a)
     t_skew = t
     for k in range(-(-nr // TILE)):
@@ -141,7 +142,7 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
         tb = gather_job(sch, zk.slices[b], zk.addr, amap, list(range(ntc * TILE)), g,
                         list(range(ntc * TILE)), max(t, ag), what)
         # 3. unskew into 16 slices (vector cb of slice j)
-        ins, a3 = _sixteen(alloc, (ntc, L))
+        ins, a3 = _sixteen(alloc, (ntc, L), avoid=frozenset(g.slices))
         tb = max(tb, a3)
         t3 = tb
         for cb in range(ntc):
@@ -151,7 +152,8 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
                                          dests=[(ins[j], cb) for j in range(TILE)]))
         alloc.release(g, t3)
         # 4. corner turn into 16 slices (vector cb of slice i = row 16 cb + i of Y)
-        outs, a4 = _sixteen(alloc, (ntc, L))
+        outs, a4 = _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in ins for s in p.slices)
+                            | frozenset(z.slices))
         t4 = _corner_turn(sch, ins, outs, ntc, max(t3, a4), what)
         for p in ins:
             alloc.release(p, t4)
@@ -173,7 +175,7 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
     return done
 
 
-def _sixteen(alloc, shape) -> tuple[list[Placement], int]:
+def _sixteen(alloc, shape, avoid: frozenset[int] = frozenset()) -> tuple[list[Placement], int]:
     """16 one-byte placements in 16 different slices of one hemisphere (the corner turn reads
     them through that side's SXM), and the first cycle all may be written."""
     arch = alloc.arch
@@ -186,7 +188,7 @@ def _sixteen(alloc, shape) -> tuple[list[Placement], int]:
         try:
             for _ in range(TILE):
                 p, a = alloc.alloc("int8", shape, 1, only=side,
-                                   avoid=frozenset(s for q in got for s in q.slices))
+                                   avoid=avoid | frozenset(s for q in got for s in q.slices))
                 got.append(p)
                 after = max(after, a)
         except CompileError:
