@@ -6,19 +6,18 @@ import numpy as np
 
 from compiler.backend import lower
 from compiler.backend.gather import lower_gather, table_chunks
-from compiler.backend.transpose import lower_transpose_last
 from compiler.backend.ops import (
-    apart,
     GELU,
+    apart,
     lower_cast,
     lower_clip,
-    lower_expand,
     lower_data_movement,
     lower_elementwise,
+    lower_expand,
     lower_matmul_int8,
     lower_norm,
-    lower_reshape,
     lower_reduce,
+    lower_reshape,
     lower_sequence,
     lower_softmax,
     lower_where,
@@ -26,6 +25,7 @@ from compiler.backend.ops import (
 )
 from compiler.backend.placement import Allocator, Placement, rows_cols
 from compiler.backend.schedule import Scheduler
+from compiler.backend.transpose import lower_transpose_last
 from compiler.errors import CompileError
 from compiler.ir import Graph, TensorType
 from isa.dtypes import dtype as dtype_info
@@ -303,12 +303,14 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 w_scale = place[f"{wname}@scale"]
                 if bias is None:
                     y, nb = new(out, start)
-                    ready[out] = lower_matmul_int8(sch, alloc, x, tiled[(wname, "int8")][0], w_scale,
+                    ready[out] = lower_matmul_int8(sch, alloc, x, tiled[(wname, "int8")][0],
+                                                   w_scale,
                                                    y, max(start, nb), what, zero)
                 else:
                     tmp_ty = graph.values[out]
                     tmp, nb = alloc.alloc("fp32", tuple(tmp_ty.shape), 4)
-                    t1 = lower_matmul_int8(sch, alloc, x, tiled[(wname, "int8")][0], w_scale, tmp,
+                    t1 = lower_matmul_int8(sch, alloc, x, tiled[(wname, "int8")][0], w_scale,
+                                           tmp,
                                            max(start, nb), what, zero)
                     ready[out] = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what)
             else:

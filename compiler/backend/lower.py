@@ -82,8 +82,8 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     from which z is in SRAM. A placement B is read by `y_mode`: "row" repeats its vectors for
     every row (a same-shape B is the case of one repetition), "col" gives every vector of row
     r the vector r of B (a per-row value already spread over all lanes). `x_of` maps an output
-    vector to the x vector it reads (default: the same index); `vectors` limits the work to those output
-    vectors (default: all)."""
+    vector to the x vector it reads (default: the same index); `vectors` limits the work to
+    those output vectors (default: all)."""
     arch = sch.arch
     V = arch.vxm_position
     g = len(x.slices)
@@ -422,7 +422,7 @@ def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
         xa = [x.addr + v for v in xv[lo:lo + n]]
         part = dests[lo:lo + n]
         groups: dict[tuple, tuple[Placement, list[int]]] = {}
-        for i, (p, v) in enumerate(part):
+        for i, (p, _v) in enumerate(part):
             groups.setdefault((p.slices, p.addr), (p, []))[1].append(i)
         positions = sorted({sch.slice_pos[s] for p, _ in groups.values() for s in p.slices})
 

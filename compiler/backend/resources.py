@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-
 # The bank of a read whose addresses depend on data (a gather): it conflicts with a write to
 # any bank of its slice in that cycle.
 ALL_BANKS = -1

@@ -135,7 +135,6 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
     t = t_skew
     done = t
     for b in range(len(x.slices)):
-        zb = plane(zk, b)
         # 2. gather, into one slice away from Z and the map
         g, ag = alloc.alloc("int8", (ntc * TILE, L), 1,
                             avoid=frozenset(zk.slices) | frozenset(amap.slices))
