@@ -437,3 +437,13 @@ def test_gather_from_a_table_in_chunks_in_reduced_precision():
     res = lpusim.run_onnx(m, {"ids": ids}, precision="int8")
     q, scale = quantize_weights(w)
     np.testing.assert_array_equal(res.outputs["y"], q[rows].astype(np.float32) * scale)
+
+
+def test_computed_operand_broadcast_over_middle_dims():
+    """A [B, 1, 1, S] mask added to [B, H, S, S] scores (BERT at batch 2): rows copied out."""
+    s = RNG.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    mk = RNG.standard_normal((2, 1, 1, 9)).astype(np.float32)
+    m = model([h.make_node("Add", ["s", "m"], ["y"])],
+              [vi("s", [2, 4, 9, 9]), vi("m", [2, 1, 1, 9])], [vi("y", [2, 4, 9, 9])])
+    res = lpusim.run_onnx(m, {"s": s, "m": mk})
+    np.testing.assert_array_equal(res.outputs["y"], s + mk)

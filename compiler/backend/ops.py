@@ -9,6 +9,7 @@ import numpy as np
 from compiler.backend import lower
 from compiler.backend.placement import Placement, rows_cols
 from compiler.errors import CompileError
+from compiler.ir import TensorType
 
 # Gelu as a sequence of VXM passes: (ALU ops, B operand: a float immediate, "x" for the op's
 # input, or None)
@@ -297,7 +298,18 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
 
 
 def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
-                 ready_of, spread_scalar) -> tuple[int, bool]:
+                      ready_of, spread_scalar) -> tuple[int, bool]:
+    """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero)."""
+    expanded: list[Placement] = []
+    t, c = _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
+                        ready_of, spread_scalar, expanded)
+    for p in expanded:
+        alloc.release(p, t)
+    return t, c
+
+
+def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, ready_of,
+                 spread_scalar, expanded: list) -> tuple[int, bool]:
     """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero)."""
     op, ins, out = nd["op"], nd["inputs"], nd["outputs"][0]
     c0 = clean.get(ins[0], False)
@@ -357,6 +369,27 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
                 arr = np.broadcast_to(graph.const_array(v), full)
                 graph.add_const(name, np.ascontiguousarray(arr), kind="const")
             clean[name] = True
+            if v == a:
+                a, ra = name, "full"
+            else:
+                b, rb = name, "full"
+    # a computed operand broadcast over middle dims (a [B, 1, 1, S] mask against [B, H, S, S]
+    # scores): its rows copied out to the output's shape first
+    for v, r in ((a, ra), (b, rb)):
+        vs = tuple(graph.values[v].shape)
+        if r == "other" and not graph.is_const(v) and vs and full and vs[-1] == full[-1] \
+                and len(vs) <= len(full):
+            idx = row_index(vs).reshape((1,) * (len(full) - len(vs)) + vs[:-1])
+            rows = np.broadcast_to(idx, full[:-1]).reshape(-1)
+            pv = place[v]
+            ex, ae = alloc.alloc(pv.dtype, full, len(pv.slices), avoid=frozenset(pv.slices))
+            t_ex = copy_rows(sch, pv, ex, rows, max(start, ready_of(v), ae), what + " broadcast")
+            name = f"__expanded_{v}_{len(expanded)}"
+            place[name] = ex
+            graph.values[name] = TensorType(graph.values[v].dtype, full)
+            clean[name] = clean.get(v, False)
+            expanded.append(ex)
+            start = max(start, t_ex)
             if v == a:
                 a, ra = name, "full"
             else:
