@@ -447,3 +447,12 @@ def test_computed_operand_broadcast_over_middle_dims():
               [vi("s", [2, 4, 9, 9]), vi("m", [2, 1, 1, 9])], [vi("y", [2, 4, 9, 9])])
     res = lpusim.run_onnx(m, {"s": s, "m": mk})
     np.testing.assert_array_equal(res.outputs["y"], s + mk)
+
+
+@pytest.mark.parametrize("cols", [7, 320])
+def test_reduce_max_over_the_last_axis(cols):
+    x = RNG.standard_normal((3, 5, cols)).astype(np.float32)
+    m = model([h.make_node("ReduceMax", ["x"], ["y"], axes=[-1], keepdims=1)],
+              [vi("x", [3, 5, cols])], [vi("y", [3, 5, 1])])
+    res = lpusim.run_onnx(m, {"x": x})
+    np.testing.assert_array_equal(res.outputs["y"], x.max(axis=-1, keepdims=True))

@@ -17,6 +17,7 @@ from compiler.backend.ops import (
     lower_matmul_int8,
     lower_norm,
     lower_reduce,
+    lower_reduce_max,
     lower_reshape,
     lower_sequence,
     lower_softmax,
@@ -46,7 +47,8 @@ MOVES = {"Transpose", "Slice", "Split", "Concat"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
-                           | {"Gelu", "Softmax", "Clip", "Gather", "Cast", "Where", "Expand"}
+                           | {"Gelu", "Softmax", "Clip", "Gather", "Cast", "Where", "Expand",
+                              "ReduceMax"}
                            | MOVES))
 # stream width of a weight load from tiled weights (rows per cycle = LW_STREAMS / dtype bytes)
 LW_STREAMS = 16
@@ -355,6 +357,11 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = lower_sequence(sch, alloc, place[ins[0]], new, out, start, what,
                                    GELU[str(nd["attrs"].get("approximate", "none"))])
             clean[out] = clean.get(ins[0], False)
+        elif op == "ReduceMax":
+            ready[out] = lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what,
+                                          clean)
+            clean[out] = True
+            spread.add(out)
         elif op in REDUCES:
             ready[out] = lower_reduce(graph, arch, sch, nd, place, new, start, what, zero, clean,
                                  REDUCES[op])

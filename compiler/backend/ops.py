@@ -131,6 +131,26 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
                            "NaN; masking them is not lowered yet")
     g = len(x.slices)
     shape = tuple(xt.shape)
+    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, shape, start, what)
+    e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
+    t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
+    alloc.release(m, t)
+    J = row_matrix(graph, arch, place, x.cols, 1.0)
+    s, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(e.slices))
+    t = lower.matmul(sch, e, J, s, max(t, a), what + " sum", zero=zero(x.dtype))
+    y, a = new(nd["outputs"][0], t)
+    t = binary(sch, alloc, ["div"], e, s, y, max(t, a), what, y_mode="col")
+    for p in temps + [e, s]:
+        alloc.release(p, t)
+    return t
+
+
+def row_max(graph, arch, sch, alloc, place, x: Placement, shape, start: int, what: str):
+    """The max of every row (of at most 320 columns) in every lane of its vector: lanes past
+    the last column masked to -inf, then the vector rotated through the SXM by 1, 2, 4, ...
+    256 lanes with a max on the VXM each time (cyclic windows that double cover all lanes).
+    Returns (the masked input, the row max, ready cycle, temporaries to free after use)."""
+    g = len(x.slices)
 
     def temp():
         return alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices))
@@ -162,17 +182,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
             alloc.release(m, t)
         m = nxt
         shift *= 2
-    e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
-    t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
-    alloc.release(m, t)
-    J = row_matrix(graph, arch, place, x.cols, 1.0)
-    s, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(e.slices))
-    t = lower.matmul(sch, e, J, s, max(t, a), what + " sum", zero=zero(x.dtype))
-    y, a = new(nd["outputs"][0], t)
-    t = binary(sch, alloc, ["div"], e, s, y, max(t, a), what, y_mode="col")
-    for p in temps + [e, s]:
-        alloc.release(p, t)
-    return t
+    return xm, m, t, temps
 
 
 def row_matrix(graph, arch, place, cols: int, scale: float) -> Placement:
@@ -209,6 +219,29 @@ def lower_reduce(graph, arch, sch, nd, place, new, start, what, zero, clean, kin
     J = row_matrix(graph, arch, place, x.cols, 1.0 / x.cols if kind == "mean" else 1.0)
     y, a = new(nd["outputs"][0], start)
     return lower.matmul(sch, x, J, y, max(start, a), what, zero=zero(x.dtype))
+
+
+def lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what, clean) -> int:
+    """ReduceMax over the last axis with keepdims: the row max (see row_max), which already
+    holds the row's value in every lane of one vector per row."""
+    last_axis(graph, nd, what)
+    x_name = nd["inputs"][0]
+    x = place[x_name]
+    if x.cols > arch.lanes:
+        raise CompileError(f"{what}: a max over rows of more than {arch.lanes} columns is not "
+                           "lowered yet")
+    if not clean.get(x_name, False) and x.cols % arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
+    shape = tuple(graph.values[x_name].shape)
+    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, shape, start, what)
+    y, a = new(nd["outputs"][0], t)
+    t = lower.elementwise(sch, ["copy"], m, None, None, y, max(t, a), what,
+                          x_of=lambda v: v * x.vpr)
+    alloc.release(m, t)
+    for p in temps:
+        alloc.release(p, t)
+    return t
 
 
 def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spread) -> int:
