@@ -106,7 +106,9 @@ def summary(report: dict) -> str:
                    "(inputs, and weights/consts to override their embedded data).")
 @click.option("--random-inputs", "seed", type=int, default=None, metavar="SEED",
               help="Fill every input tensor not given in --inputs with seeded random values "
-                   "(normal for floats, uniform over the int8 range for integers).")
+                   "(normal for floats; integers: valid rows for a compiled model's Gather "
+                   "indices, 0/1 for its other integer inputs, else uniform over the int8 "
+                   "range).")
 @click.option("--outputs", "outputs_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the output tensors to this .npz (functional mode).")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),

@@ -56,7 +56,7 @@ LW_STREAMS = 16
 # loads int64 indices as int32 and checks their range)
 # bools are fp32 0.0/1.0 (what the VXM's comparisons and logical ops give)
 _MACHINE = {"float32": "fp32", "bool": "fp32", "int64": "int32", "int32": "int32"}
-_INDEX_OPS = {"Gather"} | lower.ALIASES | {"Identity"}
+_PASS_THROUGH = lower.ALIASES | {"Identity"}  # take any element type the machine holds
 _AS_FLOAT = ("float32", "bool")
 
 
@@ -261,7 +261,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         reading[0] = frozenset(s for i in ins if i and i in place for s in place[i].slices)
         for v in ins + list(outs):
             vt = graph.values[v] if v else None
-            as_index = op in _INDEX_OPS - {"Gather"} or (op == "Gather" and v == ins[1]) \
+            as_index = op in _PASS_THROUGH or (op == "Gather" and v == ins[1]) \
                 or (op == "Cast" and v == ins[0])
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
                     and not as_index:
@@ -458,10 +458,10 @@ def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, st
 
 
 def _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype, start, what, new, place,
-                  as_type, zero) -> int:
+                  weight, zero) -> int:
     """MatMul in a float policy: weights stored in the MXM's type, activations converted on the
     VXM when the type differs, the bias added in fp32."""
-    w = as_type(ins[1], mxm_dtype)
+    w = weight(ins[1], mxm_dtype)
     t_x = start
     xq = x
     if mxm_dtype != x.dtype:  # round the activations to the MXM's type on the VXM

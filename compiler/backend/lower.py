@@ -395,7 +395,7 @@ def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, read
 
 def sxm_rotate(sch: Scheduler, x: Placement, z: Placement, shift: int, ready: int,
                what: str) -> int:
-    """z = x rotated north by `shift` lanes (cyclically), through the west SXM."""
+    """z = x rotated north by `shift` lanes (cyclically), through the SXM of x's hemisphere."""
     n = z.nvec
     return sxm_unary(sch, "sxm.rotate", x, z, list(range(n)), list(range(n)), dict(shift=shift),
                      ready, what)

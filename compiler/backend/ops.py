@@ -123,15 +123,10 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         raise CompileError(f"{what}: softmax over an axis other than the last is not lowered "
                            "yet")
     x = place[x_name]
-    if x.cols > arch.lanes:
-        raise CompileError(f"{what}: softmax over rows of more than {arch.lanes} columns is "
-                           "not lowered yet")
-    if not clean.get(x_name, False) and x.cols % arch.lanes:
-        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
-                           "NaN; masking them is not lowered yet")
     g = len(x.slices)
     shape = tuple(xt.shape)
-    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, shape, start, what)
+    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, clean.get(x_name, False),
+                              shape, start, what)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
     alloc.release(m, t)
@@ -145,11 +140,18 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     return t
 
 
-def row_max(graph, arch, sch, alloc, place, x: Placement, shape, start: int, what: str):
+def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, start: int,
+            what: str):
     """The max of every row (of at most 320 columns) in every lane of its vector: lanes past
     the last column masked to -inf, then the vector rotated through the SXM by 1, 2, 4, ...
     256 lanes with a max on the VXM each time (cyclic windows that double cover all lanes).
     Returns (the masked input, the row max, ready cycle, temporaries to free after use)."""
+    if x.cols > arch.lanes:
+        raise CompileError(f"{what}: a row max over more than {arch.lanes} columns is not "
+                           "lowered yet")
+    if not x_clean and x.cols % arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
     g = len(x.slices)
 
     def temp():
@@ -169,20 +171,30 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, shape, start: int, wha
         cur, a = temp()
         temps.append(cur)
         t = binary(sch, alloc, ["add"], x, mp, cur, max(t, a), what + " pad mask")
-    xm = cur
-    m = xm
+    m, t = lanes_max(sch, alloc, cur, shape, t, what + " max", free_input=False)
+    return cur, m, t, temps
+
+
+def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
+              free_input: bool = True) -> tuple[Placement, int]:
+    """Every lane of each vector of m := the max over the vector's lanes: rotate it through
+    the SXM by 1, 2, 4, ... lanes and take the max on the VXM each time (cyclic windows that
+    double until they cover all lanes)."""
+    g = len(m.slices)
+    t = ready
+    first = m
     shift = 1
-    while shift < arch.lanes:
-        rot, a = temp()
-        t = lower.sxm_rotate(sch, m, rot, shift, max(t, a), what + " max")
-        nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(rot.slices))
-        t = binary(sch, alloc, ["max"], m, rot, nxt, max(t, a), what + " max")
+    while shift < sch.arch.lanes:
+        rot, a = alloc.alloc(m.dtype, shape, g, avoid=frozenset(m.slices))
+        t = lower.sxm_rotate(sch, m, rot, shift, max(t, a), what)
+        nxt, a = alloc.alloc(m.dtype, shape, g, avoid=frozenset(rot.slices) | frozenset(m.slices))
+        t = binary(sch, alloc, ["max"], m, rot, nxt, max(t, a), what)
         alloc.release(rot, t)
-        if m is not xm:
+        if m is not first or free_input:
             alloc.release(m, t)
         m = nxt
         shift *= 2
-    return xm, m, t, temps
+    return m, t
 
 
 def row_matrix(graph, arch, place, cols: int, scale: float) -> Placement:
@@ -227,17 +239,11 @@ def lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what, clean
     last_axis(graph, nd, what)
     x_name = nd["inputs"][0]
     x = place[x_name]
-    if x.cols > arch.lanes:
-        raise CompileError(f"{what}: a max over rows of more than {arch.lanes} columns is not "
-                           "lowered yet")
-    if not clean.get(x_name, False) and x.cols % arch.lanes:
-        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
-                           "NaN; masking them is not lowered yet")
     shape = tuple(graph.values[x_name].shape)
-    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, shape, start, what)
-    y, a = new(nd["outputs"][0], t)
-    t = lower.elementwise(sch, ["copy"], m, None, None, y, max(t, a), what,
-                          x_of=lambda v: v * x.vpr)
+    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, clean.get(x_name, False),
+                              shape, start, what)
+    y, a = new(nd["outputs"][0], t)  # one vector per row, like m (rows of <= 320 columns)
+    t = lower.elementwise(sch, ["copy"], m, None, None, y, max(t, a), what)
     alloc.release(m, t)
     for p in temps:
         alloc.release(p, t)
@@ -495,17 +501,7 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placeme
         alloc.release(m, t)
         m = nxt
     alloc.release(ax, t)
-    shift = 1
-    while shift < arch.lanes:
-        rot, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
-        t = lower.sxm_rotate(sch, m, rot, shift, max(t, a), what + " row max")
-        nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(rot.slices) | frozenset(m.slices))
-        t = binary(sch, alloc, ["max"], m, rot, nxt, max(t, a), what + " row max")
-        alloc.release(rot, t)
-        alloc.release(m, t)
-        m = nxt
-        shift *= 2
-    return m, t
+    return lanes_max(sch, alloc, m, shape, t, what + " row max")
 
 
 def quantize_weights(w: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
