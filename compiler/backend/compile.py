@@ -23,6 +23,7 @@ from compiler.backend.ops import (
     lower_softmax,
     lower_where,
     quantize_weights,
+    spread_int,
 )
 from compiler.backend.placement import Allocator, Placement, rows_cols
 from compiler.backend.schedule import Scheduler
@@ -47,17 +48,32 @@ MOVES = {"Transpose", "Slice", "Split", "Concat"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
-                           | {"Gelu", "Softmax", "Clip", "Gather", "Cast", "Where", "Expand",
-                              "ReduceMax"}
+                           | {"Gelu", "Softmax", "LogSoftmax", "Clip", "Gather", "Cast", "Where",
+                              "Expand", "ReduceMax"}
                            | MOVES))
 # stream width of a weight load from tiled weights (rows per cycle = LW_STREAMS / dtype bytes)
 LW_STREAMS = 16
-# IR dtype -> machine dtype in the fp32 exact mode; integers only as Gather indices (the host
-# loads int64 indices as int32 and checks their range)
-# bools are fp32 0.0/1.0 (what the VXM's comparisons and logical ops give)
-_MACHINE = {"float32": "fp32", "bool": "fp32", "int64": "int32", "int32": "int32"}
+# IR dtype -> machine dtype in the fp32 exact mode; bools are fp32 0.0/1.0 (what the VXM's
+# comparisons and logical ops give). int8/16/32 are computed in their own type on the VXM
+# (wrapping). The other integers are held in a wider signed type whose range the host checks
+# when it loads an input: they are read only where that is exact (_WIDE_READERS), never
+# computed (an int64 or unsigned result would wrap at the wrong width).
+_MACHINE = {"float32": "fp32", "bool": "fp32", "int64": "int32", "int32": "int32",
+            "int8": "int8", "int16": "int16", "uint8": "int16", "uint16": "int32",
+            "uint32": "int32", "uint64": "int32"}
+_NATIVE_INTS = ("int8", "int16", "int32")
 _PASS_THROUGH = lower.ALIASES | {"Identity"}  # take any element type the machine holds
 _AS_FLOAT = ("float32", "bool")
+# ops that compute int8/16/32 results in their own type
+_INT_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs", "Relu", "Clip", "Where"}
+_COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+
+
+def _integer_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
+    """May op read (or write) value v, an integer of IR type dtype?"""
+    if v in ins and (op in _COMPARE or (op == "Pow" and v == ins[1])):
+        return True  # exact on any integer the machine holds (Pow: the exponent, to fp32)
+    return dtype in _NATIVE_INTS and op in _INT_OPS and not (op == "Where" and v == ins[0])
 
 
 def _machine_dtype(ir_dtype: str, what: str) -> str:
@@ -151,8 +167,16 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
 
     def spread_scalar(v: str) -> str:
         """A value of one element, spread into every lane of one vector by the MXM (x @ a row
-        of ones); returns the name its placement is registered under."""
+        of ones; integers through the SXM); returns the name its placement is registered
+        under."""
         name = f"__spread_{v}"
+        if name not in place and not dtype_info(place[v].dtype).is_float:
+            src = place[v]
+            sp, after = alloc.alloc(src.dtype, (1, arch.lanes), len(src.slices))
+            ready[name] = spread_int(sch, alloc, src, sp, max(ready.get(v, 0), after),
+                                     f"spread {v}")
+            place[name] = sp
+            clean[name] = True
         if name not in place:
             ones = "__ones_row"
             if ones not in graph.consts:
@@ -185,6 +209,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         ty = graph.values[value]
         md = _machine_dtype(ty.dtype, f"value {value!r}")
         resident = value in graph.consts or value in graph.inputs
+        arr = graph.const_array(value) if value in graph.consts else None
+        if arr is not None and arr.size and not dtype_info(md).is_float:
+            info = np.iinfo(numpy_dtype(md))
+            if int(arr.min()) < info.min or int(arr.max()) > info.max:
+                raise CompileError(f"constant {value!r} ({ty.dtype}) holds values outside "
+                                   f"the range of {md}, the type the machine holds it in")
         try:  # away from the op's inputs: streaming reads and writes of one bank collide
             p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
                                    resident=resident, avoid=avoid | reading[0])
@@ -264,9 +294,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             as_index = op in _PASS_THROUGH or (op == "Gather" and v == ins[1]) \
                 or (op == "Cast" and v == ins[0])
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
-                    and not as_index:
+                    and not as_index and not _integer_ok(op, v, ins, vt.dtype):
                 raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
-                                   "lowered yet; integers are lowered only as Gather indices")
+                                   "lowered yet for this op")
         if op in lower.ALIASES or (op == "Identity"):
             src = place[ins[0]]
             ty = graph.values[outs[0]]
@@ -281,6 +311,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                        src.slices, src.addr)
             ready[outs[0]] = ready[ins[0]]
             clean[outs[0]] = clean.get(ins[0], False)
+            if ins[0] in spread:  # same rows, one column: still one vector per row
+                spread.add(outs[0])
             finish(name, ins, outs)
             continue
         out = outs[0]
@@ -321,9 +353,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         elif op == "Cast":
             ready[out], clean[out] = lower_cast(graph, sch, alloc, nd, place, new, start, what,
                                                 clean)
+            if ins[0] in spread:
+                spread.add(out)
         elif op == "Where":
             ready[out], clean[out] = lower_where(graph, sch, alloc, nd, place, new, start,
-                                                 what, clean)
+                                                 what, clean, spread_scalar,
+                                                 lambda v: ready.get(v, 0))
         elif op == "Expand":
             ready[out] = lower_expand(graph, sch, nd, place, new, start, what)
             clean[out] = clean.get(ins[0], False)
@@ -335,7 +370,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                clean, spread)
             clean[out] = True
-        elif op == "Softmax":
+        elif op in ("Softmax", "LogSoftmax"):
             ready[out] = lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                   clean)
             clean[out] = True

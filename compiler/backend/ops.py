@@ -10,6 +10,7 @@ from compiler.backend import lower
 from compiler.backend.placement import Placement, rows_cols
 from compiler.errors import CompileError
 from compiler.ir import TensorType
+from isa.dtypes import dtype as dtype_info
 
 # Gelu as a sequence of VXM passes: (ALU ops, B operand: a float immediate, "x" for the op's
 # input, or None)
@@ -83,6 +84,37 @@ def binary(sch, alloc, ops, x: Placement, y: Placement, z: Placement, ready: int
     return t
 
 
+def spread_int(sch, alloc, x: Placement, z: Placement, ready: int, what: str) -> int:
+    """z (one vector) := lane 0 of x's first vector in every lane, for an integer x: an SXM
+    distribute puts it in every lane of the first superlane (zeros elsewhere), then rotations
+    by 1, 2, 4, ... superlanes are ORed in (bitwise, so overlaps from the wrap do no harm)."""
+    arch = sch.arch
+    lanes, lps = arch.lanes, arch.lanes_per_superlane
+    dmap = np.full(lanes, -1, np.int64)
+    dmap[:lps] = 0
+    g = len(x.slices)
+    m, a = alloc.alloc(x.dtype, (1, lanes), g, avoid=frozenset(x.slices))
+    t = lower.sxm_unary(sch, "sxm.distribute", x, m, [0], [0],
+                        dict(imm=sch.map_index(dmap)), max(ready, a), what)
+    covered = 1
+    while covered < lanes // lps:
+        rot, a = alloc.alloc(x.dtype, (1, lanes), g, avoid=frozenset(m.slices))
+        t = lower.sxm_rotate(sch, m, rot, covered * lps, max(t, a), what)
+        last = 2 * covered >= lanes // lps
+        if last:
+            nxt = z
+        else:
+            nxt, a = alloc.alloc(x.dtype, (1, lanes), g,
+                                 avoid=frozenset(rot.slices) | frozenset(m.slices))
+            t = max(t, a)
+        t = binary(sch, alloc, ["or"], m, rot, nxt, t, what)
+        alloc.release(rot, t)
+        alloc.release(m, t)
+        m = nxt
+        covered *= 2
+    return t
+
+
 def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: str, steps) -> int:
     """Elementwise passes in order, each reading the previous result (and maybe x)."""
     cur, t = x, start
@@ -111,10 +143,12 @@ def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: st
 
 
 def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean) -> int:
-    """Softmax over the last axis of rows of at most 320 columns:
+    """Softmax (LogSoftmax) over the last axis of rows of at most 320 columns:
         xm = x + pad mask (-inf past the last column); m = row max, by rotating the vector
         through the SXM by 1, 2, 4, ... 256 lanes and taking the max on the VXM (cyclic windows
-        that double cover all 320 lanes); e = exp(xm - m); s = e @ ones (MXM); y = e / s."""
+        that double cover all 320 lanes); e = exp(xm - m); s = e @ ones (MXM); y = e / s
+        (LogSoftmax: y = (x - m) - log(s), from x rather than xm so that pad lanes stay
+        finite)."""
     x_name = nd["inputs"][0]
     xt = graph.values[x_name]
     rank = len(xt.shape)
@@ -129,12 +163,21 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
                               shape, start, what)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
-    alloc.release(m, t)
     J = row_matrix(graph, arch, place, x.cols, 1.0)
     s, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(e.slices))
     t = lower.matmul(sch, e, J, s, max(t, a), what + " sum", zero=zero(x.dtype))
-    y, a = new(nd["outputs"][0], t)
-    t = binary(sch, alloc, ["div"], e, s, y, max(t, a), what, y_mode="col")
+    if nd["op"] == "LogSoftmax":
+        d, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices) | frozenset(m.slices))
+        t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what + " x - max", y_mode="col")
+        ls, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(s.slices))
+        t = lower.elementwise(sch, ["log"], s, None, None, ls, max(t, a), what + " log sum")
+        y, a = new(nd["outputs"][0], t)
+        t = binary(sch, alloc, ["sub"], d, ls, y, max(t, a), what, y_mode="col")
+        temps += [d, ls]
+    else:
+        y, a = new(nd["outputs"][0], t)
+        t = binary(sch, alloc, ["div"], e, s, y, max(t, a), what, y_mode="col")
+    alloc.release(m, t)
     for p in temps + [e, s]:
         alloc.release(p, t)
     return t
@@ -338,12 +381,81 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
 
 def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
                       ready_of, spread_scalar) -> tuple[int, bool]:
-    """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero)."""
+    """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero). A result
+    computed only from per-row values held in every lane (`spread`) and immediates is itself
+    such a value: the VXM works on whole vectors."""
+    out = nd["outputs"][0]
+    ins = [v for v in nd["inputs"] if v]
+    if nd["op"] in ("Max", "Min") and len(ins) > 2:  # fold pairwise: op(op(a, b), c) ...
+        acc, temps = ins[0], []
+        for k, v in enumerate(ins[1:]):
+            last = k == len(ins) - 2
+            name = out if last else f"__{out}_{nd['op']}{k}"
+            if not last:
+                shape = np.broadcast_shapes(tuple(graph.values[acc].shape),
+                                            tuple(graph.values[v].shape))
+                graph.values[name] = TensorType(graph.values[out].dtype, tuple(shape))
+            part = dict(nd, inputs=[acc, v], outputs=[name])
+            t, c = lower_elementwise(graph, sch, alloc, part, place, new, start, what, clean,
+                                     spread, ready_of, spread_scalar)
+            start = t
+            if not last:
+                temps.append(name)
+            clean[name] = c
+            acc = name
+        for v in temps:
+            alloc.release(place[v], t)
+        return t, clean[out]
+    kinds = {graph.values[v].dtype for v in ins}
+    ints = {k for k in kinds if k not in ("float32", "bool")}
+    if ints and (len(kinds) > 1) and nd["op"] != "Pow":
+        raise CompileError(f"{what}: operands of different element types "
+                           f"({', '.join(sorted(kinds))}) are not lowered yet")
+    if nd["op"] == "Pow" and ints:  # an integer exponent (a float base): to fp32 first
+        e = ins[1]
+        pe = place[e]
+        if not dtype_info(place[ins[0]].dtype).is_float:
+            raise CompileError(f"{what}: an integer base is not lowered yet")
+        name = f"__{e}@fp32"
+        cv, a = alloc.alloc("fp32", pe.shape, 4, avoid=frozenset(pe.slices))
+        t0 = lower.elementwise(sch, ["cvt"], pe, None, None, cv, max(start, ready_of(e), a),
+                               what + " exponent to fp32")
+        place[name] = cv
+        graph.values[name] = TensorType("float32", tuple(graph.values[e].shape))
+        clean[name] = True
+        part = dict(nd, inputs=[ins[0], name])
+        t, c = lower_elementwise(graph, sch, alloc, part, place, new, max(start, t0), what,
+                                 clean, spread, ready_of, spread_scalar)
+        alloc.release(cv, t)
+        return t, c
+    int_cmp = None
+    if ints and nd["op"] in COMPARISONS:  # 0/1 in the operands' type, then to fp32 (bool)
+        kind = place[next((v for v in ins if not graph.is_const(v)), ins[0])].dtype
+        holder: list[Placement] = []
+
+        def int_cmp(value, not_before=0, avoid=frozenset()):
+            p, a = alloc.alloc(kind, tuple(graph.values[value].shape),
+                               dtype_info(kind).nbytes, avoid=avoid)
+            holder.append(p)
+            return p, max(a, not_before)
+
     expanded: list[Placement] = []
-    t, c = _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
-                        ready_of, spread_scalar, expanded)
+    t, c = _elementwise(graph, sch, alloc, nd, place, int_cmp or new, start, what, clean,
+                        spread, ready_of, spread_scalar, expanded)
     for p in expanded:
         alloc.release(p, t)
+    if int_cmp is not None:
+        z, a = new(out, t, avoid=frozenset(holder[0].slices))
+        t = lower.elementwise(sch, ["cvt"], holder[0], None, None, z, max(t, a), what)
+        alloc.release(holder[0], t)
+        c = True
+    elif ints:
+        c = True  # integer ops give no inf or NaN
+    full = tuple(graph.values[out].shape)
+    data = [v for v in nd["inputs"] if v and not (graph.is_const(v)
+                                                  and graph.values[v].size == 1)]
+    if data and all(v in spread and tuple(graph.values[v].shape) == full for v in data):
+        spread.add(out)
     return t, c
 
 
@@ -376,7 +488,8 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
 
     def scalar(v):
         arr = graph.const_array(v) if graph.is_const(v) else None
-        return float(arr.reshape(-1)[0]) if arr is not None and arr.size == 1 else None
+        return np.asarray(arr).reshape(-1)[0].item() if arr is not None and arr.size == 1 \
+            else None
 
     def role(v):
         ty = graph.values[v]
@@ -480,6 +593,8 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
 
 
 COMMUTATIVE = lower.COMMUTATIVE
+_NATIVE_INT = {"int8": "int8", "int16": "int16", "int32": "int32"}  # IR -> machine dtype
+COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
 def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placement, int]:
@@ -812,46 +927,69 @@ def lower_cast(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[i
     return lower.elementwise(sch, ["copy"], x, None, None, z, t, what), clean.get(x_name, False)
 
 
-def lower_where(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[int, bool]:
-    """Where(c, a, b) = c * a + (not c) * b with c a bool (fp32 0/1): exact for finite a and
-    b. The branches may be finite scalar constants or tensors of the output's shape."""
+def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread_scalar,
+                ready_of) -> tuple[int, bool]:
+    """Where(c, a, b) = c * a + (not c) * b with c a bool (fp32 0/1; for integer branches
+    converted to their type first): exact for finite a and b. The branches may be finite
+    scalar constants (immediates), one-element values (spread over a vector), rows repeated
+    over leading dims, or tensors of the output's shape."""
     c, a, b = nd["inputs"]
     out = nd["outputs"][0]
     full = tuple(graph.values[out].shape)
     if tuple(graph.values[c].shape) != full:
         raise CompileError(f"{what}: a condition broadcast to the output is not lowered yet")
+    t = start
 
     def branch(v):
+        nonlocal t
         arr = graph.const_array(v) if graph.is_const(v) else None
         if arr is not None and arr.size == 1:
-            f = float(np.asarray(arr).reshape(-1)[0])
+            f = np.asarray(arr).reshape(-1)[0].item()
             if not np.isfinite(f):
                 raise CompileError(f"{what}: a non-finite branch ({f}) is not lowered yet "
                                    "(0 * inf is NaN)")
             return f
-        if tuple(graph.values[v].shape) != full:
-            raise CompileError(f"{what}: a branch broadcast to the output is not lowered yet")
-        return place[v]
+        vs = tuple(graph.values[v].shape)
+        if graph.values[v].size == 1 and vs != full:
+            name = spread_scalar(v)
+            t = max(t, ready_of(name))
+            return place[name]
+        tail = vs
+        while tail and tail[0] == 1:
+            tail = tail[1:]
+        if vs != full and not (tail and full[len(full) - len(tail):] == tail):
+            raise CompileError(f"{what}: a branch broadcast to the output ({list(vs)} to "
+                               f"{list(full)}) is not lowered yet")
+        return place[v]  # the output's shape, or one row read again for every row
 
     pa, pb = branch(a), branch(b)
     pc = place[c]
-    t = start
+    kind = _NATIVE_INT.get(graph.values[out].dtype, "fp32")
+    temps = []
+    if kind != pc.dtype:  # integer branches: the condition as 0/1 of their type
+        ci, ac = alloc.alloc(kind, full, dtype_info(kind).nbytes, avoid=frozenset(pc.slices))
+        t = lower.elementwise(sch, ["cvt"], pc, None, None, ci, max(t, ac), what)
+        pc = ci
+        temps.append(ci)
     parts = []
+    t0, t = t, start
     for ops, val in ((["mul"], pa), (["not", "mul"], pb)):
-        tmp, at = alloc.alloc("fp32", full, 4, avoid=frozenset(pc.slices))
-        if isinstance(val, float):
-            t1 = lower.elementwise(sch, ops, pc, None, val, tmp, max(start, at), what)
+        tmp, at = alloc.alloc(kind, full, len(pc.slices), avoid=frozenset(pc.slices))
+        if not isinstance(val, Placement):
+            t1 = lower.elementwise(sch, ops, pc, None, val, tmp, max(t0, at), what)
         else:
-            q, tq, cp = apart(sch, alloc, val, pc, start, what)
-            t1 = lower.elementwise(sch, ops, pc, q, None, tmp, max(start, at, tq), what)
+            q, tq, cp = apart(sch, alloc, val, pc, t0, what)
+            t1 = lower.elementwise(sch, ops, pc, q, None, tmp, max(t0, at, tq), what)
             if cp is not None:
                 alloc.release(cp, t1)
         parts.append(tmp)
         t = max(t, t1)
     z, az = new(out, t)
     t = lower.elementwise(sch, ["add"], parts[0], parts[1], None, z, max(t, az), what)
-    for p in parts:
+    for p in parts + temps:
         alloc.release(p, t)
+    if not dtype_info(kind).is_float:
+        return t, True
     return t, all(clean.get(v, False) for v in (c, a, b) if not graph.is_const(v))
 
 

@@ -1,0 +1,168 @@
+"""Backend lowerings of integer elementwise ops, comparisons, Where, Clip, LogSoftmax and
+per-row values computed through elementwise chains: compiled, simulated and checked against
+numpy (integers exactly, with the machine's wrapping) or onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import lpusim
+from compiler.errors import CompileError
+from lpusim.errors import LpusimError
+
+RNG = np.random.default_rng(11)
+ONNX_TYPE = {np.int8: T.INT8, np.int16: T.INT16, np.int32: T.INT32, np.uint8: T.UINT8,
+             np.uint16: T.UINT16, np.uint32: T.UINT32, np.int64: T.INT64,
+             np.float32: T.FLOAT, bool: T.BOOL}
+
+
+def model(nodes, inputs, outputs, opset=18):
+    g = h.make_graph(nodes, "g", inputs, outputs)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+def vi(name, np_type, shape):
+    return h.make_tensor_value_info(name, ONNX_TYPE[np_type], shape)
+
+
+def run(m, inputs):
+    program = lpusim.compile_onnx(m, precision="fp32")
+    return lpusim.simulate(program, inputs).outputs
+
+
+def ints(np_type, shape):
+    info = np.iinfo(np_type)
+    return RNG.integers(info.min, info.max, size=shape, endpoint=True).astype(np_type)
+
+
+@pytest.mark.parametrize("np_type", [np.int8, np.int16, np.int32])
+@pytest.mark.parametrize("op,fn", [("Add", np.add), ("Sub", np.subtract),
+                                   ("Mul", np.multiply), ("Max", np.maximum),
+                                   ("Min", np.minimum)])
+def test_integer_arithmetic_wraps_in_its_type(np_type, op, fn):
+    x, y = ints(np_type, (3, 40)), ints(np_type, (3, 40))
+    m = model([h.make_node(op, ["x", "y"], ["z"])],
+              [vi("x", np_type, [3, 40]), vi("y", np_type, [3, 40])], [vi("z", np_type, [3, 40])])
+    got = run(m, {"x": x, "y": y})["z"]
+    with np.errstate(over="ignore"):
+        want = fn(x, y)  # numpy wraps integer overflow too
+    assert got.dtype == np_type
+    np.testing.assert_array_equal(got, want)
+
+
+def test_integer_division_truncates_and_row_broadcast():
+    x = ints(np.int16, (4, 7))
+    y = RNG.integers(-9, 10, size=7).astype(np.int16)
+    y[y == 0] = 3
+    m = model([h.make_node("Div", ["x", "y"], ["z"])],
+              [vi("x", np.int16, [4, 7]), vi("y", np.int16, [7])], [vi("z", np.int16, [4, 7])])
+    got = run(m, {"x": x, "y": y})["z"]
+    want = (np.trunc(x.astype(np.float64) / y)).astype(np.int16)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("np_type", [np.int8, np.uint8, np.uint16, np.uint32, np.int64])
+@pytest.mark.parametrize("op,fn", [("Equal", np.equal), ("Less", np.less),
+                                   ("GreaterOrEqual", np.greater_equal)])
+def test_integer_comparisons_give_bools(np_type, op, fn):
+    lo, hi = (0, 200) if np.dtype(np_type).kind == "u" else (-100, 100)
+    x = RNG.integers(lo, hi, size=(2, 30)).astype(np_type)
+    y = RNG.integers(lo, hi, size=(2, 30)).astype(np_type)
+    y[:, :5] = x[:, :5]
+    m = model([h.make_node(op, ["x", "y"], ["z"])],
+              [vi("x", np_type, [2, 30]), vi("y", np_type, [2, 30])], [vi("z", bool, [2, 30])])
+    got = run(m, {"x": x, "y": y})["z"]
+    assert got.dtype == bool
+    np.testing.assert_array_equal(got, fn(x, y))
+
+
+def test_wide_integer_inputs_outside_the_machine_type_are_refused():
+    m = model([h.make_node("Less", ["x", "y"], ["z"])],
+              [vi("x", np.uint32, [4]), vi("y", np.uint32, [4])], [vi("z", bool, [4])])
+    program = lpusim.compile_onnx(m, precision="fp32")
+    x = np.array([1, 2, 3, 2**31 + 5], np.uint32)
+    with pytest.raises(LpusimError, match="outside"):
+        lpusim.simulate(program, {"x": x, "y": x})
+
+
+def test_arithmetic_on_unsigned_or_int64_is_not_lowered():
+    m = model([h.make_node("Add", ["x", "y"], ["z"])],
+              [vi("x", np.uint8, [4]), vi("y", np.uint8, [4])], [vi("z", np.uint8, [4])])
+    with pytest.raises(CompileError, match="uint8"):
+        lpusim.compile_onnx(m, precision="fp32")
+
+
+def test_integer_clip_and_where_with_runtime_scalars():
+    """int8 Clip with bounds given as inputs (spread over the lanes by the SXM), and an int32
+    Where whose branches are a one-element input and a row."""
+    x = ints(np.int8, (3, 50))
+    c = RNG.random((3, 50)) < 0.5
+    row = ints(np.int32, (50,))
+    nodes = [h.make_node("Clip", ["x", "lo", "hi"], ["y"]),
+             h.make_node("Where", ["c", "s", "row"], ["w"])]
+    m = model(nodes, [vi("x", np.int8, [3, 50]), vi("lo", np.int8, []),
+                      vi("hi", np.int8, []), vi("c", bool, [3, 50]), vi("s", np.int32, []),
+                      vi("row", np.int32, [50])],
+              [vi("y", np.int8, [3, 50]), vi("w", np.int32, [3, 50])])
+    s = np.int32(-123456)
+    got = run(m, {"x": x, "lo": np.int8(-20), "hi": np.int8(70), "c": c, "s": s, "row": row})
+    np.testing.assert_array_equal(got["y"], np.clip(x, -20, 70))
+    np.testing.assert_array_equal(got["w"], np.where(c, s, row))
+
+
+def test_max_of_three_and_pow_with_an_integer_exponent():
+    a, b, c = (RNG.standard_normal((2, 9)).astype(np.float32) for _ in range(3))
+    e = RNG.integers(0, 4, size=(2, 9)).astype(np.int64)
+    m = model([h.make_node("Max", ["a", "b", "c"], ["y"]), h.make_node("Pow", ["a", "e"], ["p"])],
+              [vi("a", np.float32, [2, 9]), vi("b", np.float32, [2, 9]),
+               vi("c", np.float32, [2, 9]), vi("e", np.int64, [2, 9])],
+              [vi("y", np.float32, [2, 9]), vi("p", np.float32, [2, 9])])
+    got = run(m, {"a": a, "b": b, "c": c, "e": e})
+    np.testing.assert_array_equal(got["y"], np.maximum(np.maximum(a, b), c))
+    np.testing.assert_allclose(got["p"], a ** e.astype(np.float32), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 300)])
+def test_log_softmax(shape):
+    x = (RNG.standard_normal(shape) * 10).astype(np.float32)
+    m = model([h.make_node("LogSoftmax", ["x"], ["y"])], [vi("x", np.float32, list(shape))],
+              [vi("y", np.float32, list(shape))])
+    got = run(m, {"x": x})["y"]
+    x64 = x.astype(np.float64)
+    mx = x64.max(-1, keepdims=True)
+    want = x64 - mx - np.log(np.exp(x64 - mx).sum(-1, keepdims=True))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_per_row_values_through_elementwise_chains():
+    """ReduceMean / ReduceMax results (one vector per row, the value in every lane) stay such
+    through unary and binary elementwise ops, so a later op can broadcast them over the row:
+    a layer norm and a log-softmax written out op by op."""
+    x = RNG.standard_normal((6, 20)).astype(np.float32)
+    i = h.make_tensor("ax", T.INT64, [1], [-1])
+    nodes = [h.make_node("Constant", [], ["axes"], value=i),
+             h.make_node("ReduceMean", ["x", "axes"], ["m"]),
+             h.make_node("Mul", ["x", "x"], ["sq"]),
+             h.make_node("ReduceMean", ["sq", "axes"], ["msq"]),
+             h.make_node("Mul", ["m", "m"], ["m2"]),
+             h.make_node("Sub", ["msq", "m2"], ["var"]),
+             h.make_node("Add", ["var", "eps"], ["ve"]),
+             h.make_node("Sqrt", ["ve"], ["sd"]),
+             h.make_node("Sub", ["x", "m"], ["d"]),
+             h.make_node("Div", ["d", "sd"], ["ln"]),
+             h.make_node("ReduceMax", ["x", "axes"], ["mx"]),
+             h.make_node("Sub", ["x", "mx"], ["xs"]),
+             h.make_node("Exp", ["xs"], ["ex"]),
+             h.make_node("ReduceSum", ["ex", "axes"], ["se"]),
+             h.make_node("Log", ["se"], ["lse"]),
+             h.make_node("Sub", ["xs", "lse"], ["ls"])]
+    g = h.make_graph(nodes, "g", [vi("x", np.float32, [6, 20])],
+                     [vi("ln", np.float32, [6, 20]), vi("ls", np.float32, [6, 20])],
+                     [h.make_tensor("eps", T.FLOAT, [], [1e-5])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
+    res = lpusim.run_onnx(m, {"x": x})
+    assert res.report["errors"]["ln"]["max_abs"] < 1e-4
+    assert res.report["errors"]["ls"]["max_abs"] < 1e-5
