@@ -15,7 +15,7 @@ from lpusim.sim.decode import C, Decoded
 
 
 def roofline(dec: Decoded, arch, cycles: int) -> dict:
-    col = dec.cols
+    col = dec.raw
     op, cnt = col[C["op"]], col[C["count"]]
     lanes = arch.lanes
     abc = op == oc.OP_MXM_ABC

@@ -196,7 +196,9 @@ def _run_fast(dec: Decoded, arch, sram, functional: bool, trace: bool) -> np.nda
 def run_mxm_only(dec: Decoded, arch, mask: np.ndarray) -> bool:
     """The MXM state rules on the MXM instructions alone (streams unchecked): True if clean."""
     sram = np.zeros((1, 1, 1, 1), np.uint8)
-    status, _ = _kernel(dec, np.ascontiguousarray(dec.cols[:, mask]), arch, sram, False, False,
+    k = np.flatnonzero(mask)  # of dec.raw: put them in issue order (stable, as dec.cols is)
+    k = k[np.argsort(dec.raw[C["t0"], k], kind="stable")]
+    status, _ = _kernel(dec, np.ascontiguousarray(dec.raw[:, k]), arch, sram, False, False,
                         False)
     return status[0] == 0
 
@@ -247,8 +249,8 @@ def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
         cap = cycles * len(qs) * dec.nchips
         by_kind[kind] = {"busy_cycles": total, "units": len(qs) * dec.nchips,
                          "utilisation": total / cap if cap else 0.0}
-    abc = dec.cols[C["op"]] == oc.OP_MXM_ABC
-    dts = sorted({int(x) for x in dec.cols[C["dtype"], abc]})
+    abc = dec.raw[C["op"]] == oc.OP_MXM_ABC
+    dts = sorted({int(x) for x in np.unique(dec.raw[C["dtype"], abc])})
     from isa.dtypes import DTYPE_BY_CODE
 
     mxm_dtypes = [DTYPE_BY_CODE[d].name for d in dts]

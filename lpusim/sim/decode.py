@@ -14,9 +14,9 @@ import functools
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from isa.dtypes import DTYPE_BY_CODE
-from isa.encoding import field_array
 from isa.fields import FIELDS
 from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_OP_BITS
 from lpusim.errors import HazardError, ProgramFormatError
@@ -28,11 +28,26 @@ _FIELD_COLS = ("count", "dtype", "dtype2", "dst", "dst_dir", "dst_g", "src", "sr
                "src2", "src2_dir", "src2_g", "addr", "stride", "imm", "aux", "flag", "ops")
 
 
+_C_OP, _C_T0, _C_SIDX, _C_REP = C["op"], C["t0"], C["sidx"], C["rep"]
+_C_CHIP, _C_QID, _C_UIDX, _C_POS, _C_UNIT = C["chip"], C["qid"], C["uidx"], C["pos"], C["unit"]
+_C_COUNT, _C_STRIDE, _C_AUX, _C_DTYPE, _C_ADDR = C["count"], C["stride"], C["aux"], C["dtype"], \
+    C["addr"]
+_OP_NOP, _OP_REPEAT = oc.OP_NOP, oc.OP_REPEAT
+_OP_MEM_READ, _OP_MEM_WRITE = oc.OP_MEM_READ, oc.OP_MEM_WRITE
+_OP_MXM_ABC, _OP_MXM_ACC, _OP_MXM_LW = oc.OP_MXM_ABC, oc.OP_MXM_ACC, oc.OP_MXM_LW
+
+
 @dataclass
 class Decoded:
-    """A program ready to run: per dynamic instruction columns, sorted by issue cycle."""
+    """A program ready to run: per dynamic instruction columns.
 
-    cols: np.ndarray  # (NCOL, N) int64: one contiguous row per column, for the kernels
+    `raw` holds them grouped by (chip, queue) and, within a queue, in (static index, repetition)
+    order: everything that does not depend on the order across queues (static checks, counters,
+    the timing-only fast path) reads it. `cols` is the same matrix sorted by issue cycle, the
+    order the event kernels and the reference run in (ties: chip, queue, static index,
+    repetition); it is built on first use."""
+
+    raw: np.ndarray  # (NCOL, N) int64: one contiguous row per column
     nchips: int
     queue_names: tuple[str, ...]  # by queue id
     maps: np.ndarray  # (nchips, max_maps, lanes) int16
@@ -42,6 +57,15 @@ class Decoded:
     busy: np.ndarray  # (nchips, nqueues) busy cycles
     counters: dict = field(default_factory=dict)
     static_instructions: int = 0
+    _cols: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def cols(self) -> np.ndarray:
+        """(NCOL, N) int64, sorted by issue cycle."""
+        if self._cols is None:
+            order = np.argsort(self.raw[C["t0"]], kind="stable")
+            self._cols = _permute(self.raw, order)
+        return self._cols
 
     def col(self, name: str) -> np.ndarray:
         return self.cols[C[name]]
@@ -49,19 +73,28 @@ class Decoded:
     @property
     def n(self) -> int:
         """Issued (dynamic) instructions."""
-        return self.cols.shape[1]
+        return self.raw.shape[1]
 
     def row(self, k: int) -> np.ndarray:
-        """The columns of instruction k (index with C[name])."""
+        """The columns of instruction k of `cols` (index with C[name])."""
         return self.cols[:, k]
 
     def describe(self, k: int) -> str:
-        """'MEM_W0 #3 mem.read' for dynamic instruction k."""
+        """'MEM_W0 #3 mem.read' for dynamic instruction k of `cols`."""
         row = self.row(k)
         name = BY_OPCODE[int(row[C["op"]])].mnemonic
         rep = int(row[C["rep"]])
         r = f" (repeat {rep})" if rep else ""
         return f"{self.queue_names[int(row[C['qid']])]} #{int(row[C['sidx']])} {name}{r}"
+
+
+@njit(cache=True)
+def _permute(raw, order):
+    out = np.empty_like(raw)
+    for c in range(raw.shape[0]):
+        for k in range(order.shape[0]):
+            out[c, k] = raw[c, order[k]]
+    return out
 
 
 def _opcode_tables(arch):
@@ -138,12 +171,134 @@ def _resolve_syncs(states, notify_lat: int, sync_lat: int) -> None:
             parked = still
 
 
+@njit(cache=True)
+def _field(w0, w1, lo, width, signed):
+    """One field of the 128-bit word (w0 low half, w1 high half) as int64."""
+    if lo >= 64:
+        v = w1 >> np.uint64(lo - 64)
+    elif lo + width <= 64:
+        v = w0 >> np.uint64(lo)
+    else:
+        v = (w0 >> np.uint64(lo)) | (w1 << np.uint64(64 - lo))
+    x = np.int64(v & np.uint64((1 << width) - 1))
+    if signed and x >= (1 << (width - 1)):
+        x -= 1 << width
+    return x
+
+
+# first-failure slots of _scan, in the order they are reported
+_BAD_OPCODE, _BAD_UNIT, _BAD_BITS, _BAD_COUNT, _BAD_REPEAT = range(5)
+
+
+@njit(cache=True)
+def _scan(words, unit_of, kind, lo_mask, hi_mask, f_lo, f_w, f_sg):
+    """One pass over a queue's words: opcode, imm, aux and issue cost of each, and the first
+    index failing each check (-1 if none): unknown opcode, wrong unit, bits outside the fields,
+    nop/repeat counts < 1, a repeat not after an instruction of the unit."""
+    n = words.shape[0]
+    op = np.empty(n, np.int64)
+    imm = np.empty(n, np.int64)
+    aux = np.empty(n, np.int64)
+    cost = np.ones(n, np.int64)
+    bad = np.full(5, -1, np.int64)
+    for i in range(n):
+        w0, w1 = words[i, 0], words[i, 1]
+        o = _field(w0, w1, f_lo[0], f_w[0], f_sg[0])
+        op[i] = o
+        imm[i] = _field(w0, w1, f_lo[1], f_w[1], f_sg[1])
+        aux[i] = _field(w0, w1, f_lo[2], f_w[2], f_sg[2])
+        u = unit_of[o]
+        if u < 0:
+            if bad[_BAD_OPCODE] < 0:
+                bad[_BAD_OPCODE] = i
+            continue
+        if u != 0 and u != kind and bad[_BAD_UNIT] < 0:
+            bad[_BAD_UNIT] = i
+        if ((w0 & ~lo_mask[o]) != 0 or (w1 & ~hi_mask[o]) != 0) and bad[_BAD_BITS] < 0:
+            bad[_BAD_BITS] = i
+        if o == _OP_NOP:
+            if imm[i] < 1 and bad[_BAD_COUNT] < 0:
+                bad[_BAD_COUNT] = i
+            cost[i] = imm[i]
+        elif o == _OP_REPEAT:
+            if (imm[i] < 1 or aux[i] < 1) and bad[_BAD_COUNT] < 0:
+                bad[_BAD_COUNT] = i
+            cost[i] = imm[i] * aux[i]
+            if (i == 0 or unit_of[op[i - 1]] <= 0) and bad[_BAD_REPEAT] < 0:
+                bad[_BAD_REPEAT] = i
+    return op, imm, aux, cost, bad
+
+
+@njit(cache=True)
+def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes):
+    """Write the queue's unit instructions (and their repetitions, right after each) into
+    out[:, k0:]; ids = chip, queue id, unit index, position. Returns the next free column.
+    Column by column: each pass writes one contiguous row."""
+    n = words.shape[0]
+    m = 0
+    for i in range(n):
+        if unit_of[op[i]] > 0:
+            m += 1
+            if i + 1 < n and op[i + 1] == _OP_REPEAT:
+                m += imm[i + 1]
+    src = np.empty(m, np.int64)  # the static instruction of each issued one
+    rep = np.empty(m, np.int64)  # its repetition number
+    k = 0
+    for i in range(n):
+        if unit_of[op[i]] > 0:
+            src[k] = i
+            rep[k] = 0
+            k += 1
+            if i + 1 < n and op[i + 1] == _OP_REPEAT:
+                for j in range(1, imm[i + 1] + 1):
+                    src[k] = i
+                    rep[k] = j
+                    k += 1
+    k1 = k0 + m
+    for c in range(out.shape[0]):
+        out[c, k0:k1] = 0
+    for f in range(f_col.shape[0]):
+        row = out[f_col[f]]
+        lo, w, sg = f_lo[f], f_w[f], f_sg[f]
+        for k in range(m):
+            i = src[k]
+            row[k0 + k] = _field(words[i, 0], words[i, 1], lo, w, sg)
+    for k in range(m):
+        i = src[k]
+        j = rep[k]
+        out[_C_T0, k0 + k] = t[i] + j * aux[i + 1] if j else t[i]
+        out[_C_SIDX, k0 + k] = i
+        out[_C_REP, k0 + k] = j
+        out[_C_UNIT, k0 + k] = unit_of[op[i]]
+    out[_C_CHIP, k0:k1] = ids[0]
+    out[_C_QID, k0:k1] = ids[1]
+    out[_C_UIDX, k0:k1] = ids[2]
+    out[_C_POS, k0:k1] = ids[3]
+    # repetition j moves on to the j-th next block of addresses
+    for k in range(m):
+        j = rep[k]
+        if j == 0:
+            continue
+        kk = k0 + k
+        o = op[src[k]]
+        cnt = out[_C_COUNT, kk]
+        if o == _OP_MEM_READ or o == _OP_MEM_WRITE:
+            out[_C_ADDR, kk] += j * cnt * out[_C_STRIDE, kk]
+        elif o == _OP_MXM_ABC or o == _OP_MXM_ACC:
+            out[_C_ADDR, kk] += j * cnt
+        elif o == _OP_MXM_LW:
+            out[_C_ADDR, kk] += j * cnt * (out[_C_AUX, kk] // nbytes[out[_C_DTYPE, kk]])
+    return k1
+
+
 def decode(program, arch) -> Decoded:
     """Decode `program` for `arch` (raises ProgramFormatError or HazardError on static faults)."""
     if arch.mxm_rows != arch.lanes or arch.mxm_cols != arch.lanes:
         raise ProgramFormatError(f"preset {arch.name}: the simulator needs mxm_rows = mxm_cols "
                                  f"= lanes ({arch.mxm_rows}x{arch.mxm_cols}, {arch.lanes} lanes)")
     unit_of, lat_of, alu_lat, alu_ok = _opcode_tables(arch)
+    lo_mask, hi_mask = _field_masks()
+    f_lo, f_w, f_sg, f_col = _field_tables()
     nchips = len(program.chips)
     queue_names = tuple(q.name for q in arch.queues)
     notify_lat, sync_lat = arch.lat("icu_notify"), arch.lat("icu_sync")
@@ -152,95 +307,56 @@ def decode(program, arch) -> Decoded:
     per_queue = []
     static_n = 0
     for c, chip in enumerate(program.chips):
+        qs = []
         for qname, words in chip.queues.items():
             try:
-                qi = arch.queue_by_name(qname)
+                qs.append((arch.queue_by_name(qname), words))
             except Exception as exc:  # ArchError with the list of valid names
                 raise ProgramFormatError(f"chip {c}: {exc}") from None
-            words = np.asarray(words, dtype=np.uint64).reshape(-1, 2)
+        for qi, words in sorted(qs, key=lambda qw: qw[0].id):
+            qname = qi.name
+            words = np.ascontiguousarray(np.asarray(words, dtype=np.uint64).reshape(-1, 2))
             static_n += len(words)
-            # ICU fields for every word; the others later, for the unit instructions only
-            f = {name: field_array(words, name) for name in ("opcode", "imm", "aux")}
-            op = f["opcode"]
-            known = unit_of[op] >= 0
-            if not known.all():
-                i = int(np.flatnonzero(~known)[0])
+            op, imm, aux, cost, bad = _scan(words, unit_of, oc.UNIT_CODES[qi.kind], lo_mask,
+                                            hi_mask, f_lo[:3], f_w[:3], f_sg[:3])
+            if bad[_BAD_OPCODE] >= 0:
+                i = int(bad[_BAD_OPCODE])
                 raise queue_error(c, qname, i, f"invalid opcode {int(op[i]):#04x}")
-            kind = oc.UNIT_CODES[qi.kind]
-            wrong = (unit_of[op] != 0) & (unit_of[op] != kind)
-            if wrong.any():
-                i = int(np.flatnonzero(wrong)[0])
-                raise queue_error(c, qname, i, f"{BY_OPCODE[int(op[i])].mnemonic} cannot run on a "
-                           f"{qi.kind} queue")
-            # decode() rejects words with bits outside their fields
-            _check_stray_bits(words, op, c, qname)
-            cost = np.ones(len(op), np.int64)
-            nop = op == oc.OP_NOP
-            rep = op == oc.OP_REPEAT
-            if (nop & (f["imm"] < 1)).any() or (rep & ((f["imm"] < 1) | (f["aux"] < 1))).any():
-                i = int(np.flatnonzero((nop & (f["imm"] < 1)) | (rep & ((f["imm"] < 1)
-                                                                         | (f["aux"] < 1))))[0])
-                raise queue_error(c, qname, i, "nop and repeat need counts >= 1")
-            cost[nop] = f["imm"][nop]
-            cost[rep] = f["imm"][rep] * f["aux"][rep]
+            if bad[_BAD_UNIT] >= 0:
+                i = int(bad[_BAD_UNIT])
+                raise queue_error(c, qname, i, f"{BY_OPCODE[int(op[i])].mnemonic} cannot run on "
+                                  f"a {qi.kind} queue")
+            if bad[_BAD_BITS] >= 0:  # decode() words the message
+                _stray_bits_error(words, int(bad[_BAD_BITS]), c, qname)
+            if bad[_BAD_COUNT] >= 0:
+                raise queue_error(c, qname, int(bad[_BAD_COUNT]), "nop and repeat need counts "
+                                  ">= 1")
             _dispatch(c, qname, op, cost, states)
-            per_queue.append((c, qi, f, states[-1], words))
+            per_queue.append((c, qi, words, op, imm, aux, bad, states[-1]))
     _resolve_syncs(states, notify_lat, sync_lat)
 
-    blocks = []
-    for c, qi, f, st, words in per_queue:
-        op = f["opcode"]
-        t = np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"] \
-            if len(op) else np.zeros(0, np.int64)
-        idx = np.flatnonzero(unit_of[op] != 0)
-        sub = words.take(idx, axis=0)
-        rows = {name: field_array(sub, name) for name in _FIELD_COLS}
-        rows["t0"], rows["sidx"], rows["rep"] = t.take(idx), idx, np.zeros(len(idx), np.int64)
-        rep_idx = np.flatnonzero(op == oc.OP_REPEAT)
-        if len(rep_idx):
-            prev = rep_idx - 1
-            bad = (prev < 0) | (unit_of[op[np.maximum(prev, 0)]] == 0)
-            if bad.any():
-                i = int(rep_idx[np.flatnonzero(bad)[0]])
-                raise queue_error(c, qi.name, i, "repeat must follow an instruction of the unit "
-                           "(not nop, repeat, sync or notify)")
-            n = f["imm"][rep_idx]
-            src = np.repeat(prev, n)
-            j = np.concatenate([np.arange(1, k + 1) for k in n])
-            at = np.searchsorted(idx, src)  # where each repeated instruction sits in rows
-            extra = {name: rows[name].take(at) for name in _FIELD_COLS}
-            extra["t0"] = t[src] + j * np.repeat(f["aux"][rep_idx], n)
-            extra["sidx"], extra["rep"] = src, j
-            _advance_repeats(extra, j, f["opcode"][src])
-            rows = {k2: np.concatenate([rows[k2], extra[k2]]) for k2 in rows}
-        m = len(rows["t0"])
-        rows["op"] = np.concatenate([op.take(idx), op[src]]) if len(rep_idx) else op.take(idx)
-        if len(rep_idx):  # repetitions go right after the instruction they repeat
-            within = np.lexsort((rows["rep"], rows["sidx"]))
-            rows = {k2: v[within] for k2, v in rows.items()}
-        rows["chip"] = np.full(m, c, np.int64)
-        rows["qid"] = np.full(m, qi.id, np.int64)
-        rows["unit"] = unit_of[rows["op"]]
-        rows["uidx"] = np.full(m, qi.index, np.int64)
-        rows["pos"] = np.full(m, qi.position, np.int64)
-        blocks.append(((c, qi.id), rows))
-
-    blocks = [b for _, b in sorted(blocks, key=lambda kb: kb[0])]
-    N = sum(len(b["t0"]) for b in blocks)
-    # Columns stay separate contiguous arrays while decoding (numpy is slow on strided views);
-    # the kernels get one row per instruction at the end. Blocks are in (chip, queue) order
-    # and each is in (static index, repetition) order, so a stable sort on the issue cycle
-    # gives the order (t0, chip, queue, static index, repetition).
-    order = np.argsort(np.concatenate([b["t0"] for b in blocks]) if blocks
-                       else np.zeros(0, np.int64), kind="stable")
-    cols = np.zeros((NCOL, N), np.int64)
-    col = {name: cols[C[name]] for name in COLUMNS}  # views: derive fills the matrix in place
-    for name in COLUMNS:
-        if blocks and name in blocks[0]:
-            np.take(np.concatenate([b[name] for b in blocks]).astype(np.int64, copy=False),
-                    order, out=col[name])
+    sizes = []
+    for c, qi, _words, op, imm, _aux, bad, _st in per_queue:
+        if bad[_BAD_REPEAT] >= 0:
+            raise queue_error(c, qi.name, int(bad[_BAD_REPEAT]), "repeat must follow an "
+                              "instruction of the unit (not nop, repeat, sync or notify)")
+        sizes.append(int(np.count_nonzero(unit_of[op] > 0))
+                     + int(imm[op == oc.OP_REPEAT].sum()))
+    N = sum(sizes)
+    raw = np.empty((NCOL, N), np.int64)
+    k = 0
+    nbytes = _dtype_bytes()
+    for c, qi, words, op, imm, aux, _bad, st in per_queue:
+        t = (np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"] if len(op)
+             else np.zeros(0, np.int64))
+        ids = np.array([c, qi.id, qi.index, qi.position], np.int64)
+        k = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes)
+    if k != N:
+        raise AssertionError(f"decode filled {k} of {N} instructions")
+    col = {name: raw[C[name]] for name in COLUMNS}  # views: derive fills the matrix in place
     maps = _stack_maps(program, arch)
-    link_vectors = derive_columns(col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names)
+    link_vectors = derive_columns(raw, col, arch, lat_of, alu_lat, alu_ok, maps, nchips,
+                                  queue_names)
 
     span = (col["count"] - 1) * col["interval"] + col["lat"]
     ends = col["t0"] + np.maximum(span, 0) + 1
@@ -248,39 +364,41 @@ def decode(program, arch) -> Decoded:
     reach = int(max((col["interval"].max() if N else 1), (col["lat"].max() if N else 1)))
     ring = 1 << max(4, (reach + 2).bit_length())
     busy = _busy(col, nchips, len(queue_names))
-    dec = Decoded(cols, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
+    dec = Decoded(raw, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
                   static_instructions=static_n)
     dec.counters = _counters(col, arch)
     return dec
 
 
-def _check_stray_bits(words, op, chip, qname):
+def _stray_bits_error(words, i, chip, qname):
     from isa.encoding import decode as decode_word
 
-    lo_table, hi_table = _field_masks()
-    lo_mask, hi_mask = lo_table[op], hi_table[op]
-    stray = ((words[:, 0] & ~lo_mask) != 0) | ((words[:, 1] & ~hi_mask) != 0)
-    if stray.any():
-        i = int(np.flatnonzero(stray)[0])
-        word = int(words[i, 0]) | (int(words[i, 1]) << 64)
-        try:
-            decode_word(word)
-        except Exception as exc:
-            raise queue_error(chip, qname, i, str(exc)) from None
+    word = int(words[i, 0]) | (int(words[i, 1]) << 64)
+    try:
+        decode_word(word)
+    except Exception as exc:
+        raise queue_error(chip, qname, i, str(exc)) from None
+    raise AssertionError("stray bits not found by decode()")
 
 
-def _advance_repeats(extra, j, op):
-    """Repetition j of an instruction moves on to the next block of its addresses."""
-    cnt, stride = extra["count"], extra["stride"]
-    mem = (op == oc.OP_MEM_READ) | (op == oc.OP_MEM_WRITE)
-    extra["addr"][mem] += j[mem] * cnt[mem] * stride[mem]
-    acc = (op == oc.OP_MXM_ABC) | (op == oc.OP_MXM_ACC)
-    extra["addr"][acc] += j[acc] * cnt[acc]
-    lw = op == oc.OP_MXM_LW
-    if lw.any():
-        g = np.array([DTYPE_BY_CODE.get(int(d), DTYPE_BY_CODE[0]).nbytes
-                      for d in extra["dtype"][lw]])
-        extra["addr"][lw] += j[lw] * cnt[lw] * (extra["aux"][lw] // g)
+@functools.cache
+def _field_tables():
+    """(lo, width, signed, column) of opcode, imm, aux and then every other field column."""
+    names = ("opcode", "imm", "aux") + tuple(n for n in _FIELD_COLS if n not in ("imm", "aux"))
+    lo = np.array([FIELDS[n].lo for n in names], np.int64)
+    w = np.array([FIELDS[n].width for n in names], np.int64)
+    sg = np.array([FIELDS[n].signed for n in names], np.bool_)
+    col = np.array([C["op"]] + [C[n] for n in names[1:]], np.int64)
+    return lo, w, sg, col
+
+
+@functools.cache
+def _dtype_bytes():
+    """Element bytes by dtype code (unknown codes as code 0), for the repeat address step."""
+    out = np.full(16, DTYPE_BY_CODE[0].nbytes, np.int64)
+    for code, d in DTYPE_BY_CODE.items():
+        out[code] = d.nbytes
+    return out
 
 
 def _stack_maps(program, arch) -> np.ndarray:

@@ -13,6 +13,11 @@ pairs, independent of the order the events run in:
   event kernel run on the MXM instructions alone.
 So when every check passes, the program has no hazard. When one fails, the caller runs the event
 kernel, which reports the first hazard in event order exactly as the reference does.
+
+Each rule is a Numba kernel over the decoded columns: it expands instructions into runs (one per
+stream, slice, bank or ALU they use), groups the runs by key with a counting sort (keys are
+small dense integers; instructions arrive sorted by issue cycle, so a key's runs are nearly
+always already in time order, and the few that are not are sorted in place), and sweeps.
 """
 
 from __future__ import annotations
@@ -23,227 +28,307 @@ from numba import njit
 from lpusim.sim import opcodes as oc
 from lpusim.sim.decode import C, Decoded
 
+_OP, _CHIP, _POS, _UIDX, _T0 = C["op"], C["chip"], C["pos"], C["uidx"], C["t0"]
+_COUNT, _INTERVAL, _LAT, _NOPS = C["count"], C["interval"], C["lat"], C["nops"]
+_ADDR, _STRIDE = C["addr"], C["stride"]
+_R1 = (C["r1_dir"], C["r1_s"], C["r1_n"], C["r1_step"])
+_R2 = (C["r2_dir"], C["r2_s"], C["r2_n"])
+_W = (C["w_dir"], C["w_s"], C["w_n"], C["w_step"])
+_RD, _GA = oc.OP_MEM_READ, oc.OP_MEM_GATHER
+_WR, _SC = oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER
+_MXM_OPS = (oc.OP_MXM_LW, oc.OP_MXM_IW, oc.OP_MXM_ABC, oc.OP_MXM_ACC)
+_NEG = -(1 << 62)
+
 
 @njit(cache=True)
-def _runs_overlap(key, start, end):
-    """Runs sorted by (key, start): does any run overlap an earlier one with the same key?"""
+def _group(key, start, nkeys):
+    """Order of the runs by (key, start), keys in [0, nkeys). Returns (order, bounds): the runs of
+    key k are order[bounds[k]:bounds[k + 1]]. Stable counting sort, then an in-place sort of the
+    few groups whose starts are out of order."""
     n = key.shape[0]
-    hi = -(1 << 62)
-    prev = -1
+    bounds = np.zeros(nkeys + 1, np.int64)
     for i in range(n):
-        if i == 0 or key[i] != prev:
-            hi = -(1 << 62)
-            prev = key[i]
-        if start[i] < hi:
-            return True
-        if end[i] > hi:
-            hi = end[i]
+        bounds[key[i] + 1] += 1
+    for k in range(nkeys):
+        bounds[k + 1] += bounds[k]
+    fill = bounds[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        k = key[i]
+        order[fill[k]] = i
+        fill[k] += 1
+    for k in range(nkeys):
+        a, b = bounds[k], bounds[k + 1]
+        for i in range(a + 1, b):
+            if start[order[i]] < start[order[i - 1]]:
+                seg = order[a:b].copy()
+                order[a:b] = seg[np.argsort(start[seg], kind="mergesort")]
+                break
+    return order, bounds
+
+
+@njit(cache=True)
+def _overlaps(key, start, end, nkeys):
+    """Does any run [start, end) overlap another run with the same key?"""
+    order, bounds = _group(key, start, nkeys)
+    for k in range(nkeys):
+        hi = _NEG
+        for i in range(bounds[k], bounds[k + 1]):
+            r = order[i]
+            if start[r] < hi:
+                return True
+            if end[r] > hi:
+                hi = end[r]
     return False
 
 
-def _sort_order(key: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Order by (key, start) with one argsort of a combined int64 where it fits."""
-    lo = int(start.min())
-    span = int(start.max()) - lo + 1
-    bits = max(1, span.bit_length())
-    if int(key.max()).bit_length() + bits <= 62 and int(key.min()) >= 0:
-        return np.argsort((key << bits) | (start - lo))  # ties may come in any order
-    return np.lexsort((start, key))
-
-
-def _overlap(key: np.ndarray, start: np.ndarray, end: np.ndarray) -> bool:
-    if len(key) < 2:
+@njit(cache=True)
+def _covered(us, ue, m, a, n, step):
+    """Are the diagonals a, a + step, ..., a + (n - 1) * step inside the union of the m sorted,
+    disjoint, non-touching intervals [us[i], ue[i])?"""
+    lo, hi = 0, m  # the last interval starting at or before a
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if us[mid] <= a:
+            lo = mid + 1
+        else:
+            hi = mid
+    i = lo - 1
+    if i < 0:
         return False
-    order = _sort_order(key, start)
-    return bool(_runs_overlap(key[order], start[order], end[order]))
-
-
-@njit(cache=True)
-def _find(nxt, x):
-    root = x
-    while nxt[root] != root:
-        root = nxt[root]
-    while nxt[x] != root:  # path compression
-        y = nxt[x]
-        nxt[x] = root
-        x = y
-    return root
-
-
-@njit(cache=True)
-def _streams_covered(group, pos_key, is_read, d0, n, step, nxt_buf):
-    """Events sorted by (group, pos_key, is_read desc): per group, union-find over diagonals
-    marks those written from positions already passed; each read must find its diagonals
-    marked. pos_key orders positions in the flow direction, so writers upstream come first."""
-    N = group.shape[0]
-    i = 0
-    while i < N:
-        j = i
-        lo = d0[i]
-        hi = d0[i] + (n[i] - 1) * step[i]
-        while j < N and group[j] == group[i]:
-            lo = min(lo, d0[j])
-            hi = max(hi, d0[j] + (n[j] - 1) * step[j])
-            j += 1
-        size = hi - lo + 2
-        nxt = nxt_buf[:size]
-        for x in range(size):
-            nxt[x] = x
-        for e in range(i, j):
-            a = d0[e] - lo
-            if is_read[e]:
-                if step[e] == 1:
-                    if _find(nxt, a) < a + n[e]:
-                        return False
-                else:
-                    for v in range(n[e]):
-                        x = a + v * step[e]
-                        if _find(nxt, x) == x:
-                            return False
-            else:
-                b = a + n[e]
-                x = _find(nxt, a)
-                while x < b:
-                    nxt[x] = x + 1
-                    x = _find(nxt, x + 1)
-        i = j
+    if step == 1:
+        return a + n <= ue[i]
+    for v in range(n):
+        x = a + v * step
+        while i < m and ue[i] <= x:
+            i += 1
+        if i == m or us[i] > x:
+            return False
     return True
+
+
+@njit(cache=True)
+def _streams_clean(cols, S, P, nchips):
+    """No two writes of a stream at one position in one cycle, and every read finds a value:
+    some write upstream (or at an earlier position in the flow) on its diagonal."""
+    N = cols.shape[1]
+    nw = 0
+    nr = 0
+    for k in range(N):
+        nw += cols[_W[2], k]
+        nr += cols[_R1[2], k] + cols[_R2[2], k]
+    if nw:
+        for k in range(N):
+            if cols[_W[2], k] > 0 and cols[_INTERVAL, k] != 1:
+                return False  # writers stream one vector per cycle on every unit; else be exact
+    # one event per (instruction, stream): writes first, then reads
+    ne = nw + nr
+    group = np.empty(ne, np.int64)  # (chip, direction, stream)
+    pos_key = np.empty(ne, np.int64)  # position counted along the flow
+    d0 = np.empty(ne, np.int64)  # the diagonal of the first vector (t - pos or t + pos)
+    n = np.empty(ne, np.int64)
+    step = np.empty(ne, np.int64)
+    e = 0
+    for pass_ in range(3):  # writes, first read group, second read group
+        for k in range(N):
+            if pass_ == 0:
+                d, s, m, st = cols[_W[0], k], cols[_W[1], k], cols[_W[2], k], cols[_W[3], k]
+                t = cols[_T0, k] + cols[_LAT, k]
+                vstep = 1
+            elif pass_ == 1:
+                d, s, m, st = cols[_R1[0], k], cols[_R1[1], k], cols[_R1[2], k], cols[_R1[3], k]
+                t = cols[_T0, k]
+                vstep = cols[_INTERVAL, k]
+            else:
+                d, s, m, st = cols[_R2[0], k], cols[_R2[1], k], cols[_R2[2], k], 1
+                t = cols[_T0, k]
+                vstep = cols[_INTERVAL, k]
+            p = cols[_POS, k]
+            for j in range(m):
+                group[e] = (cols[_CHIP, k] * 2 + d) * S + s + j * st
+                pos_key[e] = p if d == 0 else P - 1 - p
+                d0[e] = t - p if d == 0 else t + p
+                n[e] = cols[_COUNT, k]
+                step[e] = vstep
+                e += 1
+    ngroups = nchips * 2 * S
+    # per (stream, position): the reads, then the writes, each sorted by first diagonal. At one
+    # position the reads come first: a value written here is seen downstream only.
+    key = np.empty(ne, np.int64)
+    for i in range(ne):
+        key[i] = (group[i] * P + pos_key[i]) * 2 + (1 if i < nw else 0)
+    order, bounds = _group(key, d0, ngroups * P * 2)
+    # stream-empty: per stream, walk the positions along the flow keeping the union of the
+    # diagonals written so far as sorted disjoint intervals; each read must lie inside it
+    us = np.empty(nw + 1, np.int64)
+    ue = np.empty(nw + 1, np.int64)
+    ns = np.empty(nw + 1, np.int64)
+    ne_ = np.empty(nw + 1, np.int64)
+    for g in range(ngroups):
+        m = 0
+        for kk in range(g * P * 2, (g + 1) * P * 2):
+            a, b = bounds[kk], bounds[kk + 1]
+            if a == b:
+                continue
+            if kk % 2 == 0:  # reads at this position
+                for i in range(a, b):
+                    r = order[i]
+                    if not _covered(us, ue, m, d0[r], n[r], step[r]):
+                        return False
+                continue
+            # writes at this position: two overlap on a diagonal iff they drive the stream here
+            # in one cycle (stream-conflict); then merge them into the union
+            for i in range(a + 1, b):
+                if d0[order[i]] < d0[order[i - 1]] + n[order[i - 1]]:
+                    return False
+            i, j, q = 0, a, 0
+            while i < m or j < b:
+                if j == b or (i < m and us[i] <= d0[order[j]]):
+                    s0, s1 = us[i], ue[i]
+                    i += 1
+                else:
+                    r = order[j]
+                    s0, s1 = d0[r], d0[r] + n[r]
+                    j += 1
+                if q > 0 and s0 <= ne_[q - 1]:
+                    ne_[q - 1] = max(ne_[q - 1], s1)
+                else:
+                    ns[q] = s0
+                    ne_[q] = s1
+                    q += 1
+            us[:q] = ns[:q]
+            ue[:q] = ne_[:q]
+            m = q
+    return True
+
+
+@njit(cache=True)
+def _mem_clean(cols, mem_slices, words_per_bank, nchips):
+    """One read and one write per slice per cycle, and never a read and a write of one bank in
+    one cycle."""
+    N = cols.shape[1]
+    m = 0
+    for k in range(N):
+        o = cols[_OP, k]
+        if o == _RD or o == _GA or o == _WR or o == _SC:
+            m += 1
+    if m == 0:
+        return True
+    nslots = nchips * mem_slices
+    key = np.empty(m, np.int64)
+    start = np.empty(m, np.int64)
+    end = np.empty(m, np.int64)
+    # bank runs: a run may cross one bank boundary (count * stride < bank size), so two each
+    bkey = np.empty(2 * m, np.int64)
+    bstart = np.empty(2 * m, np.int64)
+    bend = np.empty(2 * m, np.int64)
+    bw = np.empty(2 * m, np.bool_)
+    for is_w in range(2):
+        i = 0
+        for k in range(N):
+            o = cols[_OP, k]
+            if is_w == 0 and not (o == _RD or o == _GA):
+                continue
+            if is_w == 1 and not (o == _WR or o == _SC):
+                continue
+            slot = cols[_CHIP, k] * mem_slices + cols[_UIDX, k]
+            t0 = cols[_T0, k] + (cols[_LAT, k] if is_w else 0)
+            cnt = cols[_COUNT, k]
+            key[i] = slot
+            start[i] = t0
+            end[i] = t0 + cnt
+            a0 = cols[_ADDR, k]
+            s_ = cols[_STRIDE, k]
+            a1 = a0 + (cnt - 1) * s_ if (o == _RD or o == _WR) else a0
+            b0 = a0 // words_per_bank
+            b1 = a1 // words_per_bank
+            if b0 == b1:
+                first_b1 = cnt
+            elif s_ > 0:
+                first_b1 = -((a0 - b1 * words_per_bank) // s_)  # ceil((B - a0) / s)
+            else:
+                first_b1 = (b0 * words_per_bank - a0) // s_ + 1
+            first_b1 = min(max(first_b1, 0), cnt)
+            j = 2 * i
+            bkey[j] = slot * 64 + b0
+            bstart[j] = t0
+            bend[j] = t0 + first_b1
+            bkey[j + 1] = slot * 64 + b1
+            bstart[j + 1] = t0 + first_b1
+            bend[j + 1] = t0 + cnt
+            bw[j] = bw[j + 1] = is_w == 1
+            i += 1
+        if i > 1 and _overlaps(key[:i], start[:i], end[:i], nslots):
+            return False
+        if is_w == 0:
+            nread = i
+            rbkey, rbstart, rbend, rbw = (bkey[: 2 * i].copy(), bstart[: 2 * i].copy(),
+                                          bend[: 2 * i].copy(), bw[: 2 * i].copy())
+    nwrite = m - nread
+    if nread == 0 or nwrite == 0:
+        return True
+    allkey = np.concatenate((rbkey, bkey[: 2 * nwrite]))
+    allstart = np.concatenate((rbstart, bstart[: 2 * nwrite]))
+    allend = np.concatenate((rbend, bend[: 2 * nwrite]))
+    allw = np.concatenate((rbw, bw[: 2 * nwrite]))
+    order, bounds = _group(allkey, allstart, nslots * 64)
+    for g in range(nslots * 64):
+        hi_r = _NEG
+        hi_w = _NEG
+        for i in range(bounds[g], bounds[g + 1]):
+            r = order[i]
+            if allend[r] <= allstart[r]:
+                continue  # an empty half of a run
+            if allw[r]:
+                if allstart[r] < hi_r:
+                    return False
+                hi_w = max(hi_w, allend[r])
+            else:
+                if allstart[r] < hi_w:
+                    return False
+                hi_r = max(hi_r, allend[r])
+    return True
+
+
+@njit(cache=True)
+def _alus_clean(cols, alus, nchips):
+    """No VXM ALU is used by two instructions in one cycle (a chain holds nops ALUs)."""
+    N = cols.shape[1]
+    m = 0
+    for k in range(N):
+        m += cols[_NOPS, k]
+    if m < 2:
+        return True
+    key = np.empty(m, np.int64)
+    start = np.empty(m, np.int64)
+    end = np.empty(m, np.int64)
+    i = 0
+    for k in range(N):
+        for j in range(cols[_NOPS, k]):
+            key[i] = cols[_CHIP, k] * alus + cols[_UIDX, k] + j
+            start[i] = cols[_T0, k]
+            end[i] = cols[_T0, k] + cols[_COUNT, k]
+            i += 1
+    return not _overlaps(key, start, end, nchips * alus)
 
 
 def timing_clean(dec: Decoded, arch) -> bool:
     """True if the program has no timing hazard (see the module docstring)."""
-    cols = dec.cols
+    cols = dec.raw  # the rules do not depend on the order of instructions
     if cols.shape[1] == 0:
         return True
-    col = {name: cols[C[name]] for name in
-           ("op", "chip", "pos", "uidx", "t0", "count", "interval", "lat", "nops", "addr",
-            "stride", "r1_dir", "r1_s", "r1_n", "r1_step", "r2_dir", "r2_s", "r2_n", "w_dir",
-            "w_s", "w_n", "w_step")}
-    op = col["op"]
-    S = arch.streams_per_direction
-    P = arch.num_positions
-    if (col["w_n"] > 0).any() and (col["interval"][col["w_n"] > 0] != 1).any():
-        return False  # writers stream one vector per cycle on every unit; else be exact
-    # --- streams: expand each instruction to one run per stream it writes or reads
-    runs = []
-    for kind, d, s, nstr, step in (("w", "w_dir", "w_s", "w_n", "w_step"),
-                                   ("r", "r1_dir", "r1_s", "r1_n", "r1_step"),
-                                   ("r", "r2_dir", "r2_s", "r2_n", None)):
-        m = col[nstr] > 0
-        if not m.any():
-            continue
-        k = np.flatnonzero(m)
-        reps = col[nstr][k]
-        kk = np.repeat(k, reps)
-        j = np.arange(len(kk)) - np.repeat(np.cumsum(reps) - reps, reps)
-        st = col[step][kk] if step else np.ones(len(kk), np.int64)
-        runs.append((kind, kk, col[d][kk], col[s][kk] + j * st))
-    wk = [(kk, dd, ss) for kind, kk, dd, ss in runs if kind == "w"]
-    rk = [(kk, dd, ss) for kind, kk, dd, ss in runs if kind == "r"]
-    if wk:
-        kk, dd, ss = (np.concatenate(x) for x in zip(*wk, strict=True))
-        t_w = col["t0"][kk] + col["lat"][kk]
-        key = ((col["chip"][kk] * 2 + dd) * S + ss) * P + col["pos"][kk]
-        if _overlap(key, t_w, t_w + col["count"][kk]):
-            return False
-    else:
-        kk = dd = ss = np.zeros(0, np.int64)
-        t_w = kk
-    if rk:
-        rkk, rdd, rss = (np.concatenate(x) for x in zip(*rk, strict=True))
-        # events: writes then reads; diagonal start and step
-        group = np.concatenate([(col["chip"][kk] * 2 + dd) * S + ss,
-                                (col["chip"][rkk] * 2 + rdd) * S + rss])
-        d_all = np.concatenate([dd, rdd])
-        pos = np.concatenate([col["pos"][kk], col["pos"][rkk]])
-        t_start = np.concatenate([t_w, col["t0"][rkk]])
-        d0 = np.where(d_all == 0, t_start - pos, t_start + pos)
-        n = np.concatenate([col["count"][kk], col["count"][rkk]])
-        step = np.concatenate([np.ones(len(kk), np.int64), col["interval"][rkk]])
-        is_read = np.concatenate([np.zeros(len(kk), bool), np.ones(len(rkk), bool)])
-        pos_key = np.where(d_all == 0, pos, P - 1 - pos)
-        order = _sort_order(group, pos_key * 2 + (~is_read).astype(np.int64))
-        span = int((d0 + (n - 1) * step).max() - d0.min()) + 2
-        buf = np.empty(span, np.int64)
-        if not _streams_covered(group[order], pos_key[order], is_read[order], d0[order],
-                                n[order], step[order], buf):
-            return False
-    # --- MEM ports
-    wpb = arch.mem_words_per_bank
-    rd = (op == oc.OP_MEM_READ) | (op == oc.OP_MEM_GATHER)
-    wr = (op == oc.OP_MEM_WRITE) | (op == oc.OP_MEM_SCATTER)
-    slot_key = col["chip"] * arch.mem_slices + col["uidx"]
-    t_port = np.where(wr, col["t0"] + col["lat"], col["t0"])
-    for m in (rd, wr):
-        if _overlap(slot_key[m], t_port[m], t_port[m] + col["count"][m]):
-            return False
-    # read/write on one bank in one cycle: split runs where the address crosses a bank
-    sub = []
-    for m, is_w in ((rd, 0), (wr, 1)):
-        k = np.flatnonzero(m)
-        if not len(k):
-            continue
-        plain = (op[k] == oc.OP_MEM_READ) | (op[k] == oc.OP_MEM_WRITE)
-        a0 = col["addr"][k]
-        a1 = np.where(plain, a0 + (col["count"][k] - 1) * col["stride"][k], a0)
-        b0, b1 = a0 // wpb, a1 // wpb
-        t0, n = t_port[k], col["count"][k]
-        same = b0 == b1
-        s_ = col["stride"][k]
-        # first vector index whose address lies in bank b1 (addresses are monotonic in i)
-        up = np.where(s_ > 0, -((a0 - b1 * wpb) // np.maximum(s_, 1)), 0)  # ceil((B-a0)/s)
-        down = np.where(s_ < 0, (b0 * wpb - a0) // np.minimum(s_, -1) + 1, 0)
-        first_b1 = np.where(same, n, np.where(s_ > 0, up, down))
-        first_b1 = np.clip(first_b1, 0, n)
-        sub.append((slot_key[k], b0, t0, t0 + first_b1, np.full(len(k), is_w)))
-        sub.append((slot_key[k], b1, t0 + first_b1, t0 + n, np.full(len(k), is_w)))
-    if len(sub) == 4:
-        key, bank, s0, s1, isw = (np.concatenate(x) for x in zip(*sub, strict=True))
-        keep = s1 > s0
-        if _rw_overlap(key[keep] * 64 + bank[keep], s0[keep], s1[keep], isw[keep]):
-            return False
-    # --- VXM ALUs
-    vx = np.flatnonzero(col["nops"] > 0)
-    if len(vx):
-        reps = col["nops"][vx]
-        kk2 = np.repeat(vx, reps)
-        j = np.arange(len(kk2)) - np.repeat(np.cumsum(reps) - reps, reps)
-        key = col["chip"][kk2] * arch.vxm_alus + col["uidx"][kk2] + j
-        if _overlap(key, col["t0"][kk2], col["t0"][kk2] + col["count"][kk2]):
-            return False
-    # --- MXM state: the event kernel on the MXM instructions alone, without streams
-    mx = (op == oc.OP_MXM_LW) | (op == oc.OP_MXM_IW) | (op == oc.OP_MXM_ABC) | \
-        (op == oc.OP_MXM_ACC)
+    if not _streams_clean(cols, arch.streams_per_direction, arch.num_positions, dec.nchips):
+        return False
+    if not _mem_clean(cols, arch.mem_slices, arch.mem_words_per_bank, dec.nchips):
+        return False
+    if not _alus_clean(cols, arch.vxm_alus, dec.nchips):
+        return False
+    # MXM state: the event kernel on the MXM instructions alone, without streams
+    op = cols[_OP]
+    mx = (op == _MXM_OPS[0]) | (op == _MXM_OPS[1]) | (op == _MXM_OPS[2]) | (op == _MXM_OPS[3])
     if mx.any():
         from lpusim.simulator import run_mxm_only
 
         if not run_mxm_only(dec, arch, mx):
             return False
     return True
-
-
-def _rw_overlap(key, start, end, is_w) -> bool:
-    """Does a read run overlap a write run with the same key (slice and bank)?"""
-    if len(key) < 2:
-        return False
-    order = _sort_order(key, start)
-    return bool(_rw_sweep(key[order], start[order], end[order], is_w[order]))
-
-
-@njit(cache=True)
-def _rw_sweep(key, start, end, is_w):
-    hi_r = -(1 << 62)
-    hi_w = -(1 << 62)
-    for i in range(key.shape[0]):
-        if i == 0 or key[i] != key[i - 1]:
-            hi_r = -(1 << 62)
-            hi_w = -(1 << 62)
-        if is_w[i]:
-            if start[i] < hi_r:
-                return True
-            hi_w = max(hi_w, end[i])
-        else:
-            if start[i] < hi_w:
-                return True
-            hi_r = max(hi_r, end[i])
-    return False
