@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from compiler.errors import CompileError
 from compiler.ir import Graph, print_ir
 from compiler.passes import PASSES
+from compiler.passes.decompose_attention import DecomposeAttention
 from compiler.passes.decompose_softmax_guards import DecomposeSoftmaxGuards
 from compiler.passes.eliminate_identity import EliminateIdentity
 from compiler.passes.fold_constants import FoldConstants
@@ -65,6 +66,7 @@ def default_pipeline() -> tuple[Pass, ...]:
         FoldConstants(),
         # Identity ops and no-op Casts split the chains the recognizers below look for.
         EliminateIdentity(),
+        DecomposeAttention(),
         DecomposeSoftmaxGuards(),
         RecognizeLayernorm(),
         RecognizeRmsnorm(),
