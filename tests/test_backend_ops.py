@@ -166,3 +166,46 @@ def test_per_row_values_through_elementwise_chains():
     res = lpusim.run_onnx(m, {"x": x})
     assert res.report["errors"]["ln"]["max_abs"] < 1e-4
     assert res.report["errors"]["ls"]["max_abs"] < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_casts_between_float_types():
+    """fp32 -> fp16 / bf16 / fp8 by the VXM's conversion (round to nearest even); to fp8 a
+    saturating Cast clamps to the largest finite value (NaN stays), a non-saturating one
+    gives what the conversion gives (e4m3fn: NaN, e5m2: inf)."""
+    import ml_dtypes
+
+    x = np.array([[0.4789, -0.7229, 1e6, -1e6, np.inf, -np.inf, np.nan, 1e-7, 3.3, 500.0]],
+                 np.float32)
+    outs = [("h", T.FLOAT16, np.float16, {}), ("b", T.BFLOAT16, ml_dtypes.bfloat16, {}),
+            ("e4", T.FLOAT8E4M3FN, ml_dtypes.float8_e4m3fn, {}),
+            ("e5", T.FLOAT8E5M2, ml_dtypes.float8_e5m2, {}),
+            ("e4n", T.FLOAT8E4M3FN, ml_dtypes.float8_e4m3fn, {"saturate": 0})]
+    nodes = [h.make_node("Cast", ["x"], [n], to=t, **kw) for n, t, _, kw in outs]
+    nodes.append(h.make_node("Cast", ["h"], ["back"], to=T.FLOAT))
+    m = model(nodes, [vi("x", np.float32, [1, 10])],
+              [h.make_tensor_value_info(n, t, [1, 10]) for n, t, _, _ in outs]
+              + [vi("back", np.float32, [1, 10])], opset=21)
+    got = run(m, {"x": x})
+    for n, _, npt, kw in outs:
+        src = x if kw or npt in (np.float16, ml_dtypes.bfloat16) else \
+            np.clip(x, -float(ml_dtypes.finfo(npt).max), float(ml_dtypes.finfo(npt).max))
+        assert got[n].dtype == np.dtype(npt), n
+        np.testing.assert_array_equal(got[n].astype(np.float32), src.astype(npt).astype(
+            np.float32), err_msg=n)
+    np.testing.assert_array_equal(got["back"], x.astype(np.float16).astype(np.float32))
+
+
+def test_float16_comparison_isnan_and_max():
+    x = np.array([[1.5, np.nan, -2.0, 7.0]], np.float16)
+    y = np.array([[1.5, 0.0, 3.0, -7.0]], np.float16)
+    nodes = [h.make_node("IsNaN", ["x"], ["n"]), h.make_node("Less", ["x", "y"], ["l"]),
+             h.make_node("Max", ["x", "y"], ["m"])]
+    m = model(nodes, [h.make_tensor_value_info(v, T.FLOAT16, [1, 4]) for v in "xy"],
+              [vi("n", bool, [1, 4]), vi("l", bool, [1, 4]),
+               h.make_tensor_value_info("m", T.FLOAT16, [1, 4])])
+    got = run(m, {"x": x, "y": y})
+    np.testing.assert_array_equal(got["n"], np.isnan(x))
+    np.testing.assert_array_equal(got["l"], x < y)
+    assert got["m"].dtype == np.float16
+    np.testing.assert_array_equal(got["m"], np.maximum(x, y))

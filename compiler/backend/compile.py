@@ -60,8 +60,14 @@ LW_STREAMS = 16
 # computed (an int64 or unsigned result would wrap at the wrong width).
 _MACHINE = {"float32": "fp32", "bool": "fp32", "int64": "int32", "int32": "int32",
             "int8": "int8", "int16": "int16", "uint8": "int16", "uint16": "int32",
-            "uint32": "int32", "uint64": "int32"}
+            "uint32": "int32", "uint64": "int32", "float16": "fp16", "bfloat16": "bf16",
+            "float8_e4m3fn": "fp8_e4m3", "float8_e5m2": "fp8_e5m2"}
 _NATIVE_INTS = ("int8", "int16", "int32")
+# narrow floats: the VXM computes in fp32 and rounds once to the element type, which is the
+# correctly rounded result of these ops (fp32 holds more than twice their precision)
+_NARROW_FLOATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+_NARROW_FLOAT_OPS = {"Cast", "IsNaN", "Max", "Min", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
+                     "Relu"} | {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 _PASS_THROUGH = lower.ALIASES | {"Identity"}  # take any element type the machine holds
 _AS_FLOAT = ("float32", "bool")
 # ops that compute int8/16/32 results in their own type
@@ -70,7 +76,9 @@ _COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
 def _integer_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
-    """May op read (or write) value v, an integer of IR type dtype?"""
+    """May op read (or write) value v, an integer or narrow float of IR type dtype?"""
+    if dtype in _NARROW_FLOATS:
+        return op in _NARROW_FLOAT_OPS
     if v in ins and (op in _COMPARE or (op == "Pow" and v == ins[1])):
         return True  # exact on any integer the machine holds (Pow: the exponent, to fp32)
     return dtype in _NATIVE_INTS and op in _INT_OPS and not (op == "Where" and v == ins[0])

@@ -407,8 +407,9 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
             alloc.release(place[v], t)
         return t, clean[out]
     kinds = {graph.values[v].dtype for v in ins}
-    ints = {k for k in kinds if k not in ("float32", "bool")}
-    if ints and (len(kinds) > 1) and nd["op"] != "Pow":
+    narrow = {k for k in kinds if k not in ("float32", "bool")}  # integers, fp16, ...
+    ints = {k for k in narrow if not k.startswith(("float", "bfloat"))}
+    if narrow and (len(kinds) > 1) and nd["op"] != "Pow":
         raise CompileError(f"{what}: operands of different element types "
                            f"({', '.join(sorted(kinds))}) are not lowered yet")
     if nd["op"] == "Pow" and ints:  # an integer exponent (a float base): to fp32 first
@@ -428,23 +429,23 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
                                  clean, spread, ready_of, spread_scalar)
         alloc.release(cv, t)
         return t, c
-    int_cmp = None
-    if ints and nd["op"] in COMPARISONS:  # 0/1 in the operands' type, then to fp32 (bool)
+    narrow_out = None
+    if narrow and graph.values[out].dtype == "bool":  # 0/1 in the operands' type, then fp32
         kind = place[next((v for v in ins if not graph.is_const(v)), ins[0])].dtype
         holder: list[Placement] = []
 
-        def int_cmp(value, not_before=0, avoid=frozenset()):
+        def narrow_out(value, not_before=0, avoid=frozenset()):
             p, a = alloc.alloc(kind, tuple(graph.values[value].shape),
                                dtype_info(kind).nbytes, avoid=avoid)
             holder.append(p)
             return p, max(a, not_before)
 
     expanded: list[Placement] = []
-    t, c = _elementwise(graph, sch, alloc, nd, place, int_cmp or new, start, what, clean,
+    t, c = _elementwise(graph, sch, alloc, nd, place, narrow_out or new, start, what, clean,
                         spread, ready_of, spread_scalar, expanded)
     for p in expanded:
         alloc.release(p, t)
-    if int_cmp is not None:
+    if narrow_out is not None:
         z, a = new(out, t, avoid=frozenset(holder[0].slices))
         t = lower.elementwise(sch, ["cvt"], holder[0], None, None, z, max(t, a), what)
         alloc.release(holder[0], t)
@@ -902,29 +903,50 @@ def lower_data_movement(graph, sch, alloc, nd, place, new, start, what) -> int:
     return t
 
 
+# the largest finite value of each fp8 type: a saturating Cast clamps to it first
+FP8_MAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
+
+
 def lower_cast(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[int, bool]:
-    """Cast between the types the machine holds: integers (int32 on chip) to float32 by the
-    VXM's conversion, anything to bool (fp32 1.0 where nonzero, NaN included), bool or float32
-    to float32 by a copy."""
+    """Cast between the types the machine holds, by the VXM's conversion (round to nearest
+    even; to fp8 with saturate=1, clamped to the type's largest finite value first, NaN kept);
+    anything to bool is fp32 1.0 where nonzero (NaN included); the same type is a copy."""
     x_name, out = nd["inputs"][0], nd["outputs"][0]
     src, dst = graph.values[x_name].dtype, graph.values[out].dtype
     x = place[x_name]
     z, a = new(out, start)
     t = max(start, a)
-    if dst not in ("float32", "bool"):
-        raise CompileError(f"{what}: a cast to {dst} is not lowered yet (casts to float32 and "
-                           "bool are)")
-    if x.dtype != "fp32":  # an integer on chip
-        if dst == "float32":
-            return lower.elementwise(sch, ["cvt"], x, None, None, z, t, what), True
-        tmp, a2 = alloc.alloc("fp32", z.shape, 4, avoid=frozenset(x.slices))
-        t = lower.elementwise(sch, ["cvt"], x, None, None, tmp, max(t, a2), what)
-        t = lower.elementwise(sch, ["or"], tmp, None, 0.0, z, t, what)
-        alloc.release(tmp, t)
-        return t, True
-    if dst == "bool" and src != "bool":
-        return lower.elementwise(sch, ["or"], x, None, 0.0, z, t, what), True
-    return lower.elementwise(sch, ["copy"], x, None, None, z, t, what), clean.get(x_name, False)
+    x_clean = clean.get(x_name, False) or not dtype_info(x.dtype).is_float
+    if dst == "bool":
+        if x.dtype != "fp32":  # to fp32 first: or gives fp32 0/1
+            tmp, a2 = alloc.alloc("fp32", z.shape, 4, avoid=frozenset(x.slices))
+            t = lower.elementwise(sch, ["cvt"], x, None, None, tmp, max(t, a2), what)
+            t = lower.elementwise(sch, ["or"], tmp, None, 0.0, z, t, what)
+            alloc.release(tmp, t)
+            return t, True
+        ops = ["or"] if src != "bool" else ["copy"]
+        return lower.elementwise(sch, ops, x, None, 0.0 if src != "bool" else None, z, t,
+                                 what), True
+    if not dtype_info(z.dtype).is_float:
+        raise CompileError(f"{what}: a cast to {dst} is not lowered yet (the VXM rounds to "
+                           "nearest where Cast truncates)")
+    if x.dtype == z.dtype:
+        return lower.elementwise(sch, ["copy"], x, None, None, z, t, what), x_clean
+    cur, temps = x, []
+    if z.dtype in FP8_MAX and int(nd["attrs"].get("saturate", 1)) \
+            and dtype_info(x.dtype).is_float:
+        m = FP8_MAX[z.dtype]
+        for alu, bound in (("max", -m), ("min", m)):
+            nxt, a2 = alloc.alloc(x.dtype, x.shape, len(x.slices),
+                                  avoid=frozenset(cur.slices) | frozenset(z.slices))
+            t = lower.elementwise(sch, [alu], cur, None, bound, nxt, max(t, a2),
+                                  what + " saturate")
+            temps.append(nxt)
+            cur = nxt
+    t = lower.elementwise(sch, ["cvt"], cur, None, None, z, t, what)
+    for p in temps:
+        alloc.release(p, t)
+    return t, x_clean
 
 
 def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread_scalar,
