@@ -9,6 +9,7 @@ from compiler.errors import CompileError
 from compiler.ir import Graph, print_ir
 from compiler.passes import PASSES
 from compiler.passes.decompose_attention import DecomposeAttention
+from compiler.passes.decompose_rotary import DecomposeRotary
 from compiler.passes.decompose_softmax_guards import DecomposeSoftmaxGuards
 from compiler.passes.eliminate_identity import EliminateIdentity
 from compiler.passes.fold_constants import FoldConstants
@@ -67,6 +68,7 @@ def default_pipeline() -> tuple[Pass, ...]:
         # Identity ops and no-op Casts split the chains the recognizers below look for.
         EliminateIdentity(),
         DecomposeAttention(),
+        DecomposeRotary(),
         DecomposeSoftmaxGuards(),
         RecognizeLayernorm(),
         RecognizeRmsnorm(),

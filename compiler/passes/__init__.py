@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from compiler.passes.decompose_attention import DecomposeAttention
+from compiler.passes.decompose_rotary import DecomposeRotary
 from compiler.passes.decompose_softmax_guards import DecomposeSoftmaxGuards
 from compiler.passes.eliminate_identity import EliminateIdentity
 from compiler.passes.fold_constants import FoldConstants
@@ -13,10 +14,11 @@ from compiler.passes.recognize_rmsnorm import RecognizeRmsnorm
 from compiler.passes.recognize_silu import RecognizeSilu
 
 PASSES: dict[str, type] = {p.name: p for p in (
-    FoldConstants, EliminateIdentity, DecomposeAttention, DecomposeSoftmaxGuards,
-    RecognizeLayernorm, RecognizeRmsnorm, RecognizeGelu, RecognizeSilu, FuseMatmulBias,
+    FoldConstants, EliminateIdentity, DecomposeAttention, DecomposeRotary,
+    DecomposeSoftmaxGuards, RecognizeLayernorm, RecognizeRmsnorm, RecognizeGelu, RecognizeSilu,
+    FuseMatmulBias,
 )}
 
-__all__ = ["PASSES", "DecomposeAttention", "DecomposeSoftmaxGuards", "EliminateIdentity",
-           "FoldConstants", "FuseMatmulBias", "RecognizeGelu", "RecognizeLayernorm",
-           "RecognizeRmsnorm", "RecognizeSilu"]
+__all__ = ["PASSES", "DecomposeAttention", "DecomposeRotary", "DecomposeSoftmaxGuards",
+           "EliminateIdentity", "FoldConstants", "FuseMatmulBias", "RecognizeGelu",
+           "RecognizeLayernorm", "RecognizeRmsnorm", "RecognizeSilu"]

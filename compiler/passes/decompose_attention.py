@@ -38,14 +38,17 @@ class OpBuilder:
 
     def __init__(self, graph: Graph, node: str, order: float) -> None:
         self.graph, self.node, self.order = graph, node, order
-        self._scalars: dict[tuple[str, str], str] = {}
+        self._consts: dict[tuple, str] = {}  # small consts, shared by the ops that read them
 
     def const(self, tag: str, arr: Any) -> str:
         return self.graph.add_const(self.graph.fresh_name(f"{self.node}_{tag}"),
                                     np.asarray(arr), kind="const")
 
     def ints(self, tag: str, values: Sequence[int]) -> str:
-        return self.const(tag, np.array(list(values), dtype=np.int64))
+        key = (tag, tuple(int(v) for v in values))
+        if key not in self._consts:
+            self._consts[key] = self.const(tag, np.array(key[1], dtype=np.int64))
+        return self._consts[key]
 
     def op(self, op: str, inputs: Sequence[str], shape: Sequence[int], dtype: str,
            attrs: dict[str, Any] | None = None, tag: str | None = None) -> str:
@@ -67,9 +70,9 @@ class OpBuilder:
         """`a op value` with value a 0-d const of a's dtype (the result's is `dtype`)."""
         arr = np.array(value, dtype=np_dtype(self.ty(a).dtype))
         key = (str(arr.dtype), repr(arr.item()))
-        if key not in self._scalars:
-            self._scalars[key] = self.const(tag, arr)
-        return self.binary(op, a, self._scalars[key], dtype)
+        if key not in self._consts:
+            self._consts[key] = self.const(tag, arr)
+        return self.binary(op, a, self._consts[key], dtype)
 
     def unary(self, op: str, a: str) -> str:
         return self.op(op, [a], self.ty(a).shape, self.ty(a).dtype)
