@@ -209,3 +209,42 @@ def test_float16_comparison_isnan_and_max():
     np.testing.assert_array_equal(got["l"], x < y)
     assert got["m"].dtype == np.float16
     np.testing.assert_array_equal(got["m"], np.maximum(x, y))
+
+
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
+def test_norms_over_trailing_axes(op):
+    """axis=1 of [2, 3, 4, 5]: flattened to [2, 60], normalised, laid back out."""
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    w = RNG.standard_normal((3, 4, 5)).astype(np.float32)
+    b = RNG.standard_normal((3, 4, 5)).astype(np.float32)
+    ins = ["x", "w", "b"] if op == "LayerNormalization" else ["x", "w"]
+    outs = ["y", "mean", "inv"] if op == "LayerNormalization" else ["y"]
+    m = model([h.make_node(op, ins, outs, axis=1, epsilon=1e-3)],
+              [vi("x", np.float32, [2, 3, 4, 5]), vi("w", np.float32, [3, 4, 5]),
+               vi("b", np.float32, [3, 4, 5])][:len(ins)],
+              [vi("y", np.float32, [2, 3, 4, 5]), vi("mean", np.float32, [2, 1, 1, 1]),
+               vi("inv", np.float32, [2, 1, 1, 1])][:len(outs)], opset=23)
+    res = lpusim.run_onnx(m, {k: v for k, v in {"x": x, "w": w, "b": b}.items() if k in ins})
+    for o in outs:
+        assert res.report["errors"][o]["max_abs"] < 1e-4, o
+
+
+def test_reductions_over_trailing_axes_broadcast_per_block():
+    """ReduceMean over axes 1..3 and ReduceMax over all axes (keepdims): one value per block
+    of rows, which a later Div / Sub reads once for every row of its block."""
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    axes = h.make_tensor("axes", T.INT64, [3], [1, 2, 3])
+    nodes = [h.make_node("Mul", ["x", "x"], ["sq"]),
+             h.make_node("ReduceMean", ["sq", "axes"], ["ms"]),
+             h.make_node("Sqrt", ["ms"], ["rms"]),
+             h.make_node("Div", ["x", "rms"], ["y"]),
+             h.make_node("ReduceMax", ["x"], ["mx"]),
+             h.make_node("Sub", ["x", "mx"], ["d"])]
+    g = h.make_graph(nodes, "g", [vi("x", np.float32, [2, 3, 4, 5])],
+                     [vi("y", np.float32, [2, 3, 4, 5]), vi("d", np.float32, [2, 3, 4, 5])],
+                     [axes])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
+    got = run(m, {"x": x})
+    rms = np.sqrt((x.astype(np.float64) ** 2).mean(axis=(1, 2, 3), keepdims=True))
+    np.testing.assert_allclose(got["y"], x / rms, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["d"], x - x.max())

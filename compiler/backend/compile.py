@@ -406,8 +406,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             clean[out] = True
             spread.add(out)
         elif op in REDUCES:
-            ready[out] = lower_reduce(graph, arch, sch, nd, place, new, start, what, zero, clean,
-                                 REDUCES[op])
+            ready[out] = lower_reduce(graph, arch, sch, alloc, nd, place, new, start, what,
+                                      zero, clean, REDUCES[op])
             clean[out] = True
             spread.add(out)
         else:

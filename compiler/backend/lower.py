@@ -77,13 +77,14 @@ def _log2(g: int) -> int:
 def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | None,
                 imm: float | None, z: Placement, ready: int, what: str,
                 y_is_x: bool = False, y_mode: str = "row", x_of=None,
-                vectors: list[int] | None = None) -> int:
+                vectors: list[int] | None = None, y_of=None) -> int:
     """z = ops(x, B) on the VXM, B a placement, x itself, or an immediate; returns the cycle
     from which z is in SRAM. A placement B is read by `y_mode`: "row" repeats its vectors for
     every row (a same-shape B is the case of one repetition), "col" gives every vector of row
     r the vector r of B (a per-row value already spread over all lanes). `x_of` maps an output
     vector to the x vector it reads (default: the same index); `vectors` limits the work to
-    those output vectors (default: all)."""
+    those output vectors (default: all); `y_of` does for B what `x_of` does for x (instead of
+    `y_mode`)."""
     arch = sch.arch
     V = arch.vxm_position
     g = len(x.slices)
@@ -99,7 +100,8 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
         vs = todo[lo:lo + n]
         xa = [x.addr + (v if x_of is None else x_of(v)) for v in vs]
         if y is not None:
-            ya = [y.addr + (v % y.nvec if y_mode == "row" else v // z.vpr) for v in vs]
+            ya = [y.addr + (y_of(v) if y_of is not None else v % y.nvec if y_mode == "row"
+                            else v // z.vpr) for v in vs]
         za = [z.addr + v for v in vs]
 
         def build(res, T, n=n, xa=xa, za=za, ya=(ya if y is not None else None)):
@@ -355,8 +357,13 @@ def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, read
     def lw(res, T):
         for busy, off, n in checks:
             first = T + off
-            if first < floor or any(first + i in busy for i in range(n)):
+            if first < floor:
+                res.need(floor - first)
                 return None
+            for i in range(n):
+                if first + i in busy:
+                    res.need_free(busy, first + i)
+                    return None
         if not res.take_issue(q, T):
             return None
         snap = res.snapshot()

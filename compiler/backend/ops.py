@@ -248,39 +248,77 @@ def row_matrix(graph, arch, place, cols: int, scale: float) -> Placement:
     return place[name]
 
 
-def last_axis(graph, nd, what) -> None:
+def trailing_axes(graph, nd, what) -> int:
+    """The first of the reduced axes, which must be the trailing ones (the last alone, or the
+    last k; no axes: all of them), with keepdims."""
     ins = nd["inputs"]
     rank = len(graph.values[ins[0]].shape)
     axes = nd["attrs"].get("axes")
     if len(ins) > 1 and ins[1]:
         arr = graph.const_array(ins[1]) if graph.is_const(ins[1]) else None
-        axes = None if arr is None else tuple(int(a) for a in arr.reshape(-1))
-    if axes is None or [a % rank for a in axes] != [rank - 1]:
-        raise CompileError(f"{what}: reductions over axes other than the last are not lowered "
-                           "yet")
+        if arr is None:
+            raise CompileError(f"{what}: axes computed at run time are not lowered")
+        axes = tuple(int(a) for a in arr.reshape(-1))
+    if axes is None or len(axes) == 0:
+        if int(nd["attrs"].get("noop_with_empty_axes", 0)):
+            raise CompileError(f"{what}: noop_with_empty_axes is not lowered yet")
+        axes = tuple(range(rank))
+    got = sorted(a % rank for a in axes)
+    if not got or got != list(range(got[0], rank)):
+        raise CompileError(f"{what}: reductions over axes other than the trailing ones are "
+                           "not lowered yet")
     if not int(nd["attrs"].get("keepdims", 1)):
         raise CompileError(f"{what}: keepdims=0 is not lowered yet")
+    return got[0]
 
 
-def lower_reduce(graph, arch, sch, nd, place, new, start, what, zero, clean, kind) -> int:
-    """ReduceMean / ReduceSum over the last axis: one MXM pass against a matrix of 1/cols (or
-    ones); the result holds the row's value in every lane of one vector per row."""
-    last_axis(graph, nd, what)
-    x_name = nd["inputs"][0]
+def flatten_trailing(graph, sch, alloc, place, clean, v: str, k: int, ready: int,
+                     what: str) -> tuple[str, int, Placement | None]:
+    """v viewed as [prod(shape[:k]), prod(shape[k:])] (rows of the trailing dims laid along
+    the lanes, see lower_reshape); v itself when k is its last axis. Returns (the value's
+    name, its ready cycle, the placement to release after use or None)."""
+    ty = graph.values[v]
+    shape = tuple(ty.shape)
+    if k >= len(shape) - 1:
+        return v, ready, None
+    flat = (int(np.prod(shape[:k], dtype=np.int64)), int(np.prod(shape[k:], dtype=np.int64)))
+    name = f"__{v}@flat{k}"
+    x = place[v]
+    p, a = alloc.alloc(x.dtype, flat, len(x.slices), avoid=frozenset(x.slices))
+    t = lower_reshape(sch, alloc, x, p, max(ready, a), what + " flatten")
+    graph.values[name] = TensorType(ty.dtype, flat)
+    place[name] = p
+    clean[name] = clean.get(v, False)
+    return name, t, p
+
+
+def lower_reduce(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean,
+                 kind) -> int:
+    """ReduceMean / ReduceSum over the last axis (trailing axes: flattened into one first):
+    one MXM pass against a matrix of 1/cols (or ones); the result holds the row's value in
+    every lane of one vector per row."""
+    k = trailing_axes(graph, nd, what)
+    x_name, start, tmp = flatten_trailing(graph, sch, alloc, place, clean, nd["inputs"][0], k,
+                                          start, what)
     x = place[x_name]
     if not clean.get(x_name, False) and x.cols % arch.lanes:
         raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
                            "NaN; masking them is not lowered yet")
     J = row_matrix(graph, arch, place, x.cols, 1.0 / x.cols if kind == "mean" else 1.0)
     y, a = new(nd["outputs"][0], start)
-    return lower.matmul(sch, x, J, y, max(start, a), what, zero=zero(x.dtype))
+    t = lower.matmul(sch, x, J, y, max(start, a), what, zero=zero(x.dtype))
+    if tmp is not None:
+        alloc.release(tmp, t)
+    return t
 
 
 def lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what, clean) -> int:
-    """ReduceMax over the last axis with keepdims: the row max (see row_max), which already
-    holds the row's value in every lane of one vector per row."""
-    last_axis(graph, nd, what)
-    x_name = nd["inputs"][0]
+    """ReduceMax over the last axis with keepdims (trailing axes: flattened into one first):
+    the row max (see row_max), which already holds the row's value in every lane of one
+    vector per row."""
+    k = trailing_axes(graph, nd, what)
+    x_name, start, tmp = flatten_trailing(graph, sch, alloc, place, clean, nd["inputs"][0], k,
+                                          start, what)
     x = place[x_name]
     shape = tuple(graph.values[x_name].shape)
     xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, clean.get(x_name, False),
@@ -288,7 +326,7 @@ def lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what, clean
     y, a = new(nd["outputs"][0], t)  # one vector per row, like m (rows of <= 320 columns)
     t = lower.elementwise(sch, ["copy"], m, None, None, y, max(t, a), what)
     alloc.release(m, t)
-    for p in temps:
+    for p in temps + ([tmp] if tmp is not None else []):
         alloc.release(p, t)
     return t
 
@@ -303,10 +341,13 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     op, ins, outs = nd["op"], [i for i in nd["inputs"]], nd["outputs"]
     x_name = ins[0]
     xt = graph.values[x_name]
+    rank = len(xt.shape)
     axis = int(nd["attrs"].get("axis", -1))
-    if axis not in (-1, len(xt.shape) - 1):
-        raise CompileError(f"{what}: normalisation over axis {axis} (not the last) is not "
-                           "lowered yet")
+    if not -rank <= axis < rank:
+        raise CompileError(f"{what}: axis {axis} is out of range for rank {rank}")
+    if axis % rank != rank - 1:  # over the trailing axes: flattened into one, and back
+        return _norm_flat(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean,
+                          spread, axis % rank)
     extra = [o if o and (graph.consumers(o) or o in graph.outputs) else None
              for o in list(outs[1:3]) + [None] * (3 - len(outs))][:2]
     if op == "RMSNormalization" and any(extra):
@@ -375,6 +416,40 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     if d is not x:
         temps.append(d)
     for p in temps:
+        alloc.release(p, t)
+    return t
+
+
+def _norm_flat(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spread,
+               k: int) -> int:
+    """A norm over axes k.. as one over the last axis of [prod(shape[:k]), prod(shape[k:])];
+    scale and bias (of the normalised shape) flattened likewise; the result laid back out."""
+    ins, outs = list(nd["inputs"]), list(nd["outputs"])
+    shape = tuple(graph.values[ins[0]].shape)
+    temps, flat_ins, t = [], [], start
+    for j, v in enumerate(ins):
+        if not v:
+            flat_ins.append(v)
+            continue
+        vs = tuple(graph.values[v].shape)
+        if j and vs != shape[k:]:
+            raise CompileError(f"{what}: scale/bias of shape {list(vs)} (not the normalised "
+                               f"shape {list(shape[k:])}) is not lowered yet")
+        name, tv, p = flatten_trailing(graph, sch, alloc, place, clean, v, 0 if j else k,
+                                       start, what)
+        flat_ins.append(name)
+        t = max(t, tv)
+        if p is not None:
+            temps.append(p)
+    y = outs[0]
+    y_flat = f"__{y}@flat{k}"
+    graph.values[y_flat] = TensorType(graph.values[y].dtype, tuple(graph.values[flat_ins[0]].shape))
+    inner = dict(nd, inputs=flat_ins, outputs=[y_flat] + outs[1:],
+                 attrs=dict(nd["attrs"], axis=-1))
+    t = lower_norm(graph, arch, sch, alloc, inner, place, new, t, what, zero, clean, spread)
+    z, a = new(y, t)
+    t = lower_reshape(sch, alloc, place[y_flat], z, max(t, a), what + " unflatten")
+    for p in temps + [place[y_flat]]:
         alloc.release(p, t)
     return t
 
@@ -508,6 +583,8 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
             return "row"  # repeated over leading dims: B's vectors, again for every block
         if v in spread and full and tuple(ty.shape) == full[:-1] + (1,):
             return "col"
+        if v in spread and len(ty.shape) == len(full) and _block(tuple(ty.shape), full):
+            return "block"
         if ty.size == 1:
             return "scalar"
         return "other"
@@ -578,10 +655,14 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
     if a == b:  # x op x: one read, the value goes to both ALU inputs
         return (lower.elementwise(sch, [alu], place[a], None, None, z, max(start, nb), what,
                                   y_is_x=True), ca and lower.finite_at_zero([alu], 0.0))
-    if rb in ("full", "row", "col"):
+    if rb in ("full", "row", "col", "block"):
         pb, t, cp = apart(sch, alloc, place[b], place[a], max(start, ready_of(b)), what)
+        y_of = None
+        if rb == "block":  # one value per block of f rows of the output
+            f = _block(tuple(graph.values[b].shape), full)
+            y_of = lambda v, f=f, vpr=z.vpr: (v // vpr) // f  # noqa: E731
         out_t = lower.elementwise(sch, [alu], place[a], pb, None, z, max(start, nb, t), what,
-                                  y_mode="col" if rb == "col" else "row")
+                                  y_mode="col" if rb == "col" else "row", y_of=y_of)
         if cp is not None:
             alloc.release(cp, out_t)
         return out_t, ca and clean.get(b, False) and lower.finite_at_zero([alu], 0.0)
@@ -594,6 +675,18 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
 
 
 COMMUTATIVE = lower.COMMUTATIVE
+
+
+def _block(shape: tuple, full: tuple) -> int:
+    """Rows of `full` per value when `shape` is full[:k] followed by ones (k < rank - 1): a
+    per-row value over its trailing dims, e.g. [2, 1, 1, 1] against [2, 3, 4, 5] (12); else
+    0."""
+    k = len(shape)
+    while k and shape[k - 1] == 1:
+        k -= 1
+    if k >= len(full) - 1 or shape[:k] != full[:k]:
+        return 0
+    return int(np.prod(full[k:-1], dtype=np.int64))
 _NATIVE_INT = {"int8": "int8", "int16": "int16", "int32": "int32"}  # IR -> machine dtype
 COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
