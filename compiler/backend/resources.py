@@ -54,16 +54,44 @@ class Reservation:
         self._mine_w: dict[tuple[int, int], int] = {}
         self._mine_alu: set[tuple[int, int]] = set()
         self._mine_streams: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
+        # when the job does not fit: how far its start must move at least before the resource
+        # that refused it is free (every cycle of a job moves with its start)
+        self.skip = 1
+        self._hints = True  # off once a choice was undone: its hint need not bind the others
+
+    def need(self, delta: int) -> None:
+        """Record that the job cannot fit unless it starts at least `delta` cycles later."""
+        if self._hints:
+            self.skip = max(self.skip, delta)
+
+    def need_free(self, busy, cycle: int) -> None:
+        """Record the shift to the first cycle >= `cycle` that is not in `busy`."""
+        c = cycle + 1
+        while c in busy:
+            c += 1
+        self.need(c - cycle)
 
     def take_issue(self, queue: str, cycle: int) -> bool:
-        if cycle < 0 or cycle in self.t.issue[queue] or (queue, cycle) in self._mine_issue:
+        if cycle < 0:
+            self.need(-cycle)
+            return False
+        if cycle in self.t.issue[queue]:
+            self.need_free(self.t.issue[queue], cycle)
+            return False
+        if (queue, cycle) in self._mine_issue:
             return False
         self._mine_issue.add((queue, cycle))
         self.issue.append((queue, cycle))
         return True
 
     def take_read(self, sl: int, cycle: int, bank: int) -> bool:
-        if cycle < 0 or cycle in self.t.read_port[sl] or (sl, cycle) in self._mine_r:
+        if cycle < 0:
+            self.need(-cycle)
+            return False
+        if cycle in self.t.read_port[sl]:
+            self.need_free(self.t.read_port[sl], cycle)
+            return False
+        if (sl, cycle) in self._mine_r:
             return False
         w = self.t.write_port[sl].get(cycle, self._mine_w.get((sl, cycle)))
         if w is not None and (w == bank or bank == ALL_BANKS):
@@ -73,7 +101,13 @@ class Reservation:
         return True
 
     def take_write(self, sl: int, cycle: int, bank: int) -> bool:
-        if cycle < 0 or cycle in self.t.write_port[sl] or (sl, cycle) in self._mine_w:
+        if cycle < 0:
+            self.need(-cycle)
+            return False
+        if cycle in self.t.write_port[sl]:
+            self.need_free(self.t.write_port[sl], cycle)
+            return False
+        if (sl, cycle) in self._mine_w:
             return False
         r = self.t.read_port[sl].get(cycle, self._mine_r.get((sl, cycle)))
         if r is not None and (r == bank or r == ALL_BANKS):
@@ -83,7 +117,10 @@ class Reservation:
         return True
 
     def take_alu(self, alu: int, cycle: int) -> bool:
-        if cycle in self.t.alu[alu] or (alu, cycle) in self._mine_alu:
+        if cycle in self.t.alu[alu]:
+            self.need_free(self.t.alu[alu], cycle)
+            return False
+        if (alu, cycle) in self._mine_alu:
             return False
         self._mine_alu.add((alu, cycle))
         self.alus.append((alu, cycle))
@@ -112,6 +149,7 @@ class Reservation:
                 {k: list(v) for k, v in self._mine_streams.items()})
 
     def restore(self, snap) -> None:
+        self.skip, self._hints = 1, False
         (self.issue, self.reads, self.writes, self.alus, self.flows, self._mine_issue,
          self._mine_r, self._mine_w, self._mine_alu, ms) = (
             list(snap[0]), list(snap[1]), list(snap[2]), list(snap[3]), list(snap[4]),

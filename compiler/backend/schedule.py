@@ -51,7 +51,9 @@ class Scheduler:
 
     def place(self, earliest: int, build: Callable[[Reservation, int], list[Emitted] | None],
               what: str) -> int:
-        """Commit `build` at the first start cycle >= earliest where it fits; return it."""
+        """Commit `build` at the first start cycle >= earliest where it fits; return it. A build
+        that fails says (Reservation.need) how far the start must move before the resource that
+        refused it is free; the cycles in between cannot fit and are not tried."""
         t = max(0, earliest)
         while t <= max(earliest, self.table.last) + SEARCH_SLACK:
             res = Reservation(self.table)
@@ -60,7 +62,7 @@ class Scheduler:
                 res.commit()
                 self.code.extend(code)
                 return t
-            t += 1
+            t += res.skip
         raise CompileError(f"internal: {what} does not fit the machine at any cycle (a "
                            "resource it needs is used twice by itself)")
 
@@ -113,7 +115,11 @@ class Scheduler:
             busy = self.table.read_port[sl]
             for a, t in zip(addrs, arrive, strict=True):
                 rc = t - lat - hops
-                if rc < floor or rc in busy:  # the cheap checks first
+                if rc < floor:  # the cheap checks first
+                    res.need(floor - rc)
+                    return None
+                if rc in busy:
+                    res.need_free(busy, rc)
                     return None
                 plans.append((b, sl, pos, a, rc, diagonal(direction, pos, rc + lat)))
         for cand in ([base] if base is not None else range(0, self.S - g + 1, g)):
