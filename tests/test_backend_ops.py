@@ -248,3 +248,34 @@ def test_reductions_over_trailing_axes_broadcast_per_block():
     rms = np.sqrt((x.astype(np.float64) ** 2).mean(axis=(1, 2, 3), keepdims=True))
     np.testing.assert_allclose(got["y"], x / rms, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got["d"], x - x.max())
+
+
+@pytest.mark.parametrize("c_shape", [None, [1], [7], [5, 7]])
+def test_gemm_with_transposes_alpha_beta_and_runtime_operands(c_shape):
+    a = RNG.standard_normal((6, 5)).astype(np.float32)  # transA: [K, M]
+    b = RNG.standard_normal((7, 6)).astype(np.float32)  # transB: [N, K]
+    ins = ["a", "b"] + (["c"] if c_shape else [])
+    vis = [vi("a", np.float32, [6, 5]), vi("b", np.float32, [7, 6])]
+    feeds = {"a": a, "b": b}
+    if c_shape:
+        vis.append(vi("c", np.float32, c_shape))
+        feeds["c"] = RNG.standard_normal(c_shape).astype(np.float32)
+    m = model([h.make_node("Gemm", ins, ["y"], transA=1, transB=1, alpha=0.5, beta=-2.0)],
+              vis, [vi("y", np.float32, [5, 7])], opset=13)
+    got = run(m, feeds)["y"]
+    want = 0.5 * (a.T.astype(np.float64) @ b.T) + (-2.0 * feeds["c"] if c_shape else 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sa,sb", [([4], [2, 4, 3]), ([1, 2, 5, 4], [4]), ([4], [4]),
+                                   ([3, 1, 2, 4], [1, 2, 4, 5])])
+def test_matmul_of_1d_operands_and_broadcast_batches(sa, sb):
+    a = RNG.standard_normal(sa).astype(np.float32)
+    b = RNG.standard_normal(sb).astype(np.float32)
+    want = np.matmul(a.astype(np.float64), b)
+    m = model([h.make_node("MatMul", ["a", "b"], ["y"])],
+              [vi("a", np.float32, sa), vi("b", np.float32, sb)],
+              [vi("y", np.float32, list(want.shape))])
+    got = run(m, {"a": a, "b": b})["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -26,6 +26,7 @@ from compiler.backend.ops import (
     spread_int,
 )
 from compiler.backend.placement import Allocator, Placement, rows_cols
+from compiler.backend.products import canonical_products
 from compiler.backend.schedule import Scheduler
 from compiler.backend.transpose import lower_transpose_last
 from compiler.errors import CompileError
@@ -96,6 +97,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     """Lower a canonicalised graph to a single-chip Program for `arch` (the caller's graph is
     not changed: lowering adds constants of its own to a copy)."""
     graph = graph.copy()
+    canonical_products(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
                            f"{', '.join(PRECISIONS)})")
