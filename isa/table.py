@@ -16,6 +16,7 @@ Operands with a default may be omitted; optional operands may be written `name=v
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from isa.fields import FIELDS, WORD_BITS
@@ -116,7 +117,7 @@ class Instr:
     semantics: str
     alu: AluOp | None = None
 
-    @property
+    @functools.cached_property
     def fields(self) -> tuple[str, ...]:
         out = ["opcode"]
         for op in self.operands:

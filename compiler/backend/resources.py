@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 ALL_BANKS = -1
 
 
+# stream table keys: one int per (direction, stream, diagonal), any integer diagonal
+_SK = 1 << 12  # > streams per direction
+_DK = 2 * _SK
+
+
 def diagonal(direction: int, position: int, cycle: int) -> int:
     return cycle - position if direction == 0 else cycle + position
 
@@ -34,8 +39,8 @@ class Table:
     read_port: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
     write_port: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
     alu: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
-    streams: dict[tuple[int, int, int], list[tuple[int, int]]] = field(
-        default_factory=lambda: defaultdict(list))
+    # (direction, stream, diagonal) as one int key -> position spans taken
+    streams: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
     last: int = 0  # the latest cycle any reservation touches
 
 
@@ -48,12 +53,12 @@ class Reservation:
         self.reads: list[tuple[int, int, int]] = []
         self.writes: list[tuple[int, int, int]] = []
         self.alus: list[tuple[int, int]] = []
-        self.flows: list[tuple[tuple[int, int, int], tuple[int, int]]] = []
+        self.flows: list[tuple[int, tuple[int, int]]] = []
         self._mine_issue: set[tuple[str, int]] = set()
         self._mine_r: dict[tuple[int, int], int] = {}
         self._mine_w: dict[tuple[int, int], int] = {}
         self._mine_alu: set[tuple[int, int]] = set()
-        self._mine_streams: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
+        self._mine_streams: dict[int, list[tuple[int, int]]] = defaultdict(list)
         # when the job does not fit: how far its start must move at least before the resource
         # that refused it is free (every cycle of a job moves with its start)
         self.skip = 1
@@ -100,6 +105,52 @@ class Reservation:
         self.reads.append((sl, cycle, bank))
         return True
 
+    def take_reads(self, sl: int, cycles, banks) -> bool:
+        """take_read of every (cycle, bank), in order; False at the first that fails."""
+        busy, wport = self.t.read_port[sl], self.t.write_port[sl]
+        mine_r, mine_w = self._mine_r, self._mine_w
+        for cycle, bank in zip(cycles, banks, strict=True):
+            if cycle < 0:
+                self.need(-cycle)
+                return False
+            if cycle in busy:
+                self.need_free(busy, cycle)
+                return False
+            key = (sl, cycle)
+            if key in mine_r:
+                return False
+            w = wport.get(cycle)
+            if w is None:
+                w = mine_w.get(key)
+            if w is not None and (w == bank or bank == ALL_BANKS):
+                return False
+            mine_r[key] = bank
+            self.reads.append((sl, cycle, bank))
+        return True
+
+    def take_writes(self, sl: int, cycles, banks) -> bool:
+        """take_write of every (cycle, bank), in order; False at the first that fails."""
+        busy, rport = self.t.write_port[sl], self.t.read_port[sl]
+        mine_r, mine_w = self._mine_r, self._mine_w
+        for cycle, bank in zip(cycles, banks, strict=True):
+            if cycle < 0:
+                self.need(-cycle)
+                return False
+            if cycle in busy:
+                self.need_free(busy, cycle)
+                return False
+            key = (sl, cycle)
+            if key in mine_w:
+                return False
+            r = rport.get(cycle)
+            if r is None:
+                r = mine_r.get(key)
+            if r is not None and (r == bank or r == ALL_BANKS):
+                return False
+            mine_w[key] = bank
+            self.writes.append((sl, cycle, bank))
+        return True
+
     def take_write(self, sl: int, cycle: int, bank: int) -> bool:
         if cycle < 0:
             self.need(-cycle)
@@ -127,19 +178,38 @@ class Reservation:
         return True
 
     def stream_free(self, direction: int, s: int, diag: int, sp: tuple[int, int]) -> bool:
-        key = (direction, s, diag)
-        for a, b in self.t.streams.get(key, ()):
-            if a < sp[1] and sp[0] < b:
-                return False
-        for a, b in self._mine_streams.get(key, ()):
-            if a < sp[1] and sp[0] < b:
-                return False
+        return self.flow_free(direction, s, (diag,), sp)
+
+    def flow_free(self, direction: int, s: int, diags, sp: tuple[int, int]) -> bool:
+        """Is stream s free over positions sp on every one of `diags`?"""
+        a0, a1 = sp
+        tget, mget = self.t.streams.get, self._mine_streams.get
+        k0 = direction * _SK + s
+        for d in diags:
+            key = d * _DK + k0
+            occ = tget(key)
+            if occ:
+                for a, b in occ:
+                    if a < a1 and a0 < b:
+                        return False
+            occ = mget(key)
+            if occ:
+                for a, b in occ:
+                    if a < a1 and a0 < b:
+                        return False
         return True
 
     def take_stream(self, direction: int, s: int, diag: int, sp: tuple[int, int]) -> None:
-        key = (direction, s, diag)
-        self._mine_streams[key].append(sp)
-        self.flows.append((key, sp))
+        self.take_flow(direction, s, (diag,), sp)
+
+    def take_flow(self, direction: int, s: int, diags, sp: tuple[int, int]) -> None:
+        """Take stream s over positions sp on every one of `diags` (check flow_free first)."""
+        k0 = direction * _SK + s
+        mine, flows = self._mine_streams, self.flows
+        for d in diags:
+            key = d * _DK + k0
+            mine[key].append(sp)
+            flows.append((key, sp))
 
     def snapshot(self):
         """The state to go back to when a choice half-way through a job fails."""
@@ -159,15 +229,17 @@ class Reservation:
     def commit(self) -> None:
         cycles = [c for _, c in self.issue] + [c for _, c, _ in self.reads] + \
             [c for _, c, _ in self.writes] + [c for _, c in self.alus]
+        t = self.t
         if cycles:
-            self.t.last = max(self.t.last, max(cycles))
+            t.last = max(t.last, max(cycles))
         for q, c in self.issue:
-            self.t.issue[q].add(c)
+            t.issue[q].add(c)
         for sl, c, b in self.reads:
-            self.t.read_port[sl][c] = b
+            t.read_port[sl][c] = b
         for sl, c, b in self.writes:
-            self.t.write_port[sl][c] = b
+            t.write_port[sl][c] = b
         for a, c in self.alus:
-            self.t.alu[a].add(c)
+            t.alu[a].add(c)
+        streams = self.t.streams
         for key, sp in self.flows:
-            self.t.streams[key].append(sp)
+            streams[key].append(sp)

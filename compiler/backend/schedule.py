@@ -105,34 +105,36 @@ class Scheduler:
         data is there). Returns the first stream of the group (`base` if given), or None."""
         g = len(p.slices)
         lat = self.lat("mem_read")
+        wpb = self.wpb
         plans = []
         floor = max(0, not_before)
         for b, sl in enumerate(p.slices):
             pos = self.slice_pos[sl]
             if (direction == 0) != (pos < dest):
                 raise CompileError("internal: a read flow against the stream direction")
-            hops = abs(dest - pos)
+            off = -lat - abs(dest - pos)
             busy = self.table.read_port[sl]
-            for a, t in zip(addrs, arrive, strict=True):
-                rc = t - lat - hops
-                if rc < floor:  # the cheap checks first
+            rcs = [t + off for t in arrive]
+            for rc in rcs:  # the cheap checks first
+                if rc < floor:
                     res.need(floor - rc)
                     return None
                 if rc in busy:
                     res.need_free(busy, rc)
                     return None
-                plans.append((b, sl, pos, a, rc, diagonal(direction, pos, rc + lat)))
+            shift = lat - pos if direction == 0 else lat + pos
+            plans.append((b, sl, rcs, [rc + shift for rc in rcs], span(direction, pos, dest)))
         for cand in ([base] if base is not None else range(0, self.S - g + 1, g)):
-            if all(res.stream_free(direction, cand + b, d, span(direction, pos, dest))
-                   for b, _, pos, _, _, d in plans):
+            if all(res.flow_free(direction, cand + b, diags, sp) for b, _, _, diags, sp in plans):
                 base = cand
                 break
         else:
             return None
-        for b, sl, pos, a, rc, d in plans:
-            if not res.take_read(sl, rc, a // self.wpb):
+        banks = [a // wpb for a in addrs]
+        for b, sl, rcs, diags, sp in plans:
+            if not res.take_reads(sl, rcs, banks):
                 return None
-            res.take_stream(direction, base + b, d, span(direction, pos, dest))
+            res.take_flow(direction, base + b, diags, sp)
         return base
 
     def read_code(self, res: Reservation, p: Placement, addrs: list[int], arrive: list[int],
@@ -174,14 +176,14 @@ class Scheduler:
             if (direction == 0) != (pos > src):
                 raise CompileError("internal: a write flow against the stream direction")
             hops = abs(pos - src)
-            for a, t in zip(addrs, leave, strict=True):
-                d = diagonal(direction, src, t)
-                sp = span(direction, src, pos)
-                if not res.stream_free(direction, base + b, d, sp):
-                    return None
-                if not res.take_write(sl, t + hops + lat, a // self.wpb):
-                    return None
-                res.take_stream(direction, base + b, d, sp)
+            diags = [diagonal(direction, src, t) for t in leave]
+            sp = span(direction, src, pos)
+            if not res.flow_free(direction, base + b, diags, sp):
+                return None
+            if not res.take_writes(sl, [t + hops + lat for t in leave],
+                                   [a // self.wpb for a in addrs]):
+                return None
+            res.take_flow(direction, base + b, diags, sp)
             code = self._mem_code(res, sl, [t + hops for t in leave], addrs, "mem.write",
                                   dict(src=base + b, src_dir=direction))
             if code is None:
@@ -197,8 +199,8 @@ class Scheduler:
         for base in range(0, self.S - g + 1, g):
             if base in avoid:
                 continue
-            if all(res.stream_free(direction, base + b, diagonal(direction, src, t), sp)
-                   for b in range(g) for t in leave):
+            diags = [diagonal(direction, src, t) for t in leave]
+            if all(res.flow_free(direction, base + b, diags, sp) for b in range(g)):
                 return base
         return None
 
