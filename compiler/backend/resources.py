@@ -19,9 +19,31 @@ from dataclasses import dataclass, field
 ALL_BANKS = -1
 
 
-# stream table keys: one int per (direction, stream, diagonal), any integer diagonal
+# The stream table holds runs of consecutive diagonals (d0, d1, position span) filed under
+# every bucket of 2**_BUCKET diagonals they touch; a key is one int per (direction, stream,
+# bucket), any integer bucket.
 _SK = 1 << 12  # > streams per direction
 _DK = 2 * _SK
+_BUCKET = 6
+
+
+def _diag_runs(diags):
+    """Maximal runs [d0, d1) of consecutive diagonals, in order."""
+    out = []
+    it = iter(diags)
+    for d in it:
+        d0 = d1 = d
+        break
+    else:
+        return out
+    for d in it:
+        if d == d1 + 1:
+            d1 = d
+        else:
+            out.append((d0, d1 + 1))
+            d0 = d1 = d
+    out.append((d0, d1 + 1))
+    return out
 
 
 def diagonal(direction: int, position: int, cycle: int) -> int:
@@ -39,8 +61,9 @@ class Table:
     read_port: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
     write_port: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
     alu: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
-    # (direction, stream, diagonal) as one int key -> position spans taken
-    streams: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    # (direction, stream, bucket) as one int key -> runs (d0, d1, first position, end)
+    streams: dict[int, list[tuple[int, int, int, int]]] = field(
+        default_factory=lambda: defaultdict(list))
     last: int = 0  # the latest cycle any reservation touches
 
 
@@ -53,12 +76,12 @@ class Reservation:
         self.reads: list[tuple[int, int, int]] = []
         self.writes: list[tuple[int, int, int]] = []
         self.alus: list[tuple[int, int]] = []
-        self.flows: list[tuple[int, tuple[int, int]]] = []
+        self.flows: list[tuple[int, tuple[int, int, int, int]]] = []
         self._mine_issue: set[tuple[str, int]] = set()
         self._mine_r: dict[tuple[int, int], int] = {}
         self._mine_w: dict[tuple[int, int], int] = {}
         self._mine_alu: set[tuple[int, int]] = set()
-        self._mine_streams: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self._mine_streams: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
         # when the job does not fit: how far its start must move at least before the resource
         # that refused it is free (every cycle of a job moves with its start)
         self.skip = 1
@@ -185,18 +208,14 @@ class Reservation:
         a0, a1 = sp
         tget, mget = self.t.streams.get, self._mine_streams.get
         k0 = direction * _SK + s
-        for d in diags:
-            key = d * _DK + k0
-            occ = tget(key)
-            if occ:
-                for a, b in occ:
-                    if a < a1 and a0 < b:
-                        return False
-            occ = mget(key)
-            if occ:
-                for a, b in occ:
-                    if a < a1 and a0 < b:
-                        return False
+        for d0, d1 in _diag_runs(diags):
+            for bucket in range(d0 >> _BUCKET, ((d1 - 1) >> _BUCKET) + 1):
+                key = bucket * _DK + k0
+                for occ in (tget(key), mget(key)):
+                    if occ:
+                        for x0, x1, a, b in occ:
+                            if x0 < d1 and d0 < x1 and a < a1 and a0 < b:
+                                return False
         return True
 
     def take_stream(self, direction: int, s: int, diag: int, sp: tuple[int, int]) -> None:
@@ -206,10 +225,12 @@ class Reservation:
         """Take stream s over positions sp on every one of `diags` (check flow_free first)."""
         k0 = direction * _SK + s
         mine, flows = self._mine_streams, self.flows
-        for d in diags:
-            key = d * _DK + k0
-            mine[key].append(sp)
-            flows.append((key, sp))
+        for d0, d1 in _diag_runs(diags):
+            run = (d0, d1, sp[0], sp[1])
+            for bucket in range(d0 >> _BUCKET, ((d1 - 1) >> _BUCKET) + 1):
+                key = bucket * _DK + k0
+                mine[key].append(run)
+                flows.append((key, run))
 
     def snapshot(self):
         """The state to go back to when a choice half-way through a job fails."""
