@@ -201,17 +201,20 @@ class DecomposeAttention:
     elementwise ops.
 
     Follows the operator's specification: 3-D inputs are split into q_num_heads/kv_num_heads
-    heads; Q and K are scaled by sqrt(scale) (default scale 1/sqrt(head size)); past_key and
-    past_value are concatenated before K and V along the sequence axis (present_key and
-    present_value); KV heads are repeated for grouped-query attention; softcap maps the scores
-    to c * tanh(s / c); the bias adds a float attn_mask and puts -inf where a bool attn_mask is
-    False, outside the causal frontier or the left/right window (bottom-right aligned after the
-    past keys, or per batch at nonpad_kv_seqlen - Sq) and past nonpad_kv_seqlen; the softmax
-    runs in softmax_precision when given. A query row whose every key is masked gives zeros
-    (not NaN): when that can happen the softmax gets one more column per row, 0 for such a
-    row and -inf otherwise, which takes all the weight of a fully masked row and none of any
-    other, and is sliced off afterwards. The optional 4th output is the raw QK product (mode
-    0), after softcap (1), after the bias (2) or the probabilities (3).
+    heads; Q and K are each scaled by sqrt(scale) (default scale 1/sqrt(head size)); past_key
+    and past_value are concatenated before K and V along the sequence axis (present_key and
+    present_value); KV heads are repeated in place for grouped-query attention; softcap maps
+    the scores to c * tanh(s / c); then one Add of the bias: a float attn_mask, plus -inf
+    where a bool attn_mask is False, outside the causal frontier or the left/right window
+    (bottom-right aligned after the past keys, or per batch at nonpad_kv_seqlen - Sq) and past
+    nonpad_kv_seqlen. The parts known at compile time are one constant; -inf from run-time
+    parts is made exactly, by overflow. The softmax runs in softmax_precision when given. A
+    query row whose every key is masked gives zeros (not NaN): when that can happen the
+    softmax gets one more column, 0 for such a row and -inf for any other, which takes all the
+    weight of a fully masked row and none of the others', and is sliced off afterwards. The
+    optional 4th output is the raw QK product (mode 0, as the specification and the ONNX
+    function body say; onnx.reference gives it after softcap), after softcap (1), after the
+    bias (2) or the probabilities (3).
 
     Afterwards: no Attention op remains; each is replaced by ops of the ai.onnx domain whose
     outputs keep the Attention's output names.
