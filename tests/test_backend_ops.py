@@ -279,3 +279,34 @@ def test_matmul_of_1d_operands_and_broadcast_batches(sa, sb):
     got = run(m, {"a": a, "b": b})["y"]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,axis,opset", [("Softmax", 0, 13), ("LogSoftmax", 1, 13),
+                                           ("Softmax", 1, 11)])
+def test_softmax_over_an_inner_axis(op, axis, opset):
+    """opset 13 on: over that axis alone (transposed to the last and back); before: over the
+    flattened trailing axes from it."""
+    x = RNG.standard_normal((3, 4, 5)).astype(np.float32) * 3
+    m = model([h.make_node(op, ["x"], ["y"], axis=axis)], [vi("x", np.float32, [3, 4, 5])],
+              [vi("y", np.float32, [3, 4, 5])], opset=opset)
+    got = run(m, {"x": x})["y"]
+    x64 = x.astype(np.float64) if opset >= 13 else x.astype(np.float64).reshape(3, -1)
+    ax = axis if opset >= 13 else 1
+    e = np.exp(x64 - x64.max(ax, keepdims=True))
+    want = e / e.sum(ax, keepdims=True)
+    want = (np.log(want) if op == "LogSoftmax" else want).reshape(x.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_reductions_over_inner_axes():
+    x = RNG.standard_normal((3, 4, 5)).astype(np.float32)
+    axes0 = h.make_tensor("a0", T.INT64, [1], [0])
+    axes02 = h.make_tensor("a02", T.INT64, [2], [0, 2])
+    nodes = [h.make_node("ReduceSum", ["x", "a0"], ["s"]),
+             h.make_node("ReduceMax", ["x", "a02"], ["mx"])]
+    g = h.make_graph(nodes, "g", [vi("x", np.float32, [3, 4, 5])],
+                     [vi("s", np.float32, [1, 4, 5]), vi("mx", np.float32, [1, 4, 1])],
+                     [axes0, axes02])
+    got = run(h.make_model(g, opset_imports=[h.make_opsetid("", 18)]), {"x": x})
+    np.testing.assert_allclose(got["s"], x.sum(0, keepdims=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["mx"], x.max((0, 2), keepdims=True))

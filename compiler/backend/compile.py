@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.backend import lower
+from compiler.backend.axes import last_axis_forms
 from compiler.backend.gather import lower_gather, table_chunks
 from compiler.backend.ops import (
     GELU,
@@ -98,6 +99,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     not changed: lowering adds constants of its own to a copy)."""
     graph = graph.copy()
     canonical_products(graph)
+    last_axis_forms(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
                            f"{', '.join(PRECISIONS)})")

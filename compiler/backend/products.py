@@ -23,7 +23,7 @@ def canonical_products(graph: Graph) -> None:
             _matmul(graph, name)
 
 
-class _Emit:
+class Emit:
     """Adds nodes in place of one removed node, in order."""
 
     def __init__(self, graph: Graph, name: str, order: float) -> None:
@@ -52,7 +52,7 @@ def _matmul(graph: Graph, name: str) -> None:
     if len(sa) >= 2 and len(sb) >= 2 and (len(sb) == 2 or sa[:-2] == sb[:-2]):
         return
     yt = graph.values[y]
-    emit = _Emit(graph, name, nd["order"])
+    emit = Emit(graph, name, nd["order"])
     graph.remove_node(name)
     if len(sa) == 1:
         sa = (1,) + sa
@@ -84,7 +84,7 @@ def _expand(graph: Graph, name: str) -> None:
     a, b, c = list(nd["inputs"]) + [""] * (3 - len(nd["inputs"]))
     y = nd["outputs"][0]
     yt = graph.values[y]
-    emit = _Emit(graph, name, nd["order"])
+    emit = Emit(graph, name, nd["order"])
     graph.remove_node(name)
 
     def scalar(v: float) -> str:
