@@ -365,11 +365,15 @@ def _bias(b: OpBuilder, graph: Graph, mask: str, nonpad: str, at: dict[str, Any]
         parts.append(_minus_inf_where_not(b, allowed[0], dtype))
     if np.any(static != 0):
         parts.append(b.const("bias", static))
-    bias = None
-    for p in parts:
-        bias = p if bias is None else b.binary("Add", bias, p)
-    if bias is None:
+    if not parts:
         return None, None
+    # run-time parts at the bias's full shape, so that each sum has one operand of the
+    # result's shape (a constant is broadcast where it is stored)
+    shape = np.broadcast_shapes(*(b.ty(p).shape for p in parts))
+    parts = [p if graph.is_const(p) else b.expand(p, shape) for p in parts]
+    bias = parts[0]
+    for p in parts[1:]:
+        bias = b.binary("Add", bias, p)
     if not graph.is_const(bias):
         # 1 where a row has a key that is not -inf, else 0
         g = b.cast(b.scalar("Greater", bias, -np.inf, "minus_inf", "bool"), dtype)
