@@ -67,6 +67,8 @@ def default_pipeline() -> tuple[Pass, ...]:
         FoldConstants(),
         # Identity ops and no-op Casts split the chains the recognizers below look for.
         EliminateIdentity(),
+        # Composite ops early: the passes below see the ops they become, and the last
+        # fold-constants folds their constant parts (a rotary table at constant positions).
         DecomposeAttention(),
         DecomposeRotary(),
         DecomposeSoftmaxGuards(),
