@@ -22,7 +22,7 @@ from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_OP_BITS
 from lpusim.errors import HazardError, ProgramFormatError
 from lpusim.sim import opcodes as oc
 from lpusim.sim.columns import COLUMNS, NCOL, C
-from lpusim.sim.derive import derive_columns, opcode_in, queue_error
+from lpusim.sim.derive import derive_columns, queue_error
 
 _FIELD_COLS = ("count", "dtype", "dtype2", "dst", "dst_dir", "dst_g", "src", "src_dir", "src_g",
                "src2", "src2_dir", "src2_g", "addr", "stride", "imm", "aux", "flag", "ops")
@@ -35,6 +35,9 @@ _C_COUNT, _C_STRIDE, _C_AUX, _C_DTYPE, _C_ADDR = C["count"], C["stride"], C["aux
 _OP_NOP, _OP_REPEAT = oc.OP_NOP, oc.OP_REPEAT
 _OP_MEM_READ, _OP_MEM_WRITE = oc.OP_MEM_READ, oc.OP_MEM_WRITE
 _OP_MXM_ABC, _OP_MXM_ACC, _OP_MXM_LW = oc.OP_MXM_ABC, oc.OP_MXM_ACC, oc.OP_MXM_LW
+_OP_MXM_IW, _OP_DESKEW, _OP_SEND = oc.OP_MXM_IW, oc.OP_C2C_DESKEW, oc.OP_C2C_SEND
+_C_INTERVAL, _C_LAT, _C_NOPS, _C_G_IN, _C_G_OUT = (C["interval"], C["lat"], C["nops"], C["g_in"],
+                                                  C["g_out"])
 
 
 @dataclass
@@ -230,9 +233,11 @@ def _scan(words, unit_of, kind, lo_mask, hi_mask, f_lo, f_w, f_sg):
 
 
 @njit(cache=True)
-def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes):
+def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
+          zero_rows):
     """Write the queue's unit instructions (and their repetitions, right after each) into
-    out[:, k0:]; ids = chip, queue id, unit index, position. Returns the next free column.
+    out[:, k0:]; ids = chip, queue id, unit index, position; zero_rows: the rows neither this nor
+    derive_columns writes. Returns the next free column.
     Column by column: each pass writes one contiguous row."""
     n = words.shape[0]
     m = 0
@@ -255,7 +260,7 @@ def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col,
                     rep[k] = j
                     k += 1
     k1 = k0 + m
-    for c in range(out.shape[0]):
+    for c in zero_rows:
         out[c, k0:k1] = 0
     for f in range(f_col.shape[0]):
         row = out[f_col[f]]
@@ -346,11 +351,13 @@ def decode(program, arch) -> Decoded:
     raw = np.empty((NCOL, N), np.int64)
     k = 0
     nbytes = _dtype_bytes()
+    zero_rows = _zero_rows()
     for c, qi, words, op, imm, aux, _bad, st in per_queue:
         t = (np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"] if len(op)
              else np.zeros(0, np.int64))
         ids = np.array([c, qi.id, qi.index, qi.position], np.int64)
-        k = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes)
+        k = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
+                  zero_rows)
     if k != N:
         raise AssertionError(f"decode filled {k} of {N} instructions")
     col = {name: raw[C[name]] for name in COLUMNS}  # views: derive fills the matrix in place
@@ -358,16 +365,9 @@ def decode(program, arch) -> Decoded:
     link_vectors = derive_columns(raw, col, arch, lat_of, alu_lat, alu_ok, maps, nchips,
                                   queue_names)
 
-    span = (col["count"] - 1) * col["interval"] + col["lat"]
-    ends = col["t0"] + np.maximum(span, 0) + 1
-    end_cycle = int(ends.max()) if N else 0
-    reach = int(max((col["interval"].max() if N else 1), (col["lat"].max() if N else 1)))
-    ring = 1 << max(4, (reach + 2).bit_length())
-    busy = _busy(col, nchips, len(queue_names))
-    dec = Decoded(raw, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
-                  static_instructions=static_n)
-    dec.counters = _counters(col, arch)
-    return dec
+    busy, counters, end_cycle, ring = _tally_decoded(raw, arch, nchips, len(queue_names))
+    return Decoded(raw, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
+                   counters=counters, static_instructions=static_n)
 
 
 def _stray_bits_error(words, i, chip, qname):
@@ -392,6 +392,19 @@ def _field_tables():
     return lo, w, sg, col
 
 
+_DERIVED = ("interval", "lat", "nops", "g_in", "g_out", "r1_dir", "r1_s", "r1_n", "r1_step",
+            "r2_dir", "r2_s", "r2_n", "w_dir", "w_s", "w_n", "w_step")  # every one, every row
+
+
+@functools.cache
+def _zero_rows():
+    """Rows of the decoded matrix that neither _fill nor derive_columns writes for every
+    instruction (link_base: sends and receives only)."""
+    filled = set(_field_tables()[3].tolist()) | {C[n] for n in (
+        "t0", "sidx", "rep", "unit", "chip", "qid", "uidx", "pos")} | {C[n] for n in _DERIVED}
+    return np.array([c for c in range(NCOL) if c not in filled], np.int64)
+
+
 @functools.cache
 def _dtype_bytes():
     """Element bytes by dtype code (unknown codes as code 0), for the repeat address step."""
@@ -414,36 +427,58 @@ def _stack_maps(program, arch) -> np.ndarray:
     return out
 
 
-def _busy(col, nchips, nq) -> np.ndarray:
+@njit(cache=True)
+def _tally(cols, nchips, nq, reads, writes, writes_stream):
+    """One pass over the instructions: busy cycles per (chip, queue) (a chain also keeps the
+    ALUs after its own busy; mxm.iw and c2c.deskew are busy for their latency), vectors read,
+    written, put on streams, multiplied (mxm.abc) and sent, the end cycle and the largest
+    interval and latency."""
     busy = np.zeros((nchips, nq), np.int64)
-    span = col["count"] * col["interval"]
-    single = (col["op"] == oc.OP_MXM_IW) | (col["op"] == oc.OP_C2C_DESKEW)
-    span = np.where(single, col["lat"], span)
-    np.add.at(busy, (col["chip"], col["qid"]), span)
-    # a chain also keeps the ALUs after its own busy
-    extra = np.maximum(col["nops"] - 1, 0)
-    for j in range(1, int(extra.max()) + 1 if len(extra) else 1):
-        m = extra >= j
-        np.add.at(busy, (col["chip"][m], col["qid"][m] + j), span[m])
-    return busy
+    # sram read, sram write, stream vectors x group, abc vectors, link vectors x group, vectors
+    sums = np.zeros(6, np.int64)
+    end = 0
+    reach = 1
+    for k in range(cols.shape[1]):
+        op, cnt = cols[_C_OP, k], cols[_C_COUNT, k]
+        iv, lat = cols[_C_INTERVAL, k], cols[_C_LAT, k]
+        span = lat if (op == _OP_MXM_IW or op == _OP_DESKEW) else cnt * iv
+        chip, qid = cols[_C_CHIP, k], cols[_C_QID, k]
+        for j in range(max(cols[_C_NOPS, k], 1)):
+            busy[chip, qid + j] += span
+        if reads[op]:
+            sums[0] += cnt
+        if writes[op]:
+            sums[1] += cnt
+        if writes_stream[op]:
+            sums[2] += cnt * cols[_C_G_OUT, k]
+        if op == _OP_MXM_ABC:
+            sums[3] += cnt
+        if op == _OP_SEND:
+            sums[4] += cnt * cols[_C_G_IN, k]
+        sums[5] += cnt
+        end = max(end, cols[_C_T0, k] + max((cnt - 1) * iv + lat, 0) + 1)
+        reach = max(reach, iv, lat)
+    return busy, sums, end, reach
 
 
-def _counters(col, arch) -> dict:
-    op, cnt = col["op"], col["count"]
+def _tally_decoded(raw, arch, nchips, nq):
+    """busy, counters, end cycle and ring size of the decoded program."""
+    reads, writes, ws = (np.zeros(1 << FIELDS["opcode"].width, np.bool_) for _ in range(3))
+    reads[[oc.OP_MEM_READ, oc.OP_MEM_GATHER]] = True
+    writes[[oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER]] = True
+    ws[[code for code, row in BY_OPCODE.items() if row.writes]] = True
+    busy, sums, end, reach = _tally(raw, nchips, nq, reads, writes, ws)
     lanes = arch.lanes
-    rd = opcode_in(op, [oc.OP_MEM_READ, oc.OP_MEM_GATHER])
-    wr = opcode_in(op, [oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER])
-    ws = opcode_in(op, [code for code, row in BY_OPCODE.items() if row.writes])
-    abc = op == oc.OP_MXM_ABC
-    send = op == oc.OP_C2C_SEND
-    return {
-        "sram_read_bytes": int((cnt[rd]).sum() * lanes),
-        "sram_write_bytes": int((cnt[wr]).sum() * lanes),
-        "stream_bytes": int((cnt[ws] * col["g_out"][ws]).sum() * lanes),
-        "mxm_macs": int(cnt[abc].sum()) * arch.mxm_rows * arch.mxm_cols,
-        "link_bytes": int((cnt[send] * col["g_in"][send]).sum() * lanes),
-        "vectors": int(cnt.sum()),
+    counters = {
+        "sram_read_bytes": int(sums[0]) * lanes,
+        "sram_write_bytes": int(sums[1]) * lanes,
+        "stream_bytes": int(sums[2]) * lanes,
+        "mxm_macs": int(sums[3]) * arch.mxm_rows * arch.mxm_cols,
+        "link_bytes": int(sums[4]) * lanes,
+        "vectors": int(sums[5]),
     }
+    ring = 1 << max(4, (int(reach) + 2).bit_length())
+    return busy, counters, int(end), ring
 
 
 @functools.cache
