@@ -310,3 +310,20 @@ def test_reductions_over_inner_axes():
     got = run(h.make_model(g, opset_imports=[h.make_opsetid("", 18)]), {"x": x})
     np.testing.assert_allclose(got["s"], x.sum(0, keepdims=True), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got["mx"], x.max((0, 2), keepdims=True))
+
+
+@pytest.mark.parametrize("shape,axis,ishape,const", [((5, 4, 3), 1, (2,), False),
+                                                     ((3, 6), 1, (2, 2), True),
+                                                     ((10,), 0, (3,), False)])
+def test_gather_of_runtime_indices_along_inner_axes(shape, axis, ishape, const):
+    data = RNG.standard_normal(shape).astype(np.float32)
+    n = shape[axis]
+    idx = RNG.integers(-n, n, size=ishape).astype(np.int64)
+    want = np.take(data, idx, axis=axis)
+    inits = [h.make_tensor("d", T.FLOAT, list(shape), data.ravel())] if const else []
+    ins = [vi("i", np.int64, list(ishape))] + ([] if const else [vi("d", np.float32, list(shape))])
+    g = h.make_graph([h.make_node("Gather", ["d", "i"], ["y"], axis=axis)], "g", ins,
+                     [vi("y", np.float32, list(want.shape))], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
+    feeds = {"i": idx} if const else {"i": idx, "d": data}
+    np.testing.assert_array_equal(run(m, feeds)["y"], want)

@@ -1,7 +1,9 @@
 """Ops over axes the lowering does not take directly, rewritten as ops over the last (or the
 trailing) axes: a Softmax / LogSoftmax over one inner axis between two Transposes (opset 13
 on; before, the axis starts a flattened 2-D view: Reshapes instead), a Reduce over inner axes
-on a transposed input with the result transposed back."""
+on a transposed input with the result transposed back, a Gather of indices computed at run
+time along an inner axis (or of a 1-D tensor) as a Gather of rows between Transposes (or
+Reshapes)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ def last_axis_forms(graph: Graph) -> None:
             _softmax(graph, name, opset)
         elif op in _REDUCES:
             _reduce(graph, name)
+        elif op == "Gather" and not graph.is_const(graph.node(name)["inputs"][1]):
+            _gather(graph, name)
 
 
 def _perm_to_end(rank: int, axes: list[int]) -> tuple[list[int], list[int]]:
@@ -87,3 +91,47 @@ def _reduce(graph: Graph, name: str) -> None:
                          np.arange(rank - len(got), rank, dtype=np.int64))
     r2 = emit(nd["op"], [x2, ax], _transposed_type(graph.values[y], perm), attrs)
     emit("Transpose", [r2], graph.values[y], {"perm": tuple(back)}, out=y)
+
+
+def _gather(graph: Graph, name: str) -> None:
+    nd = graph.node(name)
+    data, idx = nd["inputs"]
+    y = nd["outputs"][0]
+    dt = graph.values[data]
+    rank = len(dt.shape)
+    if rank == 0:
+        return
+    axis = int(nd["attrs"].get("axis", 0))
+    if not -rank <= axis < rank:
+        return  # lower_gather names the problem
+    axis %= rank
+    if axis == 0 and rank >= 2:
+        return
+    emit = Emit(graph, name, nd["order"])
+    graph.remove_node(name)
+    ishape = tuple(graph.values[idx].shape)
+    arr = graph.const_array(data) if graph.is_const(data) else None
+    if rank == 1:  # rows of one element
+        d2 = (dt.shape[0], 1)
+        if arr is not None:
+            rows = graph.add_const(graph.fresh_name(f"{data}_rows"), arr.reshape(d2))
+        else:
+            rows = emit.shaped("Reshape", data, d2)
+        g = emit("Gather", [rows, idx], TensorType(dt.dtype, ishape + (1,)), {"axis": 0})
+        if ishape:
+            emit.shaped("Reshape", g, ishape, out=y)
+        else:
+            emit("Squeeze", [g], graph.values[y], out=y)
+        return
+    perm = [axis] + [a for a in range(rank) if a != axis]
+    tt = _transposed_type(dt, perm)
+    if arr is not None:
+        dtp = graph.add_const(graph.fresh_name(f"{data}_T"),
+                              np.ascontiguousarray(np.transpose(arr, perm)))
+    else:
+        dtp = emit("Transpose", [data], tt, {"perm": tuple(perm)})
+    q = len(ishape)
+    g = emit("Gather", [dtp, idx], TensorType(dt.dtype, ishape + tt.shape[1:]), {"axis": 0})
+    # g's axes: the indices' q, then data's before `axis`, then data's after it
+    back = list(range(q, q + axis)) + list(range(q)) + list(range(q + axis, q + rank - 1))
+    emit("Transpose", [g], graph.values[y], {"perm": tuple(back)}, out=y)
