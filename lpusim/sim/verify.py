@@ -29,6 +29,7 @@ from lpusim.sim import opcodes as oc
 from lpusim.sim.decode import C, Decoded
 
 _OP, _CHIP, _POS, _UIDX, _T0 = C["op"], C["chip"], C["pos"], C["uidx"], C["t0"]
+_QID, _UNIT, _MEM_UNIT = C["qid"], C["unit"], oc.UNIT_CODES["MEM"]
 _COUNT, _INTERVAL, _LAT, _NOPS = C["count"], C["interval"], C["lat"], C["nops"]
 _ADDR, _STRIDE = C["addr"], C["stride"]
 _R1 = (C["r1_dir"], C["r1_s"], C["r1_n"], C["r1_step"])
@@ -203,90 +204,140 @@ def _streams_clean(cols, S, P, nchips):
 
 
 @njit(cache=True)
-def _mem_clean(cols, mem_slices, words_per_bank, nchips):
-    """One read and one write per slice per cycle, and never a read and a write of one bank in
-    one cycle."""
-    N = cols.shape[1]
-    m = 0
-    for k in range(N):
+def _sorted_runs(start, end):
+    """Order of runs by start (identity when already sorted, as a queue's runs usually are)."""
+    for i in range(1, start.shape[0]):
+        if start[i] < start[i - 1]:
+            return np.argsort(start, kind="mergesort")
+    return np.arange(start.shape[0])
+
+
+@njit(cache=True)
+def _self_overlap(start, end, order):
+    hi = _NEG
+    for i in order:
+        if start[i] < hi:
+            return True
+        hi = max(hi, end[i])
+    return False
+
+
+@njit(cache=True)
+def _mem_block(cols, a, b, words_per_bank, banks):
+    """The port rules of one MEM slice, whose instructions are cols[:, a:b] (one queue)."""
+    nr = 0
+    nw = 0
+    for k in range(a, b):
         o = cols[_OP, k]
-        if o == _RD or o == _GA or o == _WR or o == _SC:
-            m += 1
-    if m == 0:
-        return True
-    nslots = nchips * mem_slices
-    key = np.empty(m, np.int64)
-    start = np.empty(m, np.int64)
-    end = np.empty(m, np.int64)
-    # bank runs: a run may cross one bank boundary (count * stride < bank size), so two each
-    bkey = np.empty(2 * m, np.int64)
-    bstart = np.empty(2 * m, np.int64)
-    bend = np.empty(2 * m, np.int64)
-    bw = np.empty(2 * m, np.bool_)
-    for is_w in range(2):
-        i = 0
-        for k in range(N):
-            o = cols[_OP, k]
-            if is_w == 0 and not (o == _RD or o == _GA):
-                continue
-            if is_w == 1 and not (o == _WR or o == _SC):
-                continue
-            slot = cols[_CHIP, k] * mem_slices + cols[_UIDX, k]
-            t0 = cols[_T0, k] + (cols[_LAT, k] if is_w else 0)
-            cnt = cols[_COUNT, k]
-            key[i] = slot
-            start[i] = t0
-            end[i] = t0 + cnt
-            a0 = cols[_ADDR, k]
-            s_ = cols[_STRIDE, k]
-            a1 = a0 + (cnt - 1) * s_ if (o == _RD or o == _WR) else a0
-            b0 = a0 // words_per_bank
-            b1 = a1 // words_per_bank
-            if b0 == b1:
-                first_b1 = cnt
-            elif s_ > 0:
-                first_b1 = -((a0 - b1 * words_per_bank) // s_)  # ceil((B - a0) / s)
-            else:
-                first_b1 = (b0 * words_per_bank - a0) // s_ + 1
-            first_b1 = min(max(first_b1, 0), cnt)
-            j = 2 * i
-            bkey[j] = slot * 64 + b0
-            bstart[j] = t0
-            bend[j] = t0 + first_b1
-            bkey[j + 1] = slot * 64 + b1
-            bstart[j + 1] = t0 + first_b1
-            bend[j + 1] = t0 + cnt
-            bw[j] = bw[j + 1] = is_w == 1
+        if o == _RD or o == _GA:
+            nr += 1
+        elif o == _WR or o == _SC:
+            nw += 1
+    # per run: start, end, and its split at the first bank crossing (a run of plain reads or
+    # writes crosses at most one bank boundary: count * stride <= words per bank)
+    rs = np.empty(nr, np.int64)
+    re = np.empty(nr, np.int64)
+    rb = np.empty((nr, 3), np.int64)  # first bank, cycle the second starts, second bank
+    ws = np.empty(nw, np.int64)
+    we = np.empty(nw, np.int64)
+    wb = np.empty((nw, 3), np.int64)
+    i = 0
+    j = 0
+    for k in range(a, b):
+        o = cols[_OP, k]
+        is_r = o == _RD or o == _GA
+        if not (is_r or o == _WR or o == _SC):
+            continue
+        cnt = cols[_COUNT, k]
+        t0 = cols[_T0, k] + (0 if is_r else cols[_LAT, k])
+        a0 = cols[_ADDR, k]
+        s_ = cols[_STRIDE, k]
+        a1 = a0 + (cnt - 1) * s_ if (o == _RD or o == _WR) else a0
+        b0 = a0 // words_per_bank
+        b1 = a1 // words_per_bank
+        if b0 == b1:
+            first_b1 = cnt
+        elif s_ > 0:
+            first_b1 = -((a0 - b1 * words_per_bank) // s_)  # ceil((B - a0) / s)
+        else:
+            first_b1 = (b0 * words_per_bank - a0) // s_ + 1
+        first_b1 = min(max(first_b1, 0), cnt)
+        if is_r:
+            rs[i], re[i] = t0, t0 + cnt
+            rb[i, 0], rb[i, 1], rb[i, 2] = b0, t0 + first_b1, b1
             i += 1
-        if i > 1 and _overlaps(key[:i], start[:i], end[:i], nslots):
-            return False
-        if is_w == 0:
-            nread = i
-            rbkey, rbstart, rbend, rbw = (bkey[: 2 * i].copy(), bstart[: 2 * i].copy(),
-                                          bend[: 2 * i].copy(), bw[: 2 * i].copy())
-    nwrite = m - nread
-    if nread == 0 or nwrite == 0:
+        else:
+            ws[j], we[j] = t0, t0 + cnt
+            wb[j, 0], wb[j, 1], wb[j, 2] = b0, t0 + first_b1, b1
+            j += 1
+    ro = _sorted_runs(rs, re)
+    wo = _sorted_runs(ws, we)
+    if _self_overlap(rs, re, ro) or _self_overlap(ws, we, wo):
+        return False  # two reads, or two writes, of the slice in one cycle
+    if nr == 0 or nw == 0:
         return True
-    allkey = np.concatenate((rbkey, bkey[: 2 * nwrite]))
-    allstart = np.concatenate((rbstart, bstart[: 2 * nwrite]))
-    allend = np.concatenate((rbend, bend[: 2 * nwrite]))
-    allw = np.concatenate((rbw, bw[: 2 * nwrite]))
-    order, bounds = _group(allkey, allstart, nslots * 64)
-    for g in range(nslots * 64):
+    # a read and a write of one bank in one cycle: per bank, sweep both lists by start
+    for bank in range(banks):
+        ir = 0
+        iw = 0
         hi_r = _NEG
         hi_w = _NEG
-        for i in range(bounds[g], bounds[g + 1]):
-            r = order[i]
-            if allend[r] <= allstart[r]:
-                continue  # an empty half of a run
-            if allw[r]:
-                if allstart[r] < hi_r:
+        while ir < 2 * nr or iw < 2 * nw:
+            # the next piece (half of a run) of each list that lies in this bank
+            sr = er = sw = ew = 0
+            has_r = False
+            while ir < 2 * nr:
+                r = ro[ir // 2]
+                if ir % 2 == 0:
+                    sr, er, bk = rs[r], rb[r, 1], rb[r, 0]
+                else:
+                    sr, er, bk = rb[r, 1], re[r], rb[r, 2]
+                if bk == bank and er > sr:
+                    has_r = True
+                    break
+                ir += 1
+            has_w = False
+            while iw < 2 * nw:
+                w = wo[iw // 2]
+                if iw % 2 == 0:
+                    sw, ew, bk = ws[w], wb[w, 1], wb[w, 0]
+                else:
+                    sw, ew, bk = wb[w, 1], we[w], wb[w, 2]
+                if bk == bank and ew > sw:
+                    has_w = True
+                    break
+                iw += 1
+            if not has_r and not has_w:
+                break
+            if has_r and (not has_w or sr <= sw):
+                if sr < hi_w:
                     return False
-                hi_w = max(hi_w, allend[r])
+                hi_r = max(hi_r, er)
+                ir += 1
             else:
-                if allstart[r] < hi_w:
+                if sw < hi_r:
                     return False
-                hi_r = max(hi_r, allend[r])
+                hi_w = max(hi_w, ew)
+                iw += 1
+    return True
+
+
+@njit(cache=True)
+def _mem_clean(cols, words_per_bank, banks):
+    """One read and one write per slice per cycle, and never a read and a write of one bank in
+    one cycle. A slice's instructions are those of its queue: one contiguous block of `cols`
+    (the decoded matrix is grouped by chip and queue)."""
+    N = cols.shape[1]
+    a = 0
+    while a < N:
+        b = a + 1
+        while b < N and cols[_QID, b] == cols[_QID, a] and cols[_CHIP, b] == cols[_CHIP, a]:
+            b += 1
+        o = cols[_OP, a]
+        if o == _RD or o == _GA or o == _WR or o == _SC or cols[_UNIT, a] == _MEM_UNIT:
+            if not _mem_block(cols, a, b, words_per_bank, banks):
+                return False
+        a = b
     return True
 
 
@@ -319,7 +370,7 @@ def timing_clean(dec: Decoded, arch) -> bool:
         return True
     if not _streams_clean(cols, arch.streams_per_direction, arch.num_positions, dec.nchips):
         return False
-    if not _mem_clean(cols, arch.mem_slices, arch.mem_words_per_bank, dec.nchips):
+    if not _mem_clean(cols, arch.mem_words_per_bank, arch.mem_banks_per_slice):
         return False
     if not _alus_clean(cols, arch.vxm_alus, dec.nchips):
         return False
