@@ -327,3 +327,29 @@ def test_gather_of_runtime_indices_along_inner_axes(shape, axis, ishape, const):
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
     feeds = {"i": idx} if const else {"i": idx, "d": data}
     np.testing.assert_array_equal(run(m, feeds)["y"], want)
+
+
+@pytest.mark.parametrize("np_type,shape,k,upper,k_const", [
+    (np.float32, (4, 5), None, 1, True), (np.float32, (2, 3, 7), -1, 0, False),
+    (np.int8, (3, 4, 5), 2, 1, False), (np.int16, (6, 5), -2, 0, True),
+    (np.float32, (3, 400), 30, 1, False)])
+def test_trilu_keeps_the_bits_of_the_kept_triangle(np_type, shape, k, upper, k_const):
+    """x AND a mask of the element width: inf and NaN are kept (or zeroed) exactly; k a
+    constant, absent, or an input (the mask then built on chip)."""
+    x = (RNG.standard_normal(shape) * 50).astype(np_type)
+    if np_type == np.float32:
+        x.ravel()[3], x.ravel()[5] = np.inf, np.nan
+    names, ins, inits, feeds = ["x"], [vi("x", np_type, list(shape))], [], {"x": x}
+    if k is not None:
+        names.append("k")
+        if k_const:
+            inits.append(h.make_tensor("k", T.INT64, [], [k]))
+        else:
+            ins.append(vi("k", np.int64, []))
+            feeds["k"] = np.array(k, np.int64)
+    g = h.make_graph([h.make_node("Trilu", names, ["y"], upper=upper)], "g", ins,
+                     [vi("y", np_type, list(shape))], inits)
+    got = run(h.make_model(g, opset_imports=[h.make_opsetid("", 14)]), feeds)["y"]
+    want = np.triu(x, k or 0) if upper else np.tril(x, k or 0)
+    assert got.dtype == np_type
+    np.testing.assert_array_equal(got, want)

@@ -22,6 +22,7 @@ from compiler.backend.ops import (
     lower_reshape,
     lower_sequence,
     lower_softmax,
+    lower_trilu,
     lower_where,
     quantize_weights,
     spread_int,
@@ -51,7 +52,7 @@ REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
                            | {"Gelu", "Softmax", "LogSoftmax", "Clip", "Gather", "Cast", "Where",
-                              "Expand", "ReduceMax"}
+                              "Expand", "ReduceMax", "Trilu"}
                            | MOVES))
 # stream width of a weight load from tiled weights (rows per cycle = LW_STREAMS / dtype bytes)
 LW_STREAMS = 16
@@ -69,11 +70,13 @@ _NATIVE_INTS = ("int8", "int16", "int32")
 # correctly rounded result of these ops (fp32 holds more than twice their precision)
 _NARROW_FLOATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 _NARROW_FLOAT_OPS = {"Cast", "IsNaN", "Max", "Min", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
-                     "Relu"} | {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+                     "Relu", "Trilu", "Equal", "Less", "Greater", "LessOrEqual",
+                     "GreaterOrEqual"}
 _PASS_THROUGH = lower.ALIASES | {"Identity"}  # take any element type the machine holds
 _AS_FLOAT = ("float32", "bool")
 # ops that compute int8/16/32 results in their own type
-_INT_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs", "Relu", "Clip", "Where"}
+_INT_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs", "Relu", "Clip", "Where",
+            "Trilu"}
 _COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
@@ -81,7 +84,7 @@ def _integer_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
     """May op read (or write) value v, an integer or narrow float of IR type dtype?"""
     if dtype in _NARROW_FLOATS:
         return op in _NARROW_FLOAT_OPS
-    if v in ins and (op in _COMPARE or (op == "Pow" and v == ins[1])):
+    if v in ins and (op in _COMPARE or (op in ("Pow", "Trilu") and ins[1:2] == [v])):
         return True  # exact on any integer the machine holds (Pow: the exponent, to fp32)
     return dtype in _NATIVE_INTS and op in _INT_OPS and not (op == "Where" and v == ins[0])
 
@@ -307,8 +310,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 or (op == "Cast" and v == ins[0])
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
                     and not as_index and not _integer_ok(op, v, ins, vt.dtype):
+                held = _MACHINE.get(vt.dtype)
+                why = (f"; the machine holds {vt.dtype} as {held}, so only comparisons, Cast, "
+                       "Gather and Pow exponents read it and no op computes it"
+                       if held and held != _MACHINE.get(vt.dtype.lstrip("u"), "")
+                       or vt.dtype == "int64" else "")
                 raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
-                                   "lowered yet for this op")
+                                   f"lowered yet for this op{why}")
         if op in lower.ALIASES or (op == "Identity"):
             src = place[ins[0]]
             ty = graph.values[outs[0]]
@@ -370,6 +378,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         elif op == "Where":
             ready[out], clean[out] = lower_where(graph, sch, alloc, nd, place, new, start,
                                                  what, clean, spread_scalar,
+                                                 lambda v: ready.get(v, 0))
+        elif op == "Trilu":
+            ready[out], clean[out] = lower_trilu(graph, sch, alloc, nd, place, new, start, what,
+                                                 clean, spread_scalar,
                                                  lambda v: ready.get(v, 0))
         elif op == "Expand":
             ready[out] = lower_expand(graph, sch, nd, place, new, start, what)

@@ -1118,3 +1118,62 @@ def lower_expand(graph, sch, nd, place, new, start, what) -> int:
     rows = np.broadcast_to(idx, zs[:-1]).reshape(-1)
     z, a = new(out, start)
     return copy_rows(sch, place[x_name], z, rows, max(start, a), what)
+
+
+# the integer type of each element width: bitwise selects see any element as its bits
+_BITS = {1: "int8", 2: "int16", 4: "int32"}
+
+
+def lower_trilu(graph, sch, alloc, nd, place, new, start, what, clean, spread_scalar,
+                ready_of) -> tuple[int, bool]:
+    """Trilu: y = x AND m bitwise, with m all ones where j - i >= k (upper) or <= k (lower)
+    for row i, column j of each matrix, else zero; x's bits are kept exactly (inf and NaN
+    included). With a constant k, m is a constant [N, M] of the element width; with k given
+    at run time, m = -(D >= k) (or D <= k) from a constant D = j - i and k spread over a
+    vector, converted to the element width. m is read again for every matrix."""
+    ins = [v for v in nd["inputs"]]
+    x_name, out = ins[0], nd["outputs"][0]
+    shape = tuple(graph.values[x_name].shape)
+    if len(shape) < 2:
+        raise CompileError(f"{what}: an input of rank {len(shape)} (< 2)")
+    n, m = shape[-2], shape[-1]
+    upper = int(nd["attrs"].get("upper", 1))
+    x = place[x_name]
+    width = dtype_info(x.dtype).nbytes
+    kind = _BITS[width]
+    d = np.arange(m)[None, :] - np.arange(n)[:, None]
+    k_name = ins[1] if len(ins) > 1 and ins[1] else None
+    k_arr = graph.const_array(k_name) if k_name and graph.is_const(k_name) else None
+    t = start
+    temps = []
+    if k_name is None or k_arr is not None:
+        k = int(np.asarray(k_arr).reshape(-1)[0]) if k_arr is not None else 0
+        keep = d >= k if upper else d <= k
+        name = f"__trilu_{n}x{m}_{'u' if upper else 'l'}{k}_{kind}"
+        if name not in graph.consts:
+            graph.add_const(name, np.where(keep, -1, 0).astype(kind), kind="const")
+        mask = place[name]
+    else:
+        dn = f"__trilu_d_{n}x{m}"
+        if dn not in graph.consts:
+            graph.add_const(dn, d.astype(np.int32), kind="const")
+        sk = spread_scalar(k_name)
+        t = max(t, ready_of(sk))
+        pd = place[dn]
+        cmp, a = alloc.alloc("int32", (n, m), 4, avoid=frozenset(pd.slices))
+        t = binary(sch, alloc, ["ge" if upper else "le", "neg"], pd, place[sk], cmp, max(t, a),
+                   what + " mask")
+        temps.append(cmp)
+        mask = cmp
+        if kind != "int32":
+            mk, a = alloc.alloc(kind, (n, m), width, avoid=frozenset(cmp.slices))
+            t = lower.elementwise(sch, ["cvt"], cmp, None, None, mk, max(t, a), what + " mask")
+            temps.append(mk)
+            mask = mk
+    z, a = new(out, t)
+    xb, zb = (Placement(kind, p.shape, p.rows, p.cols, p.vpr, p.slices, p.addr)
+              for p in (x, z))
+    t = binary(sch, alloc, ["and"], xb, mask, zb, max(t, a), what)
+    for p in temps:
+        alloc.release(p, t)
+    return t, clean.get(x_name, False)
