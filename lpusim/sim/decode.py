@@ -22,7 +22,7 @@ from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_OP_BITS
 from lpusim.errors import HazardError, ProgramFormatError
 from lpusim.sim import opcodes as oc
 from lpusim.sim.columns import COLUMNS, NCOL, C
-from lpusim.sim.derive import derive_columns, queue_error
+from lpusim.sim.derive import Deriver, queue_error
 
 _FIELD_COLS = ("count", "dtype", "dtype2", "dst", "dst_dir", "dst_g", "src", "src_dir", "src_g",
                "src2", "src2_dir", "src2_g", "addr", "stride", "imm", "aux", "flag", "ops")
@@ -237,7 +237,7 @@ def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col,
           zero_rows):
     """Write the queue's unit instructions (and their repetitions, right after each) into
     out[:, k0:]; ids = chip, queue id, unit index, position; zero_rows: the rows neither this nor
-    derive_columns writes. Returns the next free column.
+    Deriver writes. Returns the next free column.
     Column by column: each pass writes one contiguous row."""
     n = words.shape[0]
     m = 0
@@ -352,19 +352,20 @@ def decode(program, arch) -> Decoded:
     k = 0
     nbytes = _dtype_bytes()
     zero_rows = _zero_rows()
+    maps = _stack_maps(program, arch)
+    derive = Deriver(raw, arch, lat_of, alu_lat, alu_ok, maps)
     for c, qi, words, op, imm, aux, _bad, st in per_queue:
         t = (np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"] if len(op)
              else np.zeros(0, np.int64))
         ids = np.array([c, qi.id, qi.index, qi.position], np.int64)
-        k = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
-                  zero_rows)
+        k1 = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
+                   zero_rows)
+        derive.block(k, k1)
+        k = k1
     if k != N:
         raise AssertionError(f"decode filled {k} of {N} instructions")
     col = {name: raw[C[name]] for name in COLUMNS}  # views: derive fills the matrix in place
-    maps = _stack_maps(program, arch)
-    link_vectors = derive_columns(raw, col, arch, lat_of, alu_lat, alu_ok, maps, nchips,
-                                  queue_names)
-
+    link_vectors = derive.finish(col, nchips, queue_names)
     busy, counters, end_cycle, ring = _tally_decoded(raw, arch, nchips, len(queue_names))
     return Decoded(raw, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
                    counters=counters, static_instructions=static_n)
@@ -398,7 +399,7 @@ _DERIVED = ("interval", "lat", "nops", "g_in", "g_out", "r1_dir", "r1_s", "r1_n"
 
 @functools.cache
 def _zero_rows():
-    """Rows of the decoded matrix that neither _fill nor derive_columns writes for every
+    """Rows of the decoded matrix that neither _fill nor Deriver writes for every
     instruction (link_base: sends and receives only)."""
     filled = set(_field_tables()[3].tolist()) | {C[n] for n in (
         "t0", "sidx", "rep", "unit", "chip", "qid", "uidx", "pos")} | {C[n] for n in _DERIVED}

@@ -57,7 +57,7 @@ _CVT, _CHAIN, _ALU_BASE, _DESKEW = oc.OP_VXM_CVT, oc.OP_VXM_CHAIN, oc.VXM_ALU_BA
 _DT_INT32, _DT_FP32 = oc.DT_INT32, oc.DT_FP32
 
 
-# The static checks of derive_columns, in the order they are reported. The kernel records, per
+# The static checks of Deriver, in the order they are reported. The kernel records, per
 # check, the failing instruction that issues first (ties: the earlier column of the matrix, as
 # a stable sort by issue cycle orders them); the caller raises the first check that failed.
 _CHECKS = (
@@ -137,16 +137,15 @@ def _mark(best, check, k, t0):
 
 
 @njit(cache=True)
-def _derive_kernel(cols, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width, is_float,
-                   has_dst, has_src, has_src2, uses_dtype, mxm_step, maps_ok, geo):
-    """Per instruction: interval, lat, nops, g_in, g_out, the stream operands (r1, r2, w) and
-    the static checks. geo = streams, ALUs, words per slice, accumulators per plane, load
-    streams, MXM rows. Returns, per check of _CHECKS, the first failing instruction or -1."""
+def _derive_kernel(cols, k0, k1, best, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width,
+                   is_float, has_dst, has_src, has_src2, uses_dtype, mxm_step, maps_ok, geo):
+    """Per instruction of cols[:, k0:k1]: interval, lat, nops, g_in, g_out, the stream operands
+    (r1, r2, w) and the static checks. geo = streams, ALUs, words per slice, accumulators per
+    plane, load streams, MXM rows. best[check] is the first failing instruction (in issue
+    order) of each check of _CHECKS, or -1; updated in place."""
     S, alus, words, accs, lmax, rows = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
-    N = cols.shape[1]
-    best = np.full(len(_CHECKS), -1, np.int64)
     t0 = cols[_T0]
-    for k in range(N):
+    for k in range(k0, k1):
         op = cols[_OP, k]
         cols[_INTERVAL, k] = 1
         lat = lat_of[op]
@@ -310,65 +309,79 @@ def _derive_kernel(cols, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width, i
         cols[_W_S, k] = dst
         cols[_W_N, k] = w_n
         cols[_W_STEP, k] = aux if tr else 1
-    return best
 
 
-def derive_columns(raw, col, arch, lat_of, alu_lat, alu_ok, maps, nchips, queue_names) -> int:
-    """Fill interval, lat, nops, g_in, g_out, the stream operands and link_base of `raw` (col:
-    its rows by name); run the static checks. Returns the vectors carried over links."""
-    n_op = 1 << FIELDS["opcode"].width
-    n_alu = 1 << CHAIN_OP_BITS
-    width = np.zeros(16, np.int64)
-    is_float = np.zeros(16, np.bool_)
-    for code, d in DTYPE_BY_CODE.items():
-        width[code], is_float[code] = d.nbytes, d.is_float
-    arity = np.zeros(n_alu, np.int64)
-    float_alu = np.zeros(n_alu, np.bool_)
-    for code, a in ALU_BY_CODE.items():
-        arity[code], float_alu[code] = a.arity, a.kind == "float"
-    has = {name: np.zeros(n_op, np.bool_) for name in ("dst", "src", "src2")}
-    for code, row in BY_OPCODE.items():
-        for name, table in has.items():
-            table[code] = name in row.reads or name in row.writes
-    uses_dtype = np.zeros(n_op, np.bool_)
-    uses_dtype[[oc.OP_MXM_LW, oc.OP_MXM_ABC, oc.OP_MXM_ACC, oc.OP_SXM_SHIFT, oc.OP_SXM_ROTATE,
-                oc.OP_SXM_PERMUTE, oc.OP_SXM_DISTRIBUTE, oc.OP_VXM_CVT, oc.OP_VXM_CHAIN]] = True
-    uses_dtype[oc.VXM_ALU_BASE:] = True
-    # the MXM's vector interval per dtype: 1 / rate, which must be an integer
-    mxm_step = np.full(8, -1, np.int64)
-    rate_error = {}
-    for code, d in DTYPE_BY_CODE.items():
-        try:
-            rate = arch.mxm_rate_of(d.name)
-        except Exception as exc:
-            rate_error[code] = str(exc)
-            continue
-        step = 1.0 / rate
-        if abs(step - round(step)) > 1e-9:
-            rate_error[code] = f"MXM rate {rate} for {d.name} is not 1/integer"
-        else:
-            mxm_step[code] = int(round(step))
-    maps_ok = np.ascontiguousarray((maps != -1).any(axis=2))
-    geo = np.array([arch.streams_per_direction, arch.vxm_alus, arch.mem_words_per_slice,
-                    arch.mxm_acc_vectors_per_plane, arch.mxm_load_streams_max, arch.mxm_rows],
-                   np.int64)
-    best = _derive_kernel(raw, lat_of, alu_lat, alu_ok, arity, float_alu, width, is_float,
-                          has["dst"], has["src"], has["src2"], uses_dtype, mxm_step, maps_ok, geo)
-    for i in np.flatnonzero(best >= 0)[:1]:
-        k = int(best[i])
-        name, msg, kind = _CHECKS[i]
-        if name.startswith("mxm_rate"):
-            msg = rate_error[int(name[len("mxm_rate"):])]
-        elif name == "sram_bounds":
-            addr = int(col["addr"][k])
-            last = addr + (int(col["count"][k]) - 1) * int(col["stride"][k])
-            msg = msg.format(addr=addr, last=last, words=arch.mem_words_per_slice - 1)
-        else:
-            msg = msg.format(alus=arch.vxm_alus - 1, accs=arch.mxm_acc_vectors_per_plane - 1,
-                             lmax=arch.mxm_load_streams_max, rows=arch.mxm_rows - 1)
-        _fail(col, k, queue_names, msg, kind)
-    _check_maps(col, maps, arch, queue_names)
-    return _links(col, arch, nchips, queue_names)
+class Deriver:
+    """The per-instruction parameters in steps: `block(k0, k1)` fills interval, lat, nops,
+    g_in, g_out and the stream operands of raw[:, k0:k1] and runs the static checks on them
+    (decode calls it on each
+    queue's block right after filling it, while it is in cache); `finish` raises the first
+    failure, checks SXM maps and links, fills link_base, and returns the vectors carried over
+    links."""
+
+    def __init__(self, raw, arch, lat_of, alu_lat, alu_ok, maps):
+        n_op = 1 << FIELDS["opcode"].width
+        n_alu = 1 << CHAIN_OP_BITS
+        width = np.zeros(16, np.int64)
+        is_float = np.zeros(16, np.bool_)
+        for code, d in DTYPE_BY_CODE.items():
+            width[code], is_float[code] = d.nbytes, d.is_float
+        arity = np.zeros(n_alu, np.int64)
+        float_alu = np.zeros(n_alu, np.bool_)
+        for code, a in ALU_BY_CODE.items():
+            arity[code], float_alu[code] = a.arity, a.kind == "float"
+        has = {name: np.zeros(n_op, np.bool_) for name in ("dst", "src", "src2")}
+        for code, row in BY_OPCODE.items():
+            for name, table in has.items():
+                table[code] = name in row.reads or name in row.writes
+        uses_dtype = np.zeros(n_op, np.bool_)
+        uses_dtype[[oc.OP_MXM_LW, oc.OP_MXM_ABC, oc.OP_MXM_ACC, oc.OP_SXM_SHIFT,
+                    oc.OP_SXM_ROTATE, oc.OP_SXM_PERMUTE, oc.OP_SXM_DISTRIBUTE, oc.OP_VXM_CVT,
+                    oc.OP_VXM_CHAIN]] = True
+        uses_dtype[oc.VXM_ALU_BASE:] = True
+        # the MXM's vector interval per dtype: 1 / rate, which must be an integer
+        mxm_step = np.full(8, -1, np.int64)
+        self.rate_error = {}
+        for code, d in DTYPE_BY_CODE.items():
+            try:
+                rate = arch.mxm_rate_of(d.name)
+            except Exception as exc:
+                self.rate_error[code] = str(exc)
+                continue
+            step = 1.0 / rate
+            if abs(step - round(step)) > 1e-9:
+                self.rate_error[code] = f"MXM rate {rate} for {d.name} is not 1/integer"
+            else:
+                mxm_step[code] = int(round(step))
+        maps_ok = np.ascontiguousarray((maps != -1).any(axis=2))
+        geo = np.array([arch.streams_per_direction, arch.vxm_alus, arch.mem_words_per_slice,
+                        arch.mxm_acc_vectors_per_plane, arch.mxm_load_streams_max,
+                        arch.mxm_rows], np.int64)
+        self.raw, self.arch, self.maps = raw, arch, maps
+        self.tables = (lat_of, alu_lat, alu_ok, arity, float_alu, width, is_float, has["dst"],
+                       has["src"], has["src2"], uses_dtype, mxm_step, maps_ok, geo)
+        self.best = np.full(len(_CHECKS), -1, np.int64)
+
+    def block(self, k0: int, k1: int) -> None:
+        _derive_kernel(self.raw, k0, k1, self.best, *self.tables)
+
+    def finish(self, col, nchips, queue_names) -> int:
+        arch = self.arch
+        for i in np.flatnonzero(self.best >= 0)[:1]:
+            k = int(self.best[i])
+            name, msg, kind = _CHECKS[i]
+            if name.startswith("mxm_rate"):
+                msg = self.rate_error[int(name[len("mxm_rate"):])]
+            elif name == "sram_bounds":
+                addr = int(col["addr"][k])
+                last = addr + (int(col["count"][k]) - 1) * int(col["stride"][k])
+                msg = msg.format(addr=addr, last=last, words=arch.mem_words_per_slice - 1)
+            else:
+                msg = msg.format(alus=arch.vxm_alus - 1, accs=arch.mxm_acc_vectors_per_plane - 1,
+                                 lmax=arch.mxm_load_streams_max, rows=arch.mxm_rows - 1)
+            _fail(col, k, queue_names, msg, kind)
+        _check_maps(col, self.maps, arch, queue_names)
+        return _links(col, arch, nchips, queue_names)
 
 
 def _check_maps(col, maps, arch, queue_names):
