@@ -11,13 +11,15 @@ computed from the preset's latencies, so the program is hazard-free by construct
 Reported: instructions (static, in the program) per second, vectors per second and simulated
 cycles per second, in timing-only and functional mode, plus numpy doing the same arithmetic
 (the adds and the matmuls) for comparison. The first run of each mode includes Numba's compile
-(or cache load) time and is reported separately.
+(or cache load) time and is reported separately; the rates are from the median of the steady
+runs that follow (--repeat).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import numpy as np
@@ -137,23 +139,29 @@ def main() -> None:
     ap.add_argument("--functional-blocks", type=int, default=2000,
                     help="blocks for the functional run (it computes every value)")
     ap.add_argument("--no-matmul", action="store_true")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="steady runs after the first; the median is reported (default 5)")
     args = ap.parse_args()
     arch = load_arch("tsp-v1")
     print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}")
     for mode, blocks in (("timing", args.blocks), ("functional", args.functional_blocks)):
         prog, stats = build(arch, blocks, args.count, not args.no_matmul)
         ninstr = prog.instruction_count()
+        inputs = None if mode == "timing" else _inputs(prog)
         t = time.perf_counter()
-        simulate(prog, mode=mode, inputs=None if mode == "timing" else _inputs(prog))
+        simulate(prog, mode=mode, inputs=inputs)
         first = time.perf_counter() - t
-        t = time.perf_counter()
-        res = simulate(prog, mode=mode, inputs=None if mode == "timing" else _inputs(prog))
-        dt = time.perf_counter() - t
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            res = simulate(prog, mode=mode, inputs=inputs)
+            times.append(time.perf_counter() - t)
+        dt = statistics.median(times)
         rep = res.report
         print(f"[{mode}] {ninstr:,} instructions ({rep['issued_instructions']:,} issued), "
               f"{rep['vectors']:,} vectors, {rep['cycles']:,} cycles")
-        print(f"[{mode}] first run (incl. compile/cache load) {first:.2f} s; "
-              f"steady {dt:.3f} s")
+        print(f"[{mode}] first run (incl. compile/cache load) {first:.2f} s; steady: median "
+              f"{dt:.3f} s of {args.repeat} runs (min {min(times):.3f}, max {max(times):.3f})")
         print(f"[{mode}] {ninstr / dt / 1e6:.2f} M instructions/s, "
               f"{rep['vectors'] / dt / 1e6:.2f} M vectors/s, "
               f"{rep['cycles'] / dt / 1e6:.2f} M simulated cycles/s")
