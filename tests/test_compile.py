@@ -51,6 +51,18 @@ def test_mlp_matches_reference():
     assert res.report["roofline_bound_by"] in res.report["roofline_terms_cycles"]
 
 
+@pytest.mark.parametrize("b,m,k,n", [(3, 1, 4, 4), (4, 1, 2, 8), (3, 2, 3, 5), (2, 1, 64, 16)])
+def test_batched_matmul_of_computed_operands(b, m, k, n):
+    """One product per batch on one MXM plane: with few rows and a short K, consecutive
+    installs come close together; each batch must still meet its own weights."""
+    x = RNG.standard_normal((b, m, k)).astype(np.float32)
+    w = RNG.standard_normal((b, k, n)).astype(np.float32)
+    mm = model([h.make_node("MatMul", ["x", "w"], ["y"])], [vi("x", [b, m, k]),
+               vi("w", [b, k, n])], [vi("y", [b, m, n])])
+    res = lpusim.run_onnx(mm, {"x": x, "w": w})
+    np.testing.assert_allclose(res.outputs["y"], x @ w, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("op,fn", [
     ("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply), ("Div", np.divide),
     ("Max", np.maximum), ("Min", np.minimum)])

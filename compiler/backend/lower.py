@@ -246,6 +246,10 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         to_mxm, from_mxm = (1, 0) if P == 0 else (0, 1)
         # the plane is shared by every matmul: continue from where the last one left it
         t_free, array_busy_until, acc_free, stale = sch.mxm.get(pl, _FRESH)
+        # an install copies the load buffer into the plane's one pending register, which
+        # reaches the array mxm_install cycles later: the next install must come after that,
+        # or it would replace weights that are still on their way in
+        iw_clear = t_free + arch.lat("mxm_install")
         t_free, array_busy_until, acc_free = (max(ready, c)
                                               for c in (t_free, array_busy_until, acc_free))
         last_abc_in = None
@@ -283,13 +287,14 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             loaded = sch.place(t_free, lw, f"{what} weight load") + n1
             if lw2 is not None:
                 loaded = max(loaded, sch.place(t_free, lw2, f"{what} weight load") + n2)
-            earliest_iw = max(loaded, array_busy_until - arch.lat("mxm_install") + 1)
+            earliest_iw = max(loaded, array_busy_until - arch.lat("mxm_install") + 1, iw_clear)
 
             def iw(res, T, q=q):
                 return [Emitted(q, T, "mxm.iw", {})] if res.take_issue(q, T) else None
 
             t_iw = sch.place(earliest_iw, iw, f"{what} install")
             t_free = t_iw + 1
+            iw_clear = t_free + arch.lat("mxm_install")
             xa = [x.addr + m * x.vpr + kt for m in range(M)]
             flag = 1 if kt > 0 else 0
 
