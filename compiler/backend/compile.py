@@ -59,13 +59,14 @@ LW_STREAMS = 16
 # IR dtype -> machine dtype in the fp32 exact mode; bools are fp32 0.0/1.0 (what the VXM's
 # comparisons and logical ops give). int8/16/32 are computed in their own type on the VXM
 # (wrapping). The other integers are held in a wider signed type whose range the host checks
-# when it loads an input: they are read only where that is exact (_WIDE_READERS), never
+# when it loads an input: they are read only where that is exact (see _type_ok), never
 # computed (an int64 or unsigned result would wrap at the wrong width).
 _MACHINE = {"float32": "fp32", "bool": "fp32", "int64": "int32", "int32": "int32",
             "int8": "int8", "int16": "int16", "uint8": "int16", "uint16": "int32",
             "uint32": "int32", "uint64": "int32", "float16": "fp16", "bfloat16": "bf16",
             "float8_e4m3fn": "fp8_e4m3", "float8_e5m2": "fp8_e5m2"}
 _NATIVE_INTS = ("int8", "int16", "int32")
+_WIDENED = ("int64", "uint8", "uint16", "uint32", "uint64")
 # narrow floats: the VXM computes in fp32 and rounds once to the element type, which is the
 # correctly rounded result of these ops (fp32 holds more than twice their precision)
 _NARROW_FLOATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
@@ -80,7 +81,7 @@ _INT_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs", "Relu", "Cli
 _COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
-def _integer_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
+def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
     """May op read (or write) value v, an integer or narrow float of IR type dtype?"""
     if dtype in _NARROW_FLOATS:
         return op in _NARROW_FLOAT_OPS
@@ -309,12 +310,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             as_index = op in _PASS_THROUGH or (op == "Gather" and v == ins[1]) \
                 or (op == "Cast" and v == ins[0])
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
-                    and not as_index and not _integer_ok(op, v, ins, vt.dtype):
-                held = _MACHINE.get(vt.dtype)
-                why = (f"; the machine holds {vt.dtype} as {held}, so only comparisons, Cast, "
-                       "Gather and Pow exponents read it and no op computes it"
-                       if held and held != _MACHINE.get(vt.dtype.lstrip("u"), "")
-                       or vt.dtype == "int64" else "")
+                    and not as_index and not _type_ok(op, v, ins, vt.dtype):
+                why = (f"; the machine holds {vt.dtype} as {_MACHINE[vt.dtype]}, so only "
+                       "comparisons, Cast, Gather and Pow exponents read it and no op computes "
+                       "it" if vt.dtype in _WIDENED else "")
                 raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
                                    f"lowered yet for this op{why}")
         if op in lower.ALIASES or (op == "Identity"):
