@@ -213,6 +213,8 @@ _HAZARD_TEXT = {
     "mxm-dtype": "dtype differs from the loaded/installed weights or accumulator {d}",
     "mxm-acc-conflict": "two results into accumulator {d} in one cycle",
     "alu-busy": "VXM ALU {d} is already busy in this cycle",
+    "mxm-install-busy": "installs while the previous install on MXM plane {d} is still in "
+                        "flight",
 }
 
 

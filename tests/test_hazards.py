@@ -152,6 +152,21 @@ MXM_DTYPE = """\
 @20 mxm.abc fp16, W0/2
 """
 
+# two loads and installs on MXM0: the first install (cycle 7) reaches the array in cycle 15
+# (mxm_install 8), the second is issued in cycle 9, while the first is still in flight
+MXM_INSTALL_BUSY = """\
+.arch tsp-v1
+.tensor w input int8 [1,320] slices=MEM_W43 addr=0
+.queue MEM_W43
+@0 mem.read W0, 0
+@2 mem.read W0, 0
+.queue MXM0
+@6 mxm.lw int8, W0, 1
+@7 mxm.iw
+@8 mxm.lw int8, W0, 1
+@9 mxm.iw
+"""
+
 # a chain of two ops on VXM0 holds ALUs 0 and 1 for cycles 6..9; VXM1 issues in cycle 7
 ALU_BUSY = HDR + """\
 .queue MEM_W1
@@ -210,7 +225,7 @@ mem.read E0, 0
 def test_every_kind_has_a_test():
     covered = {"stream-conflict", "stream-empty", "mem-port", "sram-bounds", "mxm-unloaded",
                "mxm-dtype", "mxm-acc-conflict", "alu-busy", "link-busy", "recv-unmatched",
-               "recv-early"}
+               "recv-early", "mxm-install-busy"}
     assert set(HAZARDS) - {"none"} == covered
 
 
@@ -273,6 +288,20 @@ def test_mxm_unloaded_install():
 
 def test_mxm_unloaded_activation():
     check(MXM_UNLOADED_ABC, None, "mxm-unloaded", "MXM1", 1, 6)
+
+
+def test_mxm_install_busy():
+    # instructions: nop(@6), lw #1, iw #2, lw #3, iw #4
+    (e, _) = check(MXM_INSTALL_BUSY, {"w": np.ones((1, 320), np.int8)}, "mxm-install-busy",
+                   "MXM0", 4, 9)
+    assert "plane 0" in str(e)
+
+
+def test_install_after_the_previous_lands_is_fine():
+    late = MXM_INSTALL_BUSY.replace("@2 mem.read", "@10 mem.read").replace(
+        "@8 mxm.lw", "@16 mxm.lw").replace("@9 mxm.iw", "@17 mxm.iw")
+    for eng in ENGINES:
+        simulate(assemble(late), {"w": np.ones((1, 320), np.int8)}, engine=eng)
 
 
 def test_mxm_dtype():
@@ -345,6 +374,7 @@ DATA_INDEPENDENT = [
     ("mxm-unloaded", MXM_UNLOADED_IW),
     ("mxm-unloaded", MXM_UNLOADED_ABC),
     ("mxm-dtype", MXM_DTYPE),
+    ("mxm-install-busy", MXM_INSTALL_BUSY),
     ("alu-busy", ALU_BUSY),
     ("link-busy", LINK_BUSY),
     ("recv-unmatched", RECV_UNMATCHED),

@@ -46,6 +46,7 @@ HZ_STREAM_CONFLICT, HZ_STREAM_EMPTY, HZ_MEM_PORT, HZ_SRAM_BOUNDS = (
     oc.HZ["stream-conflict"], oc.HZ["stream-empty"], oc.HZ["mem-port"], oc.HZ["sram-bounds"])
 HZ_MXM_UNLOADED, HZ_MXM_DTYPE, HZ_ACC_CONFLICT, HZ_ALU_BUSY = (
     oc.HZ["mxm-unloaded"], oc.HZ["mxm-dtype"], oc.HZ["mxm-acc-conflict"], oc.HZ["alu-busy"])
+HZ_INSTALL_BUSY = oc.HZ["mxm-install-busy"]
 R2_ROW = 16  # rows of the read scratch where the second stream group lands
 
 
@@ -108,6 +109,7 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
     buf_dtype = np.full((nchips, planes), -1, np.int64)
     buf_loaded = np.zeros((nchips, planes), np.bool_)
     pend_dtype = np.full((nchips, planes), -1, np.int64)
+    iw_done = np.full((nchips, planes), -1, np.int64)  # cycle the last install reaches the array
     arr_dtype = np.full((nchips, planes), -1, np.int64)
     acc_kind = np.full((nchips, planes, accv), -1, np.int64)
     acc_wt = np.full((nchips, planes, accv), -1, np.int64)
@@ -230,6 +232,10 @@ def run_kernel(cols, maps, sram, functional, lanes, lps, num_positions, nslices,
                         if not buf_loaded[chip, u]:
                             _hz(status, HZ_MXM_UNLOADED, k, t, -1, -1, u)
                             return status, ntrace
+                        if t <= iw_done[chip, u]:
+                            _hz(status, HZ_INSTALL_BUSY, k, t, -1, -1, u)
+                            return status, ntrace
+                        iw_done[chip, u] = t + cols[_LAT, k]
                         buf_loaded[chip, u] = False
                         pend_dtype[chip, u] = buf_dtype[chip, u]
                     elif op == MXM_ABC:

@@ -58,5 +58,6 @@ HAZARDS = (
     "link-busy",  # a link used by two transfers at once
     "recv-unmatched",  # a receive with no matching send
     "recv-early",  # a receive before the vector arrived
+    "mxm-install-busy",  # an install while the plane's previous install is still in flight
 )
 HZ = {name: i for i, name in enumerate(HAZARDS)}

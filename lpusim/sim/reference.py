@@ -50,6 +50,7 @@ class _Machine:
         self.buf_loaded = np.zeros((nch, planes), bool)
         self.pending = np.zeros_like(self.buffer)
         self.pending_dtype = np.full((nch, planes), -1)
+        self.iw_done = np.full((nch, planes), -1)  # cycle the last install reaches the array
         self.array = np.zeros_like(self.buffer)
         self.array_dtype = np.full((nch, planes), -1)
         accv = arch.mxm_acc_vectors_per_plane
@@ -182,6 +183,11 @@ class _Machine:
             if not self.buf_loaded[chip, u]:
                 self.hazard("mxm-unloaded", k, "installs a weight buffer that was never "
                             "loaded", t)
+            if t <= self.iw_done[chip, u]:
+                self.hazard("mxm-install-busy", k, f"installs while the previous install on "
+                            f"MXM plane {u} is still in flight (until cycle "
+                            f"{int(self.iw_done[chip, u])})", t)
+            self.iw_done[chip, u] = t + int(r[C["lat"]])
             self.buf_loaded[chip, u] = False
             self.pending[chip, u] = self.buffer[chip, u]
             self.pending_dtype[chip, u] = self.buf_dtype[chip, u]
