@@ -227,6 +227,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                                     what, plane, zero))
         return done
     g = len(x.slices)
+    w_ready = 0 if isinstance(w, Tiled) else ready
     rate = arch.mxm_rate_of(x.dtype)
     iv = int(round(1 / rate))
     kt_n, nt_n = math.ceil(K / lanes), math.ceil(N / lanes)
@@ -250,8 +251,10 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         # reaches the array mxm_install cycles later: the next install must come after that,
         # or it would replace weights that are still on their way in
         iw_clear = t_free + arch.lat("mxm_install")
-        t_free, array_busy_until, acc_free = (max(ready, c)
-                                              for c in (t_free, array_busy_until, acc_free))
+        # constant weights are in SRAM from the start: their loads and installs wait only for
+        # the plane, not for x, so they overlap whatever computes x
+        t_free, array_busy_until = max(w_ready, t_free), max(w_ready, array_busy_until)
+        acc_free = max(ready, acc_free)
         last_abc_in = None
         for kt in range(kt_n):
             rk = min(lanes, K - kt * lanes)
@@ -273,7 +276,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                 raise CompileError(f"internal: {what}: a short weight tile needs zero rows")
             stale = rk
             pad = [[i for i in range(n1) if rk <= i * R + j < total] for j in range(R)]
-            lw = _lw_job(sch, q, P, to_mxm, plan, pad, zeros, n1, ready, 0)
+            lw = _lw_job(sch, q, P, to_mxm, plan, pad, zeros, n1, w_ready, 0)
             rest = total - n1 * R  # then the zero rows, as many per cycle as copies allow
             lw2 = None
             if rest > 0:
@@ -283,7 +286,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                 n2 = rest // Z
                 lw2 = _lw_job(sch, q, P, to_mxm,
                               [(zp, [zp.addr] * n2) for zp in distinct[:Z]],
-                              [[] for _ in range(Z)], [], n2, ready, n1 * R)
+                              [[] for _ in range(Z)], [], n2, w_ready, n1 * R)
             loaded = sch.place(t_free, lw, f"{what} weight load") + n1
             if lw2 is not None:
                 loaded = max(loaded, sch.place(t_free, lw2, f"{what} weight load") + n2)
