@@ -31,7 +31,7 @@ SUPPORTED_OPS: tuple[str, ...] = tuple(sorted((
     "Unsqueeze", "Squeeze", "Expand", "Where", "Equal", "Less", "Greater", "Not", "And",
     "IsNaN", "Cast", "Constant", "ConstantOfShape", "Shape", "Range", "Trilu", "Identity",
     "Max", "Min", "Clip", "Attention", "RotaryEmbedding", "Size", "LessOrEqual",
-    "GreaterOrEqual", "Cos", "Sin",
+    "GreaterOrEqual", "Cos", "Sin", "Or", "CastLike", "Sum", "Mod",
 )))
 
 SHAPE_ONLY_LOCATION = "__lpusim_shape_only__"  # models/common.py's convention
@@ -335,8 +335,59 @@ def import_onnx(model: str | Path | onnx.ModelProto,
         if not added and not folded:
             break
     _check_static(graph, strict_error)
+    _castlike_to_cast(graph)
+    _sum_to_adds(graph)
     graph.verify()
     return graph
+
+
+def _castlike_to_cast(graph: Graph) -> None:
+    """CastLike(x, like) is Cast(x, to=like's element type) once types are known: one op for
+    the passes and the backend."""
+    for n in graph.topo_order():
+        a = graph.node(n)
+        if a["op"] != "CastLike" or a.get("domain"):
+            continue
+        to = _elem_type(graph.values[a["inputs"][1]].dtype)
+        a["op"] = "Cast"
+        a["attrs"] = {"to": to, **({"saturate": a["attrs"]["saturate"]}
+                                   if "saturate" in a["attrs"] else {})}
+        graph.set_inputs(n, a["inputs"][:1])
+
+
+def _sum_to_adds(graph: Graph) -> None:
+    """Sum(x1, ..., xn) as a chain of binary Adds (Identity for one input)."""
+    for n in graph.topo_order():
+        a = graph.node(n)
+        if a["op"] != "Sum" or a.get("domain"):
+            continue
+        xs, y, order = list(a["inputs"]), a["outputs"][0], a["order"]
+        if len(xs) == 1:
+            a["op"] = "Identity"
+            continue
+        graph.remove_node(n)
+        acc = xs[0]
+        for i, x in enumerate(xs[1:], start=1):
+            if i == len(xs) - 1:
+                out, ty = y, None
+            else:
+                out = graph.fresh_name(f"{y}_sum{i}")
+                shape = np.broadcast_shapes(graph.values[acc].shape, graph.values[x].shape)
+                ty = TensorType(graph.values[acc].dtype, tuple(int(d) for d in shape))
+            graph.add_node(graph.fresh_name(f"{n}_add{i}"), "Add", [acc, x], [out],
+                           types=None if ty is None else [ty], order=order)
+            acc = out
+
+
+def _elem_type(dtype: str) -> int:
+    """IR dtype name -> ONNX TensorProto element type."""
+    for e in TensorProto.DataType.values():
+        try:
+            if str(helper.tensor_dtype_to_np_dtype(e)) == dtype:
+                return int(e)
+        except (KeyError, ValueError):
+            continue
+    raise CompileError(f"no ONNX element type for {dtype}")
 
 
 def _check_ops(model: onnx.ModelProto) -> None:

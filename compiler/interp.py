@@ -99,7 +99,8 @@ def _binary(fn: Callable) -> Callable:
     def run(ins: Sequence[Array | None], attrs: Mapping[str, Any]) -> list[Array]:
         a, b = ins[0], ins[1]
         assert a is not None and b is not None
-        out = fn(a, b)
+        with np.errstate(over="ignore"):  # IEEE overflow to inf, as the machine computes it
+            out = fn(a, b)
         return [np.asarray(out).astype(a.dtype) if out.dtype.kind != "b" else np.asarray(out)]
     return run
 
@@ -191,7 +192,7 @@ _OPS: dict[str, Callable[[Sequence[Array | None], Mapping[str, Any]], list[Array
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply),
     "Div": _binary(_div), "Pow": _binary(np.power), "MatMul": _binary(np.matmul),
     "Equal": _binary(np.equal), "Less": _binary(np.less), "Greater": _binary(np.greater),
-    "And": _binary(np.logical_and),
+    "And": _binary(np.logical_and), "Or": _binary(np.logical_or),
     "Max": lambda ins, a: [functools.reduce(np.maximum, ins)],
     "Min": lambda ins, a: [functools.reduce(np.minimum, ins)],
     "Sqrt": _unary(np.sqrt), "Reciprocal": _unary(lambda x: 1 / x), "Neg": _unary(np.negative),
@@ -212,6 +213,10 @@ _OPS: dict[str, Callable[[Sequence[Array | None], Mapping[str, Any]], list[Array
     "Concat": lambda ins, a: [np.concatenate([x for x in ins if x is not None],
                                              axis=int(a["axis"]))],
     "Cast": lambda ins, a: [ins[0].astype(_onnx_np_dtype(int(a["to"])))],
+    "CastLike": lambda ins, a: [ins[0].astype(ins[1].dtype)],
+    "Sum": lambda ins, a: [functools.reduce(np.add, ins).astype(ins[0].dtype)],
+    "Mod": lambda ins, a: [(np.fmod if int(a.get("fmod", 0)) else np.mod)(ins[0], ins[1])
+                           .astype(ins[0].dtype)],
     "ConstantOfShape": lambda ins, a: [np.full(
         [int(d) for d in ins[0]],
         a["value"].reshape(-1)[0] if "value" in a else np.float32(0),

@@ -114,6 +114,10 @@ def _bind(program: Program, arch, sram: np.ndarray, inputs: dict) -> None:
             sram[t.chip, sl, addrs] = vec[:, b]
 
 
+_WIDE_INTS = {"int64": np.int64, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32,
+              "uint64": np.uint64}
+
+
 def _read_outputs(program: Program, arch, sram: np.ndarray) -> dict[str, np.ndarray]:
     host_types = program.meta.get("host_types") or {}
     out = {}
@@ -123,8 +127,11 @@ def _read_outputs(program: Program, arch, sram: np.ndarray) -> dict[str, np.ndar
         addrs = _addresses(t, arch.lanes)
         planes = np.stack([sram[t.chip, sl, addrs] for sl in t.slices], axis=1)
         out[t.name] = vectors_tensor(t, planes, arch.lanes)
-        if host_types.get(t.name) == "bool":  # held as 0.0/1.0 on chip
+        host = host_types.get(t.name)
+        if host == "bool":  # held as 0.0/1.0 on chip
             out[t.name] = out[t.name] != 0
+        elif host in _WIDE_INTS:  # held in a narrower signed type; the values fit (the
+            out[t.name] = out[t.name].astype(_WIDE_INTS[host])  # compiler only selects them)
     return out
 
 

@@ -13,7 +13,8 @@ Each case gets one status:
   PASS         every output matches.
   FAIL         an output differs (value, shape or dtype): a bug.
   NOT LOWERED  the compiler refused it with a CompileError (reason recorded).
-  EXCLUDED     impossible by design on this machine: float64/string/complex tensors, or an
+  EXCLUDED     impossible by design on this machine: float64/string/complex tensors or a
+               storage type the ISA does not have (fp8 fnuz, e8m0, fp4, int4/2, uint4/2), or an
                output shape that depends on the values of a graph input (e.g. Reshape's shape,
                Slice's starts, Reduce's axes given as inputs rather than constants).
   ERROR        anything else raised (a crash in the compiler or simulator): a bug.
@@ -49,7 +50,11 @@ PASS, FAIL, NOT_LOWERED, EXCLUDED, ERROR = "PASS", "FAIL", "NOT LOWERED", "EXCLU
 STATUSES = (PASS, FAIL, NOT_LOWERED, EXCLUDED, ERROR)
 
 # element types the machine has no representation for, by design
-_EXCLUDED_TYPES = {11: "float64", 8: "string", 14: "complex64", 15: "complex128"}
+_EXCLUDED_TYPES = {11: "float64", 8: "string", 14: "complex64", 15: "complex128",
+                   # storage types the ISA does not have (its types: int8/16/32, fp16, bf16,
+                   # fp32, fp8 e4m3fn and e5m2)
+                   18: "float8e4m3fnuz", 20: "float8e5m2fnuz", 21: "uint4", 22: "int4",
+                   23: "float4e2m1", 24: "float8e8m0", 25: "uint2", 26: "int2"}
 
 # (op, input indices) whose *values* set the shape of an output
 SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {

@@ -79,6 +79,10 @@ _AS_FLOAT = ("float32", "bool")
 _INT_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Neg", "Abs", "Relu", "Clip", "Where",
             "Trilu"}
 _COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+# ops whose results are some of their inputs' values (selected, or masked to zero): exact on a
+# widened integer, whose values the host checked to fit the machine type when it loaded them;
+# the host reads such an output back in its own type
+_SELECT = {"Trilu", "Where", "Max", "Min"}
 
 
 def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
@@ -87,6 +91,8 @@ def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
         return op in _NARROW_FLOAT_OPS
     if v in ins and (op in _COMPARE or (op in ("Pow", "Trilu") and ins[1:2] == [v])):
         return True  # exact on any integer the machine holds (Pow: the exponent, to fp32)
+    if dtype in _WIDENED and op in _SELECT and not (op == "Where" and v == ins[0]):
+        return True
     return dtype in _NATIVE_INTS and op in _INT_OPS and not (op == "Where" and v == ins[0])
 
 
@@ -312,8 +318,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
                     and not as_index and not _type_ok(op, v, ins, vt.dtype):
                 why = (f"; the machine holds {vt.dtype} as {_MACHINE[vt.dtype]}, so only "
-                       "comparisons, Cast, Gather and Pow exponents read it and no op computes "
-                       "it" if vt.dtype in _WIDENED else "")
+                       "comparisons, Cast, Gather, Pow exponents and selections (Where, Max, "
+                       "Min, Trilu) read it and no op computes it" if vt.dtype in _WIDENED
+                       else "")
                 raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
                                    f"lowered yet for this op{why}")
         if op in lower.ALIASES or (op == "Identity"):

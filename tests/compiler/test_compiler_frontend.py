@@ -219,3 +219,34 @@ def test_exported_models_match_torch(name):
     got = interp.run(g, {k: exp[k] for k in g.inputs})
     for k, v in got.items():
         np.testing.assert_allclose(v, exp[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+def test_castlike_and_sum_become_cast_and_adds():
+    """CastLike takes the second input's type as `to`; Sum of n inputs is n - 1 Adds. Both
+    compile and match numpy."""
+    import lpusim
+
+    f = TensorProto.FLOAT
+    g = helper.make_graph(
+        [helper.make_node("CastLike", ["h", "x"], ["xf"]),
+         helper.make_node("Sum", ["xf", "x", "b"], ["s"]),
+         helper.make_node("Greater", ["s", "x"], ["g1"]),
+         helper.make_node("Less", ["s", "b"], ["g2"]),
+         helper.make_node("Or", ["g1", "g2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", f, [2, 5]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT16, [2, 5]),
+         helper.make_tensor_value_info("b", f, [5])],
+        [helper.make_tensor_value_info("s", f, [2, 5]),
+         helper.make_tensor_value_info("y", TensorProto.BOOL, [2, 5])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    graph = import_onnx(m)
+    ops = sorted(graph.node(n)["op"] for n in graph.nodes())
+    assert ops == ["Add", "Add", "Cast", "Greater", "Less", "Or"]
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2, 5)) * 4).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    h = rng.standard_normal((2, 5)).astype(np.float16)
+    res = lpusim.run_onnx(m, {"x": x, "h": h, "b": b})
+    s = h.astype(np.float32) + x + b
+    np.testing.assert_allclose(res.outputs["s"], s, rtol=1e-6)
+    np.testing.assert_array_equal(res.outputs["y"], (s > x) | (s < b))
