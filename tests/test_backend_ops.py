@@ -353,3 +353,27 @@ def test_trilu_keeps_the_bits_of_the_kept_triangle(np_type, shape, k, upper, k_c
     want = np.triu(x, k or 0) if upper else np.tril(x, k or 0)
     assert got.dtype == np_type
     np.testing.assert_array_equal(got, want)
+
+
+def test_where_with_a_condition_broadcast_over_leading_dims():
+    m = model([h.make_node("Where", ["c", "a", "b"], ["y"])],
+              [vi("c", bool, [1, 3, 1, 8]), vi("a", np.float32, [2, 3, 4, 8]),
+               vi("b", np.float32, [2, 3, 4, 8])], [vi("y", np.float32, [2, 3, 4, 8])])
+    c = RNG.random((1, 3, 1, 8)) > 0.5
+    a, b = (RNG.standard_normal((2, 3, 4, 8)).astype(np.float32) for _ in range(2))
+    np.testing.assert_array_equal(run(m, {"c": c, "a": a, "b": b})["y"], np.where(c, a, b))
+    lane = model([h.make_node("Where", ["c", "a", "b"], ["y"])],
+                 [vi("c", bool, [4, 1]), vi("a", np.float32, [4, 8]),
+                  vi("b", np.float32, [4, 8])], [vi("y", np.float32, [4, 8])])
+    with pytest.raises(CompileError, match="along the last dimension"):
+        lpusim.compile_onnx(lane, precision="fp32")
+
+
+def test_wide_integer_selections_come_back_in_their_type():
+    m = model([h.make_node("Max", ["x", "y"], ["z"]), h.make_node("Trilu", ["z"], ["t"])],
+              [vi("x", np.int64, [4, 5]), vi("y", np.int64, [4, 5])],
+              [vi("t", np.int64, [4, 5])])
+    x, y = (RNG.integers(-2**31, 2**31 - 1, (4, 5)).astype(np.int64) for _ in range(2))
+    out = run(m, {"x": x, "y": y})["t"]
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, np.triu(np.maximum(x, y)))

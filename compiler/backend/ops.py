@@ -1051,9 +1051,20 @@ def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread_sc
     c, a, b = nd["inputs"]
     out = nd["outputs"][0]
     full = tuple(graph.values[out].shape)
-    if tuple(graph.values[c].shape) != full:
-        raise CompileError(f"{what}: a condition broadcast to the output is not lowered yet")
+    cs = tuple(graph.values[c].shape)
     t = start
+    temps = []
+    pc = place[c]
+    if cs != full:  # a condition broadcast over leading dims: copied out to the full shape
+        if not cs or cs[-1] != full[-1]:
+            raise CompileError(f"{what}: a condition broadcast along the last dimension "
+                               f"({list(cs)} to {list(full)}) is not lowered yet")
+        idx = row_index(cs).reshape((1,) * (len(full) - len(cs)) + cs[:-1])
+        rows = np.broadcast_to(idx, full[:-1]).reshape(-1)
+        cf, ac = alloc.alloc(pc.dtype, full, len(pc.slices), avoid=frozenset(pc.slices))
+        t = copy_rows(sch, pc, cf, rows, max(t, ac), what + " condition")
+        pc = cf
+        temps.append(cf)
 
     def branch(v):
         nonlocal t
@@ -1078,16 +1089,14 @@ def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread_sc
         return place[v]  # the output's shape, or one row read again for every row
 
     pa, pb = branch(a), branch(b)
-    pc = place[c]
     kind = _NATIVE_INT.get(graph.values[out].dtype, "fp32")
-    temps = []
     if kind != pc.dtype:  # integer branches: the condition as 0/1 of their type
         ci, ac = alloc.alloc(kind, full, dtype_info(kind).nbytes, avoid=frozenset(pc.slices))
         t = lower.elementwise(sch, ["cvt"], pc, None, None, ci, max(t, ac), what)
         pc = ci
         temps.append(ci)
     parts = []
-    t0, t = t, start
+    t0 = t
     for ops, val in ((["mul"], pa), (["not", "mul"], pb)):
         tmp, at = alloc.alloc(kind, full, len(pc.slices), avoid=frozenset(pc.slices))
         if not isinstance(val, Placement):
