@@ -57,3 +57,18 @@ def test_other_bundled_models_in_reduced_precision(name, precision):
 
 def test_a_longer_sequence_than_the_export():
     _run("hf-gpt2", "fp32", seq=37)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_one_token_decode_step_with_a_kv_cache(name, precision):
+    """The fused opset-23 Attention with past key/value inputs and present outputs (Llama:
+    grouped-query, RoPE): a one-token step over 5 cached positions, logits and the updated
+    caches against the reference."""
+    from models.presets import build_preset
+
+    m = build_preset(name, batch=1, seq=1, attention="opset23", past=True)
+    res = lpusim.run_onnx(m, dims={"past_seq": 5}, precision=precision)
+    assert {o for o in res.report["errors"] if o.startswith("present.")}, "no cache output"
+    for out, err in res.report["errors"].items():
+        assert err["max_rel"] <= TOL[precision], (name, precision, out, err)
