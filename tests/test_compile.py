@@ -112,8 +112,23 @@ def test_unlowered_op_and_precision_are_clear_errors():
               [vi("y", [2, 8])], [h.make_tensor("i", T.INT64, [2, 8], [0] * 16)])
     with pytest.raises(LpusimError, match="GatherElements.*not lowered"):
         lpusim.compile_onnx(m)
-    with pytest.raises(LpusimError, match="precision fp8 is not implemented"):
-        lpusim.compile_onnx(mlp(8, 8, 8), dims={"batch": 1}, precision="fp8")
+    with pytest.raises(LpusimError, match="unknown precision 'fp4'"):
+        lpusim.compile_onnx(mlp(8, 8, 8), dims={"batch": 1}, precision="fp4")
+
+
+def test_fp8_policy_quantizes_weights_per_channel_and_rows_on_chip():
+    res = lpusim.run_onnx(mlp(), dims={"batch": 3}, precision="fp8")
+    # e4m3 rounds each operand of a product once: relative error <= 2u + u^2, u = 2^-4
+    assert res.report["errors"]["y"]["max_rel"] < 2 * 2.0 ** -4 + 2.0 ** -8
+    assert "fp8_e4m3" in res.report["mxm"]["dtypes"]
+    assert "fp8_e4m3" in res.report["mxm"]["emulated_dtypes"]  # tsp-v1 emulates fp8
+
+
+def test_second_preset_compiles():
+    """lpx-2026 has 78 MEM slices per hemisphere (not a multiple of 4): no 4-byte tensor may
+    straddle the middle of the chip."""
+    res = lpusim.run_onnx(mlp(), dims={"batch": 3}, arch="lpx-2026")
+    assert res.report["errors"]["y"]["max_rel"] < 1e-4 and res.report["arch"] == "lpx-2026"
 
 
 def test_cli_compile_and_run(tmp_path):

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 @click.option("--seq", default=1, show_default=True, type=click.IntRange(1),
               help="Sequence length (tokens); 1 is a one-token step without a KV cache.")
 @click.option("--precision", default="int8", show_default=True,
-              type=click.Choice(["fp32", "fp16", "bf16", "int8"]))
+              type=click.Choice(["fp32", "fp16", "bf16", "int8", "fp8"]))
 @click.option("--arch", "arch_name", default="tsp-v1", show_default=True,
               help="Machine preset or TOML file.")
 def main(preset: str, seq: int, precision: str, arch_name: str) -> None:

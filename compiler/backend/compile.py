@@ -15,7 +15,7 @@ from compiler.backend.ops import (
     lower_data_movement,
     lower_elementwise,
     lower_expand,
-    lower_matmul_int8,
+    lower_matmul_quant,
     lower_norm,
     lower_reduce,
     lower_reduce_max,
@@ -40,12 +40,16 @@ from lpusim.program import ChipProgram, Program, TensorSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 # The element type MatMul weights and activations have on the MXM under each policy; tensors
-# stay fp32 elsewhere, products accumulate in fp32 (int32 for int8). int8 scales weights per
-# output channel (at compile time) and activations per row (on chip); fp8 is not implemented.
-MXM_POLICY = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
-# the element type constant Gather tables (embeddings) are stored in: the MXM's type (int8
-# with a scale per column, like the per-output-channel scales of weights)
-TABLE_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}
+# stay fp32 elsewhere, products accumulate in fp32 (int32 for int8). The quantized policies
+# (int8, fp8: e4m3fn) scale weights per output channel (at compile time) and activations per
+# row (on chip).
+MXM_POLICY = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8",
+              "fp8": "fp8_e4m3"}
+QUANTIZED = {"int8": "int8", "fp8": "fp8_e4m3"}
+# the element type constant Gather tables (embeddings) are stored in: the MXM's type (a
+# quantized type with a scale per column, like the per-output-channel scales of weights)
+TABLE_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8",
+               "fp8": "fp8_e4m3"}
 NORMS = {"LayerNormalization", "RMSNormalization"}
 MOVES = {"Transpose", "Slice", "Split", "Concat"}
 REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
@@ -246,16 +250,16 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         place[value] = p
         return p, max(after, not_before)
 
-    def int8_weight(wname: str, what: str) -> None:
+    def quant_weight(wname: str, qdtype: str, what: str) -> None:
         """A MatMul weight quantized per output channel, in MXM tiles, and its scales."""
-        if (wname, "int8") not in tiled:
+        if (wname, qdtype) not in tiled:
             ty = graph.values[wname]
             if len(ty.shape) != 2:
-                raise CompileError(f"{what}: int8 weights of rank {len(ty.shape)} are not "
-                                   "lowered yet")
-            wq_data, w_scale = quantize_weights(graph.const_array(wname))
-            tiled_weight(wname, "int8", wq_data)
-            graph.add_const(f"{wname}@scale", w_scale,
+                raise CompileError(f"{what}: {precision} weights of rank {len(ty.shape)} are "
+                                   "not lowered yet")
+            wq_data, w_scale = quantize_weights(graph.const_array(wname), qdtype)
+            tiled_weight(wname, qdtype, wq_data)
+            graph.add_const(f"{wname}@{qdtype}.scale", w_scale,
                             ty=TensorType("float32", (ty.shape[-1],)), kind="const")
 
     for v in graph.inputs:
@@ -267,8 +271,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         nd = graph.node(name)
         ins = nd["inputs"]
         if nd["op"] in lower.MATMULS and graph.is_const(ins[1]):
-            if precision == "int8":
-                int8_weight(ins[1], f"{nd['op']} (node {name!r})")
+            if precision in QUANTIZED:
+                quant_weight(ins[1], QUANTIZED[precision], f"{nd['op']} (node {name!r})")
             else:
                 tiled_weight(ins[1], mxm_dtype)
         elif nd["op"] == "Gather" and graph.is_const(ins[0]) and not graph.is_const(ins[1]) \
@@ -357,21 +361,19 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 finish(name, ins, outs)
                 continue
             bias = ins[2] if len(ins) > 2 and ins[2] else None
-            if precision == "int8":
-                wname = ins[1]
-                int8_weight(wname, what)
-                w_scale = place[f"{wname}@scale"]
+            if precision in QUANTIZED:
+                wname, qd = ins[1], QUANTIZED[precision]
+                quant_weight(wname, qd, what)
+                w_scale = place[f"{wname}@{qd}.scale"]
                 if bias is None:
                     y, nb = new(out, start)
-                    ready[out] = lower_matmul_int8(sch, alloc, x, tiled[(wname, "int8")][0],
-                                                   w_scale,
-                                                   y, max(start, nb), what, zero)
+                    ready[out] = lower_matmul_quant(sch, alloc, x, tiled[(wname, qd)][0],
+                                                    w_scale, y, max(start, nb), what, zero)
                 else:
                     tmp_ty = graph.values[out]
                     tmp, nb = alloc.alloc("fp32", tuple(tmp_ty.shape), 4)
-                    t1 = lower_matmul_int8(sch, alloc, x, tiled[(wname, "int8")][0], w_scale,
-                                           tmp,
-                                           max(start, nb), what, zero)
+                    t1 = lower_matmul_quant(sch, alloc, x, tiled[(wname, qd)][0], w_scale,
+                                            tmp, max(start, nb), what, zero)
                     ready[out] = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what)
             else:
                 ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,
@@ -481,7 +483,7 @@ def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, st
     """A @ B with B computed on chip (e.g. attention probabilities @ V): B is loaded as MXM
     weights straight from SRAM. With leading (batch) dimensions on both, one product per
     batch, on row ranges of the three tensors."""
-    if precision == "int8":  # per-channel scales are a compile-time thing: attention's
+    if precision in QUANTIZED:  # per-channel scales are a compile-time thing: attention's
         mxm_dtype = "fp16"    # activation x activation products run in fp16 (fp32 sums)
     at, bt = graph.values[ins[0]], graph.values[ins[1]]
     if len(at.shape) < 2 or len(bt.shape) < 2:

@@ -99,11 +99,11 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
             alloc.release(dest, done)
             acc = s2
     alloc.release(ids_m, done)
-    if md == "int8":  # back to fp32 with the per-column scales
+    if md in ("int8", "fp8_e4m3"):  # back to fp32 with the per-column scales
         f, af = alloc.alloc("fp32", z.shape, 4, avoid=frozenset(acc.slices) | frozenset(z.slices))
         done = lower.elementwise(sch, ["cvt"], acc, None, None, f, max(done, af), what)
         alloc.release(acc, done)
-        done = binary(sch, alloc, ["mul"], f, place[f"{data}@int8.scale"], z, max(done, a),
+        done = binary(sch, alloc, ["mul"], f, place[f"{data}@{md}.scale"], z, max(done, a),
                       what + " scale")
         alloc.release(f, done)
         acc = z
@@ -136,11 +136,12 @@ def table_chunks(graph, arch, sch, alloc, data, place, table_dtype):
         rows = max(1, TABLE_CHUNK_VECTORS // per - 1)
         single = V * per <= TABLE_CHUNK_VECTORS
         arr = graph.const_array(data)
-        if table_dtype == "int8":  # per column (feature) scales, applied after the gather
-            from compiler.backend.ops import quantize_weights
+        if table_dtype in ("int8", "fp8_e4m3"):  # per column (feature) scales, applied
+            from compiler.backend.ops import quantize_weights  # after the gather
 
             D = dt.shape[-1]
-            q, scale = quantize_weights(None if arr is None else np.asarray(arr).reshape(-1, D))
+            q, scale = quantize_weights(None if arr is None else np.asarray(arr).reshape(-1, D),
+                                        table_dtype)
             arr = None if q is None else q.reshape(dt.shape)
             graph.add_const(f"{key}.scale", scale, ty=TensorType("float32", (D,)),
                             kind="const")

@@ -713,45 +713,65 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placeme
     return lanes_max(sch, alloc, m, shape, t, what + " row max")
 
 
-def quantize_weights(w: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Per output channel (column): scale = max |w| / 127; w_q = round-half-even(w / scale)."""
+# quantized MXM types: the largest magnitude a scaled value takes (int8: 127, symmetric;
+# fp8 e4m3fn: its largest finite value)
+QMAX = {"int8": 127.0, "fp8_e4m3": 448.0}
+
+
+def quantize_weights(w: np.ndarray | None, qdtype: str = "int8"
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per output channel (column): scale = max |w| / QMAX; w_q = w / scale rounded to qdtype
+    (int8: round-half-even; fp8: round-to-nearest-even to e4m3fn)."""
     if w is None:
         return None, None
     w = np.asarray(w, np.float32)
+    qmax = np.float32(QMAX[qdtype])
     amax = np.abs(w).max(axis=0)
-    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    return q, scale
+    scale = np.where(amax > 0, amax / qmax, np.float32(1)).astype(np.float32)
+    v = np.clip(w / scale, -qmax, qmax)
+    if qdtype == "int8":
+        return np.rint(v).astype(np.int8), scale
+    import ml_dtypes
+
+    return v.astype(ml_dtypes.float8_e4m3fn), scale
 
 
-def lower_matmul_int8(sch, alloc, x: Placement, wq: Placement, w_scale: Placement,
-                      y: Placement, ready: int, what: str, zero) -> int:
-    """y = x @ W with int8 on the MXM: W per output channel (w_q, scale from
-    quantize_weights), x per row (token) with its own scale max|x_r| / 127 found on chip:
-        r = 127 / max(m, tiny); x_q = int8(round(x * r)); acc = x_q @ w_q (int32, exact);
-        y = float(acc) * (m / 127) * w_scale."""
+def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placement,
+                       y: Placement, ready: int, what: str, zero) -> int:
+    """y = x @ W on the MXM in a quantized type q (wq's: int8 or fp8 e4m3): W per output
+    channel (w_q, scale from quantize_weights), x per row (token) with its own scale
+    max|x_r| / QMAX found on chip:
+        r = QMAX / max(m, tiny); x_q = q(x * r) (rounded to nearest); acc = x_q @ w_q (int8:
+        int32, exact; fp8: exact products summed in fp32); y = float(acc) * (m / QMAX) * w_scale.
+    """
     arch = sch.arch
+    qdtype = wq.dtype
+    qmax = QMAX[qdtype]
     g = len(x.slices)
     m, t = row_absmax(sch, alloc, x, ready, what)
     shape = (x.rows, arch.lanes)
     m2, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
     t = lower.elementwise(sch, ["max"], m, None, 1e-30, m2, max(t, a), what + " scale")
     r, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
-    t = lower.elementwise(sch, ["recip", "mul"], m2, None, 127.0, r, max(t, a), what + " scale")
+    t = lower.elementwise(sch, ["recip", "mul"], m2, None, qmax, r, max(t, a), what + " scale")
     xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices) | frozenset(r.slices))
     t = binary(sch, alloc, ["mul"], x, r, xs, max(t, a), what + " quantize", y_mode="col")
     alloc.release(r, t)
-    xq, a = alloc.alloc("int8", x.shape, 1, avoid=frozenset(xs.slices))
+    xq, a = alloc.alloc(qdtype, x.shape, 1, avoid=frozenset(xs.slices))
     t = lower.elementwise(sch, ["cvt"], xs, None, None, xq, max(t, a), what + " quantize")
     alloc.release(xs, t)
-    acc, a = alloc.alloc("int32", y.shape, 4)
-    t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero("int8"))
+    acc_dtype = "int32" if qdtype == "int8" else "fp32"
+    acc, a = alloc.alloc(acc_dtype, y.shape, 4)
+    t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero(qdtype))
     alloc.release(xq, t)
-    yf, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(acc.slices))
-    t = lower.elementwise(sch, ["cvt"], acc, None, None, yf, max(t, a), what + " dequantize")
-    alloc.release(acc, t)
+    if acc_dtype != y.dtype:
+        yf, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(acc.slices))
+        t = lower.elementwise(sch, ["cvt"], acc, None, None, yf, max(t, a), what + " dequantize")
+        alloc.release(acc, t)
+    else:
+        yf = acc
     sx, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
-    t = lower.elementwise(sch, ["mul"], m2, None, 1.0 / 127.0, sx, max(t, a), what + " scale")
+    t = lower.elementwise(sch, ["mul"], m2, None, 1.0 / qmax, sx, max(t, a), what + " scale")
     alloc.release(m, t)
     alloc.release(m2, t)
     y1, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(yf.slices) | frozenset(sx.slices)

@@ -49,6 +49,15 @@ class Allocator:
         self.free: dict[int, list[tuple[int, int, int]]] = {s: [(0, self.words, 0)]
                                                             for s in slices}
         self.cursor = 0
+        # runs of consecutive slices on one side of the VXM: a group never straddles the
+        # middle of the chip (its byte planes must stream towards any unit the same way)
+        west = [arch.mem_slice_position(s) < arch.vxm_position for s in slices]
+        self.runs: list[list[int]] = []
+        for s, w in zip(slices, west, strict=True):
+            if self.runs and w == west[slices.index(self.runs[-1][-1])]:
+                self.runs[-1].append(s)
+            else:
+                self.runs.append([s])
 
     def alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int,
               avoid: frozenset[int] = frozenset(),
@@ -64,8 +73,8 @@ class Allocator:
             raise CompileError(f"a tensor of shape {list(shape)} ({dtype}) takes {n:,} vectors "
                                f"per byte, more than one MEM slice holds ({self.words:,}); "
                                "tensors spread over several slices are not lowered yet")
-        groups = [self.slices[i:i + nbytes] for i in range(0, len(self.slices) - nbytes + 1,
-                                                           nbytes)]
+        groups = [run[i:i + nbytes] for run in self.runs
+                  for i in range(0, len(run) - nbytes + 1, nbytes)]
         for j in range(len(groups)):
             grp = groups[(self.cursor + j) % len(groups)]
             if avoid & set(grp) or (only is not None and not set(grp) <= only):
