@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from compiler.backend import lower
@@ -76,7 +78,7 @@ _WIDENED = ("int64", "uint8", "uint16", "uint32", "uint64")
 _NARROW_FLOATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 _NARROW_FLOAT_OPS = {"Cast", "IsNaN", "Max", "Min", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
                      "Relu", "Trilu", "Equal", "Less", "Greater", "LessOrEqual",
-                     "GreaterOrEqual"}
+                     "GreaterOrEqual", "ReduceMax", "Expand"} | MOVES
 _PASS_THROUGH = lower.ALIASES | {"Identity"}  # take any element type the machine holds
 _AS_FLOAT = ("float32", "bool")
 # ops that compute int8/16/32 results in their own type
@@ -100,6 +102,29 @@ def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
     return dtype in _NATIVE_INTS and op in _INT_OPS and not (op == "Where" and v == ins[0])
 
 
+# a constant Where condition broadcast to its output is stored at the output's shape when it
+# takes no more elements than this (the lowering copies run-time conditions over leading dims
+# only)
+_FULL_CONDITION_LIMIT = 1 << 20
+
+
+def _full_const_conditions(graph: Graph) -> None:
+    """A constant Where condition that broadcasts to the output (e.g. a per-row flag over the
+    lanes) becomes a constant of the output's shape."""
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        if nd["op"] != "Where" or not graph.is_const(nd["inputs"][0]):
+            continue
+        c = nd["inputs"][0]
+        arr = graph.const_array(c)
+        full = tuple(graph.values[nd["outputs"][0]].shape)
+        if arr is None or tuple(arr.shape) == full or math.prod(full) > _FULL_CONDITION_LIMIT:
+            continue
+        big = graph.add_const(graph.fresh_name(f"{c}_full"),
+                              np.ascontiguousarray(np.broadcast_to(arr, full)), kind="const")
+        graph.set_input(name, 0, big)
+
+
 def _machine_dtype(ir_dtype: str, what: str) -> str:
     try:
         return _MACHINE[ir_dtype]
@@ -114,6 +139,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     graph = graph.copy()
     canonical_products(graph)
     last_axis_forms(graph)
+    _full_const_conditions(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
                            f"{', '.join(PRECISIONS)})")
