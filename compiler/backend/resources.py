@@ -113,48 +113,22 @@ class Reservation:
         return True
 
     def take_read(self, sl: int, cycle: int, bank: int) -> bool:
-        if cycle < 0:
-            self.need(-cycle)
-            return False
-        if cycle in self.t.read_port[sl]:
-            self.need_free(self.t.read_port[sl], cycle)
-            return False
-        if (sl, cycle) in self._mine_r:
-            return False
-        w = self.t.write_port[sl].get(cycle, self._mine_w.get((sl, cycle)))
-        if w is not None and (w == bank or bank == ALL_BANKS):
-            return False
-        self._mine_r[(sl, cycle)] = bank
-        self.reads.append((sl, cycle, bank))
-        return True
+        return self._take_port(sl, (cycle,), (bank,), False)
 
     def take_reads(self, sl: int, cycles, banks) -> bool:
         """take_read of every (cycle, bank), in order; False at the first that fails."""
-        busy, wport = self.t.read_port[sl], self.t.write_port[sl]
-        mine_r, mine_w = self._mine_r, self._mine_w
-        for cycle, bank in zip(cycles, banks, strict=True):
-            if cycle < 0:
-                self.need(-cycle)
-                return False
-            if cycle in busy:
-                self.need_free(busy, cycle)
-                return False
-            key = (sl, cycle)
-            if key in mine_r:
-                return False
-            w = wport.get(cycle)
-            if w is None:
-                w = mine_w.get(key)
-            if w is not None and (w == bank or bank == ALL_BANKS):
-                return False
-            mine_r[key] = bank
-            self.reads.append((sl, cycle, bank))
-        return True
+        return self._take_port(sl, cycles, banks, False)
 
     def take_writes(self, sl: int, cycles, banks) -> bool:
         """take_write of every (cycle, bank), in order; False at the first that fails."""
-        busy, rport = self.t.write_port[sl], self.t.read_port[sl]
-        mine_r, mine_w = self._mine_r, self._mine_w
+        return self._take_port(sl, cycles, banks, True)
+
+    def _take_port(self, sl: int, cycles, banks, write: bool) -> bool:
+        t = self.t
+        busy, other = (t.write_port[sl], t.read_port[sl]) if write else \
+            (t.read_port[sl], t.write_port[sl])
+        mine, mine_other = (self._mine_w, self._mine_r) if write else (self._mine_r, self._mine_w)
+        taken = self.writes if write else self.reads
         for cycle, bank in zip(cycles, banks, strict=True):
             if cycle < 0:
                 self.need(-cycle)
@@ -163,32 +137,20 @@ class Reservation:
                 self.need_free(busy, cycle)
                 return False
             key = (sl, cycle)
-            if key in mine_w:
+            if key in mine:
                 return False
-            r = rport.get(cycle)
-            if r is None:
-                r = mine_r.get(key)
-            if r is not None and (r == bank or r == ALL_BANKS):
+            o = other.get(cycle)
+            if o is None:
+                o = mine_other.get(key)
+            # a gather's read (ALL_BANKS) conflicts with a write to any bank
+            if o is not None and (o == bank or o == ALL_BANKS or bank == ALL_BANKS):
                 return False
-            mine_w[key] = bank
-            self.writes.append((sl, cycle, bank))
+            mine[key] = bank
+            taken.append((sl, cycle, bank))
         return True
 
     def take_write(self, sl: int, cycle: int, bank: int) -> bool:
-        if cycle < 0:
-            self.need(-cycle)
-            return False
-        if cycle in self.t.write_port[sl]:
-            self.need_free(self.t.write_port[sl], cycle)
-            return False
-        if (sl, cycle) in self._mine_w:
-            return False
-        r = self.t.read_port[sl].get(cycle, self._mine_r.get((sl, cycle)))
-        if r is not None and (r == bank or r == ALL_BANKS):
-            return False
-        self._mine_w[(sl, cycle)] = bank
-        self.writes.append((sl, cycle, bank))
-        return True
+        return self._take_port(sl, (cycle,), (bank,), True)
 
     def take_alu(self, alu: int, cycle: int) -> bool:
         if cycle in self.t.alu[alu]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -143,3 +144,13 @@ def ones_vector(graph: Graph, dtype: str, n: int) -> str:
 def f32(x: float) -> float:
     """`x` rounded to float32 and back, printed shortest (ONNX float attributes are float32)."""
     return float(str(np.float32(x)))
+
+
+def replace_each(graph: Graph, op: str, decompose: Callable[[Graph, str], None]) -> Graph:
+    """Call decompose(graph, node) on every node of ai.onnx op `op` (in topological order),
+    then drop what no longer feeds an output."""
+    for n in graph.topo_order():
+        if n in graph.g and graph.node(n)["op"] == op and not graph.node(n)["domain"]:
+            decompose(graph, n)
+    graph.prune()
+    return graph

@@ -9,6 +9,7 @@ from onnx import helper
 
 from compiler.errors import CompileError
 from compiler.ir import Graph, TensorType
+from compiler.passes._match import replace_each
 
 _MODES = (0, 1, 2, 3)
 _SOFTMAX_TYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}  # ONNX enum
@@ -223,12 +224,7 @@ class DecomposeAttention:
     name: ClassVar[str] = "decompose-attention"
 
     def apply(self, graph: Graph) -> Graph:
-        for n in graph.topo_order():
-            if n in graph.g and graph.node(n)["op"] == "Attention" and \
-                    not graph.node(n)["domain"]:
-                _decompose(graph, n)
-        graph.prune()
-        return graph
+        return replace_each(graph, "Attention", _decompose)
 
 
 def _decompose(graph: Graph, node: str) -> None:

@@ -5,6 +5,7 @@ from typing import ClassVar
 
 from compiler.errors import CompileError
 from compiler.ir import Graph
+from compiler.passes._match import replace_each
 from compiler.passes.decompose_attention import OpBuilder
 
 
@@ -27,12 +28,7 @@ class DecomposeRotary:
     name: ClassVar[str] = "decompose-rotary"
 
     def apply(self, graph: Graph) -> Graph:
-        for n in graph.topo_order():
-            if n in graph.g and graph.node(n)["op"] == "RotaryEmbedding" and \
-                    not graph.node(n)["domain"]:
-                _decompose(graph, n)
-        graph.prune()
-        return graph
+        return replace_each(graph, "RotaryEmbedding", _decompose)
 
 
 def _decompose(graph: Graph, node: str) -> None:

@@ -223,6 +223,22 @@ def _self_overlap(start, end, order):
 
 
 @njit(cache=True)
+def _next_piece(order, start, end, split, i, n, bank):
+    """From piece i on (piece 2j and 2j + 1 are the halves of run order[j] before and after
+    its bank crossing): the first non-empty piece in `bank` as (i, start, end, found)."""
+    while i < 2 * n:
+        r = order[i // 2]
+        if i % 2 == 0:
+            s, e, bk = start[r], split[r, 1], split[r, 0]
+        else:
+            s, e, bk = split[r, 1], end[r], split[r, 2]
+        if bk == bank and e > s:
+            return i, s, e, True
+        i += 1
+    return i, 0, 0, False
+
+
+@njit(cache=True)
 def _mem_block(cols, a, b, words_per_bank, banks):
     """The port rules of one MEM slice, whose instructions are cols[:, a:b] (one queue)."""
     nr = 0
@@ -284,29 +300,8 @@ def _mem_block(cols, a, b, words_per_bank, banks):
         hi_w = _NEG
         while ir < 2 * nr or iw < 2 * nw:
             # the next piece (half of a run) of each list that lies in this bank
-            sr = er = sw = ew = 0
-            has_r = False
-            while ir < 2 * nr:
-                r = ro[ir // 2]
-                if ir % 2 == 0:
-                    sr, er, bk = rs[r], rb[r, 1], rb[r, 0]
-                else:
-                    sr, er, bk = rb[r, 1], re[r], rb[r, 2]
-                if bk == bank and er > sr:
-                    has_r = True
-                    break
-                ir += 1
-            has_w = False
-            while iw < 2 * nw:
-                w = wo[iw // 2]
-                if iw % 2 == 0:
-                    sw, ew, bk = ws[w], wb[w, 1], wb[w, 0]
-                else:
-                    sw, ew, bk = wb[w, 1], we[w], wb[w, 2]
-                if bk == bank and ew > sw:
-                    has_w = True
-                    break
-                iw += 1
+            ir, sr, er, has_r = _next_piece(ro, rs, re, rb, ir, nr, bank)
+            iw, sw, ew, has_w = _next_piece(wo, ws, we, wb, iw, nw, bank)
             if not has_r and not has_w:
                 break
             if has_r and (not has_w or sr <= sw):
