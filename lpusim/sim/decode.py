@@ -118,6 +118,11 @@ def _opcode_tables(arch):
 def _dispatch(chip, qname, op, cost, queues_state):
     """Record a queue's segments (split after each sync) with in-segment offsets."""
     is_sync = op == oc.OP_SYNC
+    if not is_sync.any():  # one segment: offsets are the running issue cost
+        offset = np.cumsum(cost) - cost
+        queues_state.append(dict(chip=chip, name=qname, op=op, seg=None, offset=offset,
+                                 nseg=1, base=[0]))
+        return
     seg = np.concatenate([[0], np.cumsum(is_sync)[:-1]]) if len(op) else np.zeros(0, np.int64)
     csum = np.concatenate([[0], np.cumsum(cost)])
     nseg = int(seg[-1]) + 1 if len(op) else 1
@@ -142,9 +147,12 @@ def _resolve_syncs(states, notify_lat: int, sync_lat: int) -> None:
         while True:
             for q in pending:
                 s = cur[id(q)]
-                mask = q["seg"] == s
-                t = q["base"][s] + q["offset"][mask]
-                ops = q["op"][mask]
+                if q["seg"] is None:  # no sync: one segment
+                    t, ops = q["base"][0] + q["offset"], q["op"]
+                else:
+                    mask = q["seg"] == s
+                    t = q["base"][s] + q["offset"][mask]
+                    ops = q["op"][mask]
                 notifies.extend(int(x) for x in t[ops == oc.OP_NOTIFY])
                 if s < q["nseg"] - 1:
                     parked.append((q, int(t[-1])))
@@ -355,8 +363,10 @@ def decode(program, arch) -> Decoded:
     maps = _stack_maps(program, arch)
     derive = Deriver(raw, arch, lat_of, alu_lat, alu_ok, maps)
     for c, qi, words, op, imm, aux, _bad, st in per_queue:
-        t = (np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"] if len(op)
-             else np.zeros(0, np.int64))
+        if st["seg"] is None:
+            t = st["offset"] + st["base"][0]
+        else:
+            t = np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"]
         ids = np.array([c, qi.id, qi.index, qi.position], np.int64)
         k1 = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
                    zero_rows)

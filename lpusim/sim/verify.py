@@ -124,11 +124,12 @@ def _streams_clean(cols, S, P, nchips):
                 return False  # writers stream one vector per cycle on every unit; else be exact
     # one event per (instruction, stream): writes first, then reads
     ne = nw + nr
-    group = np.empty(ne, np.int64)  # (chip, direction, stream)
-    pos_key = np.empty(ne, np.int64)  # position counted along the flow
+    # key: (stream (chip, direction, stream), position along the flow, write) as one int,
+    # so that per stream the positions come in flow order and at one position reads first
+    key = np.empty(ne, np.int64)
     d0 = np.empty(ne, np.int64)  # the diagonal of the first vector (t - pos or t + pos)
-    n = np.empty(ne, np.int64)
-    step = np.empty(ne, np.int64)
+    n = np.empty(ne, np.int32)
+    step = np.empty(ne, np.int32)
     e = 0
     for pass_ in range(3):  # writes, first read group, second read group
         for k in range(N):
@@ -145,9 +146,10 @@ def _streams_clean(cols, S, P, nchips):
                 t = cols[_T0, k]
                 vstep = cols[_INTERVAL, k]
             p = cols[_POS, k]
+            w = 1 if pass_ == 0 else 0
             for j in range(m):
-                group[e] = (cols[_CHIP, k] * 2 + d) * S + s + j * st
-                pos_key[e] = p if d == 0 else P - 1 - p
+                g = (cols[_CHIP, k] * 2 + d) * S + s + j * st
+                key[e] = (g * P + (p if d == 0 else P - 1 - p)) * 2 + w
                 d0[e] = t - p if d == 0 else t + p
                 n[e] = cols[_COUNT, k]
                 step[e] = vstep
@@ -155,9 +157,6 @@ def _streams_clean(cols, S, P, nchips):
     ngroups = nchips * 2 * S
     # per (stream, position): the reads, then the writes, each sorted by first diagonal. At one
     # position the reads come first: a value written here is seen downstream only.
-    key = np.empty(ne, np.int64)
-    for i in range(ne):
-        key[i] = (group[i] * P + pos_key[i]) * 2 + (1 if i < nw else 0)
     order, bounds = _group(key, d0, ngroups * P * 2)
     # stream-empty: per stream, walk the positions along the flow keeping the union of the
     # diagonals written so far as sorted disjoint intervals; each read must lie inside it
