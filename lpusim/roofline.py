@@ -8,30 +8,22 @@ bound and gives the simulated latency's ratio to it.
 
 from __future__ import annotations
 
-import numpy as np
-
-from lpusim.sim import opcodes as oc
-from lpusim.sim.decode import C, Decoded
+from lpusim.sim.decode import Decoded
 
 
 def roofline(dec: Decoded, arch, cycles: int) -> dict:
-    col = dec.raw
-    op, cnt = col[C["op"]], col[C["count"]]
     lanes = arch.lanes
-    abc = op == oc.OP_MXM_ABC
-    lw = op == oc.OP_MXM_LW
     chips = max(dec.nchips, 1)
+    ctr = dec.counters
     # MACs at the MXM rate of each instruction's dtype (planes work in parallel)
     mac_cycles = 0.0
-    for code in np.unique(col[C["dtype"], abc]):
+    for code, n in sorted(ctr["mxm_abc_vectors"].items()):
         from isa.dtypes import DTYPE_BY_CODE
 
         rate = arch.mxm_rate_of(DTYPE_BY_CODE[int(code)].name)
-        n = int(cnt[abc & (col[C["dtype"]] == code)].sum())
         mac_cycles += n / (rate * arch.mxm_planes * chips)
-    weight_bytes = int((cnt[lw] * col[C["aux"], lw]).sum()) * lanes
+    weight_bytes = ctr["mxm_weight_bytes"]
     install_cycles = weight_bytes / (arch.mxm_load_streams_max * lanes * arch.mxm_planes * chips)
-    ctr = dec.counters
     read_cycles = ctr["sram_read_bytes"] / (arch.mem_slices * lanes * chips)
     write_cycles = ctr["sram_write_bytes"] / (arch.mem_slices * lanes * chips)
     stream_cycles = ctr["stream_bytes"] / (2 * arch.streams_per_direction * lanes * chips)

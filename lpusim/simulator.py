@@ -258,8 +258,7 @@ def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
         cap = cycles * len(qs) * dec.nchips
         by_kind[kind] = {"busy_cycles": total, "units": len(qs) * dec.nchips,
                          "utilisation": total / cap if cap else 0.0}
-    abc = dec.raw[C["op"]] == oc.OP_MXM_ABC
-    dts = sorted({int(x) for x in np.unique(dec.raw[C["dtype"], abc])})
+    dts = sorted(ctr["mxm_abc_vectors"])
     from isa.dtypes import DTYPE_BY_CODE
 
     mxm_dtypes = [DTYPE_BY_CODE[d].name for d in dts]

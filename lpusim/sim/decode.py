@@ -445,8 +445,9 @@ def _tally(cols, nchips, nq, reads, writes, writes_stream):
     written, put on streams, multiplied (mxm.abc) and sent, the end cycle and the largest
     interval and latency."""
     busy = np.zeros((nchips, nq), np.int64)
-    # sram read, sram write, stream vectors x group, abc vectors, link vectors x group, vectors
-    sums = np.zeros(6, np.int64)
+    # sram read, sram write, stream vectors x group, abc vectors, link vectors x group, vectors,
+    # weight-load vectors x streams, then abc vectors per dtype code (16)
+    sums = np.zeros(7 + 16, np.int64)
     end = 0
     reach = 1
     for k in range(cols.shape[1]):
@@ -464,6 +465,9 @@ def _tally(cols, nchips, nq, reads, writes, writes_stream):
             sums[2] += cnt * cols[_C_G_OUT, k]
         if op == _OP_MXM_ABC:
             sums[3] += cnt
+            sums[7 + cols[_C_DTYPE, k]] += cnt
+        elif op == _OP_MXM_LW:
+            sums[6] += cnt * cols[_C_AUX, k]
         if op == _OP_SEND:
             sums[4] += cnt * cols[_C_G_IN, k]
         sums[5] += cnt
@@ -487,6 +491,9 @@ def _tally_decoded(raw, arch, nchips, nq):
         "mxm_macs": int(sums[3]) * arch.mxm_rows * arch.mxm_cols,
         "link_bytes": int(sums[4]) * lanes,
         "vectors": int(sums[5]),
+        "mxm_weight_bytes": int(sums[6]) * lanes,
+        # vectors streamed into the MXM per activation dtype code
+        "mxm_abc_vectors": {code: int(sums[7 + code]) for code in range(16) if sums[7 + code]},
     }
     ring = 1 << max(4, (int(reach) + 2).bit_length())
     return busy, counters, int(end), ring
