@@ -270,12 +270,12 @@ def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col,
     k1 = k0 + m
     for c in zero_rows:
         out[c, k0:k1] = 0
-    for f in range(f_col.shape[0]):
-        row = out[f_col[f]]
-        lo, w, sg = f_lo[f], f_w[f], f_sg[f]
-        for k in range(m):
-            i = src[k]
-            row[k0 + k] = _field(words[i, 0], words[i, 1], lo, w, sg)
+    nf = f_col.shape[0]
+    for k in range(m):  # each word read once; its fields go to nf rows
+        i = src[k]
+        w0, w1 = words[i, 0], words[i, 1]
+        for f in range(nf):
+            out[f_col[f], k0 + k] = _field(w0, w1, f_lo[f], f_w[f], f_sg[f])
     for k in range(m):
         i = src[k]
         j = rep[k]
