@@ -492,3 +492,19 @@ def test_reduce_max_over_the_last_axis(cols):
               [vi("x", [3, 5, cols])], [vi("y", [3, 5, 1])])
     res = lpusim.run_onnx(m, {"x": x})
     np.testing.assert_array_equal(res.outputs["y"], x.max(axis=-1, keepdims=True))
+
+
+def test_scheduler_skips_only_starts_that_cannot_fit(monkeypatch):
+    """place() jumps over start cycles a failed build says cannot fit; trying every cycle
+    instead must give the same program (the hints never skip a feasible start)."""
+    from pathlib import Path
+
+    from compiler.backend.resources import Reservation
+
+    path = Path(__file__).resolve().parents[1] / "models" / "data" / "hf-bert.onnx"
+    fast = program_to_bytes(lpusim.compile_onnx(path, dims={"batch": 1, "seq": 8},
+                                                precision="int8"))
+    monkeypatch.setattr(Reservation, "need", lambda self, delta: None)
+    slow = program_to_bytes(lpusim.compile_onnx(path, dims={"batch": 1, "seq": 8},
+                                                precision="int8"))
+    assert fast == slow
