@@ -11,6 +11,7 @@ from compiler.backend.axes import last_axis_forms
 from compiler.backend.gather import lower_gather, table_chunks
 from compiler.backend.ops import (
     GELU,
+    QMAX,
     apart,
     lower_cast,
     lower_clip,
@@ -47,7 +48,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 # row (on chip).
 MXM_POLICY = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8",
               "fp8": "fp8_e4m3"}
-QUANTIZED = {"int8": "int8", "fp8": "fp8_e4m3"}
+QUANTIZED = {p: t for p, t in MXM_POLICY.items() if t in QMAX}  # policy -> quantized type
 # the element type constant Gather tables (embeddings) are stored in: the MXM's type (a
 # quantized type with a scale per column, like the per-output-channel scales of weights)
 TABLE_DTYPE = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8",

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from compiler.backend import lower
-from compiler.backend.ops import binary, copy_rows, row_index
+from compiler.backend.ops import QMAX, binary, copy_rows, quantize_weights, row_index
 from compiler.backend.placement import Placement
 from compiler.backend.resources import ALL_BANKS
 from compiler.backend.schedule import Emitted
@@ -99,7 +99,7 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
             alloc.release(dest, done)
             acc = s2
     alloc.release(ids_m, done)
-    if md in ("int8", "fp8_e4m3"):  # back to fp32 with the per-column scales
+    if md in QMAX:  # a quantized table: back to fp32 with the per-column scales
         f, af = alloc.alloc("fp32", z.shape, 4, avoid=frozenset(acc.slices) | frozenset(z.slices))
         done = lower.elementwise(sch, ["cvt"], acc, None, None, f, max(done, af), what)
         alloc.release(acc, done)
@@ -136,9 +136,7 @@ def table_chunks(graph, arch, sch, alloc, data, place, table_dtype):
         rows = max(1, TABLE_CHUNK_VECTORS // per - 1)
         single = V * per <= TABLE_CHUNK_VECTORS
         arr = graph.const_array(data)
-        if table_dtype in ("int8", "fp8_e4m3"):  # per column (feature) scales, applied
-            from compiler.backend.ops import quantize_weights  # after the gather
-
+        if table_dtype in QMAX:  # per column (feature) scales, applied after the gather
             D = dt.shape[-1]
             q, scale = quantize_weights(None if arr is None else np.asarray(arr).reshape(-1, D),
                                         table_dtype)

@@ -149,9 +149,6 @@ class Reservation:
             taken.append((sl, cycle, bank))
         return True
 
-    def take_write(self, sl: int, cycle: int, bank: int) -> bool:
-        return self._take_port(sl, (cycle,), (bank,), True)
-
     def take_alu(self, alu: int, cycle: int) -> bool:
         if cycle in self.t.alu[alu]:
             self.need_free(self.t.alu[alu], cycle)
@@ -161,9 +158,6 @@ class Reservation:
         self._mine_alu.add((alu, cycle))
         self.alus.append((alu, cycle))
         return True
-
-    def stream_free(self, direction: int, s: int, diag: int, sp: tuple[int, int]) -> bool:
-        return self.flow_free(direction, s, (diag,), sp)
 
     def flow_free(self, direction: int, s: int, diags, sp: tuple[int, int]) -> bool:
         """Is stream s free over positions sp on every one of `diags`?"""
@@ -179,9 +173,6 @@ class Reservation:
                             if x0 < d1 and d0 < x1 and a < a1 and a0 < b:
                                 return False
         return True
-
-    def take_stream(self, direction: int, s: int, diag: int, sp: tuple[int, int]) -> None:
-        self.take_flow(direction, s, (diag,), sp)
 
     def take_flow(self, direction: int, s: int, diags, sp: tuple[int, int]) -> None:
         """Take stream s over positions sp on every one of `diags` (check flow_free first)."""

@@ -455,17 +455,3 @@ def _links(col, arch, nchips, queue_names) -> int:
         col["link_base"][k] = flat[first][2]
         consumed[key] = first + n
     return base
-
-
-def _has_stream(op, name: str) -> np.ndarray:
-    return opcode_in(op, [code for code, row in BY_OPCODE.items()
-                       if name in row.reads or name in row.writes])
-
-
-def opcode_in(op: np.ndarray, codes) -> np.ndarray:
-    """op in codes, by table lookup (np.isin sorts; this is a gather)."""
-    table = np.zeros(1 << FIELDS["opcode"].width, bool)
-    table[list(codes)] = True
-    return table[op]
-
-

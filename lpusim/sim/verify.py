@@ -203,7 +203,7 @@ def _streams_clean(cols, S, P, nchips):
 
 
 @njit(cache=True)
-def _sorted_runs(start, end):
+def _sorted_runs(start):
     """Order of runs by start (identity when already sorted, as a queue's runs usually are)."""
     for i in range(1, start.shape[0]):
         if start[i] < start[i - 1]:
@@ -285,8 +285,8 @@ def _mem_block(cols, a, b, words_per_bank, banks):
             ws[j], we[j] = t0, t0 + cnt
             wb[j, 0], wb[j, 1], wb[j, 2] = b0, t0 + first_b1, b1
             j += 1
-    ro = _sorted_runs(rs, re)
-    wo = _sorted_runs(ws, we)
+    ro = _sorted_runs(rs)
+    wo = _sorted_runs(ws)
     if _self_overlap(rs, re, ro) or _self_overlap(ws, we, wo):
         return False  # two reads, or two writes, of the slice in one cycle
     if nr == 0 or nw == 0:
