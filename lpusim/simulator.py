@@ -19,7 +19,7 @@ from lpusim.errors import HazardError, LpusimError
 from lpusim.program import Program, TensorSpec
 from lpusim.roofline import roofline
 from lpusim.sim import opcodes as oc
-from lpusim.sim.decode import C, Decoded, decode
+from lpusim.sim.decode import C, Decoded, decode, take_columns
 from lpusim.sim.verify import timing_clean
 
 MODES = ("functional", "timing")
@@ -205,8 +205,7 @@ def run_mxm_only(dec: Decoded, arch, mask: np.ndarray) -> bool:
     sram = np.zeros((1, 1, 1, 1), np.uint8)
     k = np.flatnonzero(mask)  # of dec.raw: put them in issue order (stable, as dec.cols is)
     k = k[np.argsort(dec.raw[C["t0"], k], kind="stable")]
-    status, _ = _kernel(dec, np.ascontiguousarray(dec.raw[:, k]), arch, sram, False, False,
-                        False)
+    status, _ = _kernel(dec, take_columns(dec.raw, k), arch, sram, False, False, False)
     return status[0] == 0
 
 

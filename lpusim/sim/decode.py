@@ -22,7 +22,7 @@ from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_OP_BITS
 from lpusim.errors import HazardError, ProgramFormatError
 from lpusim.sim import opcodes as oc
 from lpusim.sim.columns import COLUMNS, NCOL, C
-from lpusim.sim.derive import Deriver, queue_error
+from lpusim.sim.derive import Deriver, derive_block, queue_error
 
 _FIELD_COLS = ("count", "dtype", "dtype2", "dst", "dst_dir", "dst_g", "src", "src_dir", "src_g",
                "src2", "src2_dir", "src2_g", "addr", "stride", "imm", "aux", "flag", "ops")
@@ -67,7 +67,7 @@ class Decoded:
         """(NCOL, N) int64, sorted by issue cycle."""
         if self._cols is None:
             order = np.argsort(self.raw[C["t0"]], kind="stable")
-            self._cols = _permute(self.raw, order)
+            self._cols = take_columns(self.raw, order)
         return self._cols
 
     def col(self, name: str) -> np.ndarray:
@@ -92,8 +92,10 @@ class Decoded:
 
 
 @njit(cache=True)
-def _permute(raw, order):
-    out = np.empty_like(raw)
+def take_columns(raw, order):
+    """raw[:, order], as a new C-contiguous matrix (numpy's fancy indexing along axis 1 is
+    several times slower)."""
+    out = np.empty((raw.shape[0], order.shape[0]), raw.dtype)
     for c in range(raw.shape[0]):
         for k in range(order.shape[0]):
             out[c, k] = raw[c, order[k]]
@@ -240,13 +242,19 @@ def _scan(words, unit_of, kind, lo_mask, hi_mask, f_lo, f_w, f_sg):
     return op, imm, aux, cost, bad
 
 
+_CHUNK = 1024  # instructions filled and derived while they are in cache
+
+
 @njit(cache=True)
 def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
-          zero_rows):
+          zero_rows, best, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width, is_float,
+          has_dst, has_src, has_src2, uses_dtype, mxm_step, maps_ok, geo):
     """Write the queue's unit instructions (and their repetitions, right after each) into
-    out[:, k0:]; ids = chip, queue id, unit index, position; zero_rows: the rows neither this nor
-    Deriver writes. Returns the next free column.
-    Column by column: each pass writes one contiguous row."""
+    out[:, k0:] and derive their parameters (derive.derive_block, whose arguments follow
+    zero_rows); ids = chip, queue id, unit index, position; zero_rows: the rows neither this
+    nor the derivation writes. Returns the next free column.
+    In chunks of _CHUNK instructions, so the derivation reads what was just written from cache;
+    within a chunk, row by row."""
     n = words.shape[0]
     m = 0
     for i in range(n):
@@ -267,41 +275,45 @@ def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col,
                     src[k] = i
                     rep[k] = j
                     k += 1
-    k1 = k0 + m
-    for c in zero_rows:
-        out[c, k0:k1] = 0
     nf = f_col.shape[0]
-    for k in range(m):  # each word read once; its fields go to nf rows
-        i = src[k]
-        w0, w1 = words[i, 0], words[i, 1]
-        for f in range(nf):
-            out[f_col[f], k0 + k] = _field(w0, w1, f_lo[f], f_w[f], f_sg[f])
-    for k in range(m):
-        i = src[k]
-        j = rep[k]
-        out[_C_T0, k0 + k] = t[i] + j * aux[i + 1] if j else t[i]
-        out[_C_SIDX, k0 + k] = i
-        out[_C_REP, k0 + k] = j
-        out[_C_UNIT, k0 + k] = unit_of[op[i]]
-    out[_C_CHIP, k0:k1] = ids[0]
-    out[_C_QID, k0:k1] = ids[1]
-    out[_C_UIDX, k0:k1] = ids[2]
-    out[_C_POS, k0:k1] = ids[3]
-    # repetition j moves on to the j-th next block of addresses
-    for k in range(m):
-        j = rep[k]
-        if j == 0:
-            continue
-        kk = k0 + k
-        o = op[src[k]]
-        cnt = out[_C_COUNT, kk]
-        if o == _OP_MEM_READ or o == _OP_MEM_WRITE:
-            out[_C_ADDR, kk] += j * cnt * out[_C_STRIDE, kk]
-        elif o == _OP_MXM_ABC or o == _OP_MXM_ACC:
-            out[_C_ADDR, kk] += j * cnt
-        elif o == _OP_MXM_LW:
-            out[_C_ADDR, kk] += j * cnt * (out[_C_AUX, kk] // nbytes[out[_C_DTYPE, kk]])
-    return k1
+    for c0 in range(0, m, _CHUNK):
+        c1 = min(c0 + _CHUNK, m)
+        a, b = k0 + c0, k0 + c1
+        for c in zero_rows:
+            out[c, a:b] = 0
+        for k in range(c0, c1):  # each word read once; its fields go to nf rows
+            i = src[k]
+            w0, w1 = words[i, 0], words[i, 1]
+            for f in range(nf):
+                out[f_col[f], k0 + k] = _field(w0, w1, f_lo[f], f_w[f], f_sg[f])
+        for k in range(c0, c1):
+            i = src[k]
+            j = rep[k]
+            out[_C_T0, k0 + k] = t[i] + j * aux[i + 1] if j else t[i]
+            out[_C_SIDX, k0 + k] = i
+            out[_C_REP, k0 + k] = j
+            out[_C_UNIT, k0 + k] = unit_of[op[i]]
+        out[_C_CHIP, a:b] = ids[0]
+        out[_C_QID, a:b] = ids[1]
+        out[_C_UIDX, a:b] = ids[2]
+        out[_C_POS, a:b] = ids[3]
+        # repetition j moves on to the j-th next block of addresses
+        for k in range(c0, c1):
+            j = rep[k]
+            if j == 0:
+                continue
+            kk = k0 + k
+            o = op[src[k]]
+            cnt = out[_C_COUNT, kk]
+            if o == _OP_MEM_READ or o == _OP_MEM_WRITE:
+                out[_C_ADDR, kk] += j * cnt * out[_C_STRIDE, kk]
+            elif o == _OP_MXM_ABC or o == _OP_MXM_ACC:
+                out[_C_ADDR, kk] += j * cnt
+            elif o == _OP_MXM_LW:
+                out[_C_ADDR, kk] += j * cnt * (out[_C_AUX, kk] // nbytes[out[_C_DTYPE, kk]])
+        derive_block(out, a, b, best, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width,
+                       is_float, has_dst, has_src, has_src2, uses_dtype, mxm_step, maps_ok, geo)
+    return k0 + m
 
 
 def decode(program, arch) -> Decoded:
@@ -368,10 +380,8 @@ def decode(program, arch) -> Decoded:
         else:
             t = np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"]
         ids = np.array([c, qi.id, qi.index, qi.position], np.int64)
-        k1 = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
-                   zero_rows)
-        derive.block(k, k1)
-        k = k1
+        k = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
+                  zero_rows, derive.best, *derive.tables)
     if k != N:
         raise AssertionError(f"decode filled {k} of {N} instructions")
     col = {name: raw[C[name]] for name in COLUMNS}  # views: derive fills the matrix in place

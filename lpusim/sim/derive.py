@@ -137,7 +137,7 @@ def _mark(best, check, k, t0):
 
 
 @njit(cache=True)
-def _derive_kernel(cols, k0, k1, best, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width,
+def derive_block(cols, k0, k1, best, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width,
                    is_float, has_dst, has_src, has_src2, uses_dtype, mxm_step, maps_ok, geo):
     """Per instruction of cols[:, k0:k1]: interval, lat, nops, g_in, g_out, the stream operands
     (r1, r2, w) and the static checks. geo = streams, ALUs, words per slice, accumulators per
@@ -312,12 +312,11 @@ def _derive_kernel(cols, k0, k1, best, lat_of, alu_lat, alu_ok, alu_arity, alu_f
 
 
 class Deriver:
-    """The per-instruction parameters in steps: `block(k0, k1)` fills interval, lat, nops,
-    g_in, g_out and the stream operands of raw[:, k0:k1] and runs the static checks on them
-    (decode calls it on each
-    queue's block right after filling it, while it is in cache); `finish` raises the first
-    failure, checks SXM maps and links, fills link_base, and returns the vectors carried over
-    links."""
+    """The per-instruction parameters in steps: decode's fill kernel calls `derive_block`
+    with `tables` and `best` on each chunk of raw right after writing it, while it is in cache
+    (it fills interval, lat, nops, g_in, g_out and the stream operands and runs the static
+    checks); `finish` raises the first failure, checks SXM maps and links, fills link_base, and
+    returns the vectors carried over links."""
 
     def __init__(self, raw, arch, lat_of, alu_lat, alu_ok, maps):
         n_op = 1 << FIELDS["opcode"].width
@@ -357,13 +356,10 @@ class Deriver:
         geo = np.array([arch.streams_per_direction, arch.vxm_alus, arch.mem_words_per_slice,
                         arch.mxm_acc_vectors_per_plane, arch.mxm_load_streams_max,
                         arch.mxm_rows], np.int64)
-        self.raw, self.arch, self.maps = raw, arch, maps
+        self.arch, self.maps = arch, maps
         self.tables = (lat_of, alu_lat, alu_ok, arity, float_alu, width, is_float, has["dst"],
                        has["src"], has["src2"], uses_dtype, mxm_step, maps_ok, geo)
         self.best = np.full(len(_CHECKS), -1, np.int64)
-
-    def block(self, k0: int, k1: int) -> None:
-        _derive_kernel(self.raw, k0, k1, self.best, *self.tables)
 
     def finish(self, col, nchips, queue_names) -> int:
         arch = self.arch

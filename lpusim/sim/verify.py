@@ -84,28 +84,48 @@ def _overlaps(key, start, end, nkeys):
 
 
 @njit(cache=True)
-def _covered(us, ue, m, a, n, step):
+def _covered(us, ue, m, a, n, step, i):
     """Are the diagonals a, a + step, ..., a + (n - 1) * step inside the union of the m sorted,
-    disjoint, non-touching intervals [us[i], ue[i])?"""
-    lo, hi = 0, m  # the last interval starting at or before a
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if us[mid] <= a:
-            lo = mid + 1
-        else:
-            hi = mid
-    i = lo - 1
+    disjoint, non-touching intervals [us[j], ue[j])? i: an interval index at or before the
+    one holding a (reads come in increasing a, so the caller passes the previous answer).
+    Returns (covered, index of the interval holding a)."""
+    # gallop forward from i to the last interval starting at or before a
     if i < 0:
-        return False
+        i = 0
+    if i >= m or us[i] > a:
+        return False, i
+    hop = 1
+    while i + hop < m and us[i + hop] <= a:
+        i += hop
+        hop *= 2
+    while hop > 1:
+        hop //= 2
+        if i + hop < m and us[i + hop] <= a:
+            i += hop
     if step == 1:
-        return a + n <= ue[i]
+        return a + n <= ue[i], i
+    j = i
     for v in range(n):
         x = a + v * step
-        while i < m and ue[i] <= x:
-            i += 1
-        if i == m or us[i] > x:
-            return False
-    return True
+        while j < m and ue[j] <= x:
+            j += 1
+        if j == m or us[j] > x:
+            return False, i
+    return True, i
+
+
+@njit(cache=True)
+def _stream_op(cols, k, pass_):
+    """Stream operand `pass_` of instruction k (0: the writes, 1 and 2: the read groups) as
+    (direction, first stream, streams, stream step, cycle of the first vector, vector step)."""
+    if pass_ == 0:
+        return (cols[_W[0], k], cols[_W[1], k], cols[_W[2], k], cols[_W[3], k],
+                cols[_T0, k] + cols[_LAT, k], 1)
+    if pass_ == 1:
+        return (cols[_R1[0], k], cols[_R1[1], k], cols[_R1[2], k], cols[_R1[3], k],
+                cols[_T0, k], cols[_INTERVAL, k])
+    return (cols[_R2[0], k], cols[_R2[1], k], cols[_R2[2], k], 1, cols[_T0, k],
+            cols[_INTERVAL, k])
 
 
 @njit(cache=True)
@@ -113,51 +133,61 @@ def _streams_clean(cols, S, P, nchips):
     """No two writes of a stream at one position in one cycle, and every read finds a value:
     some write upstream (or at an earlier position in the flow) on its diagonal."""
     N = cols.shape[1]
-    nw = 0
-    nr = 0
-    for k in range(N):
-        nw += cols[_W[2], k]
-        nr += cols[_R1[2], k] + cols[_R2[2], k]
-    if nw:
-        for k in range(N):
-            if cols[_W[2], k] > 0 and cols[_INTERVAL, k] != 1:
-                return False  # writers stream one vector per cycle on every unit; else be exact
-    # one event per (instruction, stream): writes first, then reads
-    ne = nw + nr
-    # key: (stream (chip, direction, stream), position along the flow, write) as one int,
-    # so that per stream the positions come in flow order and at one position reads first
-    key = np.empty(ne, np.int64)
-    d0 = np.empty(ne, np.int64)  # the diagonal of the first vector (t - pos or t + pos)
-    n = np.empty(ne, np.int32)
-    step = np.empty(ne, np.int32)
-    e = 0
-    for pass_ in range(3):  # writes, first read group, second read group
-        for k in range(N):
-            if pass_ == 0:
-                d, s, m, st = cols[_W[0], k], cols[_W[1], k], cols[_W[2], k], cols[_W[3], k]
-                t = cols[_T0, k] + cols[_LAT, k]
-                vstep = 1
-            elif pass_ == 1:
-                d, s, m, st = cols[_R1[0], k], cols[_R1[1], k], cols[_R1[2], k], cols[_R1[3], k]
-                t = cols[_T0, k]
-                vstep = cols[_INTERVAL, k]
-            else:
-                d, s, m, st = cols[_R2[0], k], cols[_R2[1], k], cols[_R2[2], k], 1
-                t = cols[_T0, k]
-                vstep = cols[_INTERVAL, k]
-            p = cols[_POS, k]
-            w = 1 if pass_ == 0 else 0
-            for j in range(m):
-                g = (cols[_CHIP, k] * 2 + d) * S + s + j * st
-                key[e] = (g * P + (p if d == 0 else P - 1 - p)) * 2 + w
-                d0[e] = t - p if d == 0 else t + p
-                n[e] = cols[_COUNT, k]
-                step[e] = vstep
-                e += 1
+    # one event per (instruction, stream), keyed by (stream (chip, direction, stream), position
+    # along the flow, write) as one int, so that per stream the positions come in flow order and
+    # at one position the reads come first: a value written here is seen downstream only.
+    # Counting sort by key: count, then place each event's (first diagonal, vectors, step)
+    # straight into its key's range.
     ngroups = nchips * 2 * S
-    # per (stream, position): the reads, then the writes, each sorted by first diagonal. At one
-    # position the reads come first: a value written here is seen downstream only.
-    order, bounds = _group(key, d0, ngroups * P * 2)
+    nkeys = ngroups * P * 2
+    bounds = np.zeros(nkeys + 1, np.int64)
+    nw = 0
+    for pass_ in range(3):
+        for k in range(N):
+            d, s, m, st, t, vstep = _stream_op(cols, k, pass_)
+            if m == 0:
+                continue
+            if pass_ == 0:
+                if vstep != cols[_INTERVAL, k]:
+                    return False  # writers stream one vector per cycle on every unit
+                nw += m
+            p = cols[_POS, k]
+            base = ((cols[_CHIP, k] * 2 + d) * S + s) * P + (p if d == 0 else P - 1 - p)
+            for j in range(m):
+                bounds[(base + j * st * P) * 2 + (1 if pass_ == 0 else 0) + 1] += 1
+    for i in range(nkeys):
+        bounds[i + 1] += bounds[i]
+    ne = bounds[nkeys]
+    d0 = np.empty(ne, np.int64)  # the diagonal of the first vector (t - pos or t + pos)
+    n = np.empty(ne, np.int64)
+    step = np.empty(ne, np.int64)
+    fill = bounds[:-1].copy()
+    for pass_ in range(3):
+        for k in range(N):
+            d, s, m, st, t, vstep = _stream_op(cols, k, pass_)
+            if m == 0:
+                continue
+            p = cols[_POS, k]
+            base = ((cols[_CHIP, k] * 2 + d) * S + s) * P + (p if d == 0 else P - 1 - p)
+            dg = t - p if d == 0 else t + p
+            cnt = cols[_COUNT, k]
+            for j in range(m):
+                key = (base + j * st * P) * 2 + (1 if pass_ == 0 else 0)
+                e = fill[key]
+                fill[key] = e + 1
+                d0[e] = dg
+                n[e] = cnt
+                step[e] = vstep
+    # per key, sort by first diagonal (events arrive grouped by queue, mostly in order)
+    for key in range(nkeys):
+        a, b = bounds[key], bounds[key + 1]
+        for i in range(a + 1, b):
+            if d0[i] < d0[i - 1]:
+                o = np.argsort(d0[a:b], kind="mergesort") + a
+                d0[a:b] = d0[o]
+                n[a:b] = n[o]
+                step[a:b] = step[o]
+                break
     # stream-empty: per stream, walk the positions along the flow keeping the union of the
     # diagonals written so far as sorted disjoint intervals; each read must lie inside it
     us = np.empty(nw + 1, np.int64)
@@ -170,25 +200,25 @@ def _streams_clean(cols, S, P, nchips):
             a, b = bounds[kk], bounds[kk + 1]
             if a == b:
                 continue
-            if kk % 2 == 0:  # reads at this position
+            if kk % 2 == 0:  # reads at this position, in increasing first diagonal
+                at = 0
                 for i in range(a, b):
-                    r = order[i]
-                    if not _covered(us, ue, m, d0[r], n[r], step[r]):
+                    ok, at = _covered(us, ue, m, d0[i], n[i], step[i], at)
+                    if not ok:
                         return False
                 continue
             # writes at this position: two overlap on a diagonal iff they drive the stream here
             # in one cycle (stream-conflict); then merge them into the union
             for i in range(a + 1, b):
-                if d0[order[i]] < d0[order[i - 1]] + n[order[i - 1]]:
+                if d0[i] < d0[i - 1] + n[i - 1]:
                     return False
             i, j, q = 0, a, 0
             while i < m or j < b:
-                if j == b or (i < m and us[i] <= d0[order[j]]):
+                if j == b or (i < m and us[i] <= d0[j]):
                     s0, s1 = us[i], ue[i]
                     i += 1
                 else:
-                    r = order[j]
-                    s0, s1 = d0[r], d0[r] + n[r]
+                    s0, s1 = d0[j], d0[j] + n[j]
                     j += 1
                 if q > 0 and s0 <= ne_[q - 1]:
                     ne_[q - 1] = max(ne_[q - 1], s1)
