@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
+from onnx import numpy_helper
 
 import lpusim
 from compiler.errors import CompileError
@@ -16,7 +17,7 @@ from lpusim.errors import LpusimError
 RNG = np.random.default_rng(11)
 ONNX_TYPE = {np.int8: T.INT8, np.int16: T.INT16, np.int32: T.INT32, np.uint8: T.UINT8,
              np.uint16: T.UINT16, np.uint32: T.UINT32, np.int64: T.INT64,
-             np.float32: T.FLOAT, bool: T.BOOL}
+             np.float32: T.FLOAT, np.float16: T.FLOAT16, bool: T.BOOL}
 
 
 def model(nodes, inputs, outputs, opset=18):
@@ -362,11 +363,63 @@ def test_where_with_a_condition_broadcast_over_leading_dims():
     c = RNG.random((1, 3, 1, 8)) > 0.5
     a, b = (RNG.standard_normal((2, 3, 4, 8)).astype(np.float32) for _ in range(2))
     np.testing.assert_array_equal(run(m, {"c": c, "a": a, "b": b})["y"], np.where(c, a, b))
-    lane = model([h.make_node("Where", ["c", "a", "b"], ["y"])],
-                 [vi("c", bool, [4, 1]), vi("a", np.float32, [4, 8]),
-                  vi("b", np.float32, [4, 8])], [vi("y", np.float32, [4, 8])])
-    with pytest.raises(CompileError, match="along the last dimension"):
-        lpusim.compile_onnx(lane, precision="fp32")
+
+
+@pytest.mark.parametrize("np_type", [np.float32, np.float16, np.int8])
+def test_where_selects_bits_with_a_condition_broadcast_along_lanes(np_type):
+    """Where is a bitwise select: inf and NaN pass through the branch taken and do not leak
+    from the other; a [4, 1] condition (a graph input: spread over the lanes by the MXM) is
+    broadcast along the last dim, a -inf scalar branch is a constant row and a 0 branch drops
+    its term."""
+    lane = model([h.make_node("Where", ["c", "a", "b"], ["y"]),
+                  h.make_node("Where", ["c", "a", "ninf"], ["y2"]),
+                  h.make_node("Where", ["c", "zero", "b"], ["y3"])],
+                 [vi("c", bool, [4, 1]), vi("a", np_type, [4, 330]),
+                  vi("b", np_type, [4, 330])],
+                 [vi("y", np_type, [4, 330]), vi("y2", np_type, [4, 330]),
+                  vi("y3", np_type, [4, 330])])
+    float_ = np.dtype(np_type).kind == "f"
+    fill = np.array(-np.inf if float_ else -128, np_type)
+    lane.graph.initializer.extend([numpy_helper.from_array(fill, "ninf"),
+                                   numpy_helper.from_array(np.zeros((), np_type), "zero")])
+    c = np.array([[True], [False], [True], [False]])
+    if float_:
+        a, b = (RNG.standard_normal((4, 330)).astype(np_type) for _ in range(2))
+        a[0, :3] = [np.inf, -np.inf, np.nan]
+        b[0, :3] = [np.nan, np.inf, -np.inf]
+        a[1, :3] = [np.nan, np.inf, -np.inf]
+    else:
+        a, b = ints(np_type, (4, 330)), ints(np_type, (4, 330))
+    got = run(lane, {"c": c, "a": a, "b": b})
+    for name, want in (("y", np.where(c, a, b)), ("y2", np.where(c, a, fill)),
+                       ("y3", np.where(c, np.zeros((), np_type), b))):
+        assert got[name].dtype == np_type
+        np.testing.assert_array_equal(got[name], want)
+
+
+def test_where_with_a_per_row_condition_from_a_reduction():
+    """A condition computed per row (ReduceMax -> Equal, held in every lane) selects whole
+    rows of a softmax, as Attention's function body does for rows with every key masked."""
+    m = model([h.make_node("ReduceMax", ["bias", "axes"], ["mx"], keepdims=1),
+               h.make_node("Equal", ["mx", "ninf"], ["dead"]),
+               h.make_node("Add", ["s", "bias"], ["sb"]),
+               h.make_node("Softmax", ["sb"], ["p"], axis=-1),
+               h.make_node("Where", ["dead", "zero", "p"], ["y"])],
+              [vi("bias", np.float32, [4, 6]), vi("s", np.float32, [2, 3, 4, 6])],
+              [vi("y", np.float32, [2, 3, 4, 6])])
+    m.graph.initializer.extend([h.make_tensor("ninf", T.FLOAT, [], [-np.inf]),
+                                h.make_tensor("zero", T.FLOAT, [], [0.0]),
+                                h.make_tensor("axes", T.INT64, [1], [-1])])
+    bias = np.zeros((4, 6), np.float32)
+    bias[1] = -np.inf
+    bias[2, :3] = -np.inf
+    s = RNG.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    x = s + bias
+    with np.errstate(all="ignore"):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        want = np.where(np.isneginf(bias.max(-1, keepdims=True)), 0, e / e.sum(-1, keepdims=True))
+    got = run(m, {"bias": bias, "s": s})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_wide_integer_selections_come_back_in_their_type():

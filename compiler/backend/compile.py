@@ -26,13 +26,13 @@ from compiler.backend.ops import (
     lower_sequence,
     lower_softmax,
     lower_trilu,
-    lower_where,
     quantize_weights,
     spread_int,
 )
 from compiler.backend.placement import Allocator, Placement, rows_cols
 from compiler.backend.products import canonical_products
 from compiler.backend.schedule import Scheduler
+from compiler.backend.select import lower_where
 from compiler.backend.transpose import lower_transpose_last
 from compiler.errors import CompileError
 from compiler.ir import Graph, TensorType
@@ -79,7 +79,7 @@ _WIDENED = ("int64", "uint8", "uint16", "uint32", "uint64")
 _NARROW_FLOATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 _NARROW_FLOAT_OPS = {"Cast", "IsNaN", "Max", "Min", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
                      "Relu", "Trilu", "Equal", "Less", "Greater", "LessOrEqual",
-                     "GreaterOrEqual", "ReduceMax", "Expand"} | MOVES
+                     "GreaterOrEqual", "ReduceMax", "Expand", "Where"} | MOVES
 _PASS_THROUGH = lower.ALIASES | {"Identity"}  # take any element type the machine holds
 _AS_FLOAT = ("float32", "bool")
 # ops that compute int8/16/32 results in their own type
@@ -220,8 +220,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
 
     def spread_scalar(v: str) -> str:
         """A value of one element, spread into every lane of one vector by the MXM (x @ a row
-        of ones; integers through the SXM); returns the name its placement is registered
-        under."""
+        of ones; integers through the SXM), or a float value [..., 1] into every lane of one
+        vector per row; returns the name its placement is registered under."""
         name = f"__spread_{v}"
         if name not in place and not dtype_info(place[v].dtype).is_float:
             src = place[v]
@@ -235,7 +235,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             if ones not in graph.consts:
                 graph.add_const(ones, np.ones((1, arch.lanes), np.float32), kind="const")
             src = place[v]
-            sp, after = alloc.alloc(src.dtype, (1, arch.lanes), len(src.slices))
+            sp, after = alloc.alloc(src.dtype, (src.rows, arch.lanes), len(src.slices))
             ready[name] = lower.matmul(sch, src, place[ones], sp,
                                        max(ready.get(v, 0), after), f"spread {v}",
                                        zero=zero(src.dtype))
@@ -412,7 +412,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 spread.add(out)
         elif op == "Where":
             ready[out], clean[out] = lower_where(graph, sch, alloc, nd, place, new, start,
-                                                 what, clean, spread_scalar,
+                                                 what, clean, spread, spread_scalar,
                                                  lambda v: ready.get(v, 0))
         elif op == "Trilu":
             ready[out], clean[out] = lower_trilu(graph, sch, alloc, nd, place, new, start, what,

@@ -687,7 +687,6 @@ def _block(shape: tuple, full: tuple) -> int:
     if k >= len(full) - 1 or shape[:k] != full[:k]:
         return 0
     return int(np.prod(full[k:-1], dtype=np.int64))
-_NATIVE_INT = {"int8": "int8", "int16": "int16", "int32": "int32"}  # IR -> machine dtype
 COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
@@ -1060,81 +1059,6 @@ def lower_cast(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[i
     for p in temps:
         alloc.release(p, t)
     return t, x_clean
-
-
-def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread_scalar,
-                ready_of) -> tuple[int, bool]:
-    """Where(c, a, b) = c * a + (not c) * b with c a bool (fp32 0/1; for integer branches
-    converted to their type first): exact for finite a and b. The branches may be finite
-    scalar constants (immediates), one-element values (spread over a vector), rows repeated
-    over leading dims, or tensors of the output's shape."""
-    c, a, b = nd["inputs"]
-    out = nd["outputs"][0]
-    full = tuple(graph.values[out].shape)
-    cs = tuple(graph.values[c].shape)
-    t = start
-    temps = []
-    pc = place[c]
-    if cs != full:  # a condition broadcast over leading dims: copied out to the full shape
-        if not cs or cs[-1] != full[-1]:
-            raise CompileError(f"{what}: a condition broadcast along the last dimension "
-                               f"({list(cs)} to {list(full)}) is not lowered yet")
-        idx = row_index(cs).reshape((1,) * (len(full) - len(cs)) + cs[:-1])
-        rows = np.broadcast_to(idx, full[:-1]).reshape(-1)
-        cf, ac = alloc.alloc(pc.dtype, full, len(pc.slices), avoid=frozenset(pc.slices))
-        t = copy_rows(sch, pc, cf, rows, max(t, ac), what + " condition")
-        pc = cf
-        temps.append(cf)
-
-    def branch(v):
-        nonlocal t
-        arr = graph.const_array(v) if graph.is_const(v) else None
-        if arr is not None and arr.size == 1:
-            f = np.asarray(arr).reshape(-1)[0].item()
-            if not np.isfinite(f):
-                raise CompileError(f"{what}: a non-finite branch ({f}) is not lowered yet "
-                                   "(0 * inf is NaN)")
-            return f
-        vs = tuple(graph.values[v].shape)
-        if graph.values[v].size == 1 and vs != full:
-            name = spread_scalar(v)
-            t = max(t, ready_of(name))
-            return place[name]
-        tail = vs
-        while tail and tail[0] == 1:
-            tail = tail[1:]
-        if vs != full and not (tail and full[len(full) - len(tail):] == tail):
-            raise CompileError(f"{what}: a branch broadcast to the output ({list(vs)} to "
-                               f"{list(full)}) is not lowered yet")
-        return place[v]  # the output's shape, or one row read again for every row
-
-    pa, pb = branch(a), branch(b)
-    kind = _NATIVE_INT.get(graph.values[out].dtype, "fp32")
-    if kind != pc.dtype:  # integer branches: the condition as 0/1 of their type
-        ci, ac = alloc.alloc(kind, full, dtype_info(kind).nbytes, avoid=frozenset(pc.slices))
-        t = lower.elementwise(sch, ["cvt"], pc, None, None, ci, max(t, ac), what)
-        pc = ci
-        temps.append(ci)
-    parts = []
-    t0 = t
-    for ops, val in ((["mul"], pa), (["not", "mul"], pb)):
-        tmp, at = alloc.alloc(kind, full, len(pc.slices), avoid=frozenset(pc.slices))
-        if not isinstance(val, Placement):
-            t1 = lower.elementwise(sch, ops, pc, None, val, tmp, max(t0, at), what)
-        else:
-            q, tq, cp = apart(sch, alloc, val, pc, t0, what)
-            t1 = lower.elementwise(sch, ops, pc, q, None, tmp, max(t0, at, tq), what)
-            if cp is not None:
-                alloc.release(cp, t1)
-        parts.append(tmp)
-        t = max(t, t1)
-    z, az = new(out, t)
-    t = lower.elementwise(sch, ["add"], parts[0], parts[1], None, z, max(t, az), what)
-    for p in parts + temps:
-        alloc.release(p, t)
-    if not dtype_info(kind).is_float:
-        return t, True
-    return t, all(clean.get(v, False) for v in (c, a, b) if not graph.is_const(v))
 
 
 def lower_expand(graph, sch, nd, place, new, start, what) -> int:
