@@ -26,7 +26,9 @@ def _word(dec: Decoded, k: int) -> str:
     ins = BY_OPCODE[int(row[C["op"]])]
     values = {}
     for name in ins.fields[1:]:
-        if name in C:
+        if name == "imm":  # unsigned 32 bits (the decoded column may hold it wrapped)
+            values[name] = int(row[C[name]]) & 0xFFFF_FFFF
+        elif name in C:
             values[name] = int(row[C[name]])
         elif name == "shift":
             values[name] = int(row[C["imm"]])

@@ -50,7 +50,7 @@ class Decoded:
     order the event kernels and the reference run in (ties: chip, queue, static index,
     repetition); it is built on first use."""
 
-    raw: np.ndarray  # (NCOL, N) int64: one contiguous row per column
+    raw: np.ndarray  # (NCOL, N) int32 (int64 past 2**31 cycles): one contiguous row per column
     nchips: int
     queue_names: tuple[str, ...]  # by queue id
     maps: np.ndarray  # (nchips, max_maps, lanes) int16
@@ -64,7 +64,7 @@ class Decoded:
 
     @property
     def cols(self) -> np.ndarray:
-        """(NCOL, N) int64, sorted by issue cycle."""
+        """(NCOL, N), sorted by issue cycle."""
         if self._cols is None:
             order = np.argsort(self.raw[C["t0"]], kind="stable")
             self._cols = take_columns(self.raw, order)
@@ -120,10 +120,11 @@ def _opcode_tables(arch):
 def _dispatch(chip, qname, op, cost, queues_state):
     """Record a queue's segments (split after each sync) with in-segment offsets."""
     is_sync = op == oc.OP_SYNC
+    cost_last = int(cost[-1]) if len(cost) else 0  # bounds the issue cycles of a last repeat
     if not is_sync.any():  # one segment: offsets are the running issue cost
         offset = np.cumsum(cost) - cost
         queues_state.append(dict(chip=chip, name=qname, op=op, seg=None, offset=offset,
-                                 nseg=1, base=[0]))
+                                 nseg=1, base=[0], cost_last=cost_last))
         return
     seg = np.concatenate([[0], np.cumsum(is_sync)[:-1]]) if len(op) else np.zeros(0, np.int64)
     csum = np.concatenate([[0], np.cumsum(cost)])
@@ -131,7 +132,7 @@ def _dispatch(chip, qname, op, cost, queues_state):
     starts = np.searchsorted(seg, np.arange(nseg), side="left")
     offset = csum[:-1] - csum[starts[seg]] if len(op) else np.zeros(0, np.int64)
     queues_state.append(dict(chip=chip, name=qname, op=op, seg=seg, offset=offset,
-                             nseg=nseg, base=[0] + [None] * (nseg - 1)))
+                             nseg=nseg, base=[0] + [None] * (nseg - 1), cost_last=cost_last))
 
 
 def _resolve_syncs(states, notify_lat: int, sync_lat: int) -> None:
@@ -207,13 +208,15 @@ _BAD_OPCODE, _BAD_UNIT, _BAD_BITS, _BAD_COUNT, _BAD_REPEAT = range(5)
 def _scan(words, unit_of, kind, lo_mask, hi_mask, f_lo, f_w, f_sg):
     """One pass over a queue's words: opcode, imm, aux and issue cost of each, and the first
     index failing each check (-1 if none): unknown opcode, wrong unit, bits outside the fields,
-    nop/repeat counts < 1, a repeat not after an instruction of the unit."""
+    nop/repeat counts < 1, a repeat not after an instruction of the unit; and the number of
+    instructions it issues (unit instructions and their repetitions)."""
     n = words.shape[0]
     op = np.empty(n, np.int64)
     imm = np.empty(n, np.int64)
     aux = np.empty(n, np.int64)
     cost = np.ones(n, np.int64)
     bad = np.full(5, -1, np.int64)
+    issued = 0
     for i in range(n):
         w0, w1 = words[i, 0], words[i, 1]
         o = _field(w0, w1, f_lo[0], f_w[0], f_sg[0])
@@ -229,6 +232,8 @@ def _scan(words, unit_of, kind, lo_mask, hi_mask, f_lo, f_w, f_sg):
             bad[_BAD_UNIT] = i
         if ((w0 & ~lo_mask[o]) != 0 or (w1 & ~hi_mask[o]) != 0) and bad[_BAD_BITS] < 0:
             bad[_BAD_BITS] = i
+        if u > 0:
+            issued += 1
         if o == _OP_NOP:
             if imm[i] < 1 and bad[_BAD_COUNT] < 0:
                 bad[_BAD_COUNT] = i
@@ -237,9 +242,10 @@ def _scan(words, unit_of, kind, lo_mask, hi_mask, f_lo, f_w, f_sg):
             if (imm[i] < 1 or aux[i] < 1) and bad[_BAD_COUNT] < 0:
                 bad[_BAD_COUNT] = i
             cost[i] = imm[i] * aux[i]
+            issued += imm[i]
             if (i == 0 or unit_of[op[i - 1]] <= 0) and bad[_BAD_REPEAT] < 0:
                 bad[_BAD_REPEAT] = i
-    return op, imm, aux, cost, bad
+    return op, imm, aux, cost, bad, issued
 
 
 _CHUNK = 1024  # instructions filled and derived while they are in cache
@@ -247,7 +253,7 @@ _CHUNK = 1024  # instructions filled and derived while they are in cache
 
 @njit(cache=True)
 def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
-          zero_rows, best, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width, is_float,
+          zero_rows, lim, best, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width, is_float,
           has_dst, has_src, has_src2, uses_dtype, mxm_step, maps_ok, geo):
     """Write the queue's unit instructions (and their repetitions, right after each) into
     out[:, k0:] and derive their parameters (derive.derive_block, whose arguments follow
@@ -305,12 +311,14 @@ def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col,
             kk = k0 + k
             o = op[src[k]]
             cnt = out[_C_COUNT, kk]
+            a0 = out[_C_ADDR, kk]
             if o == _OP_MEM_READ or o == _OP_MEM_WRITE:
-                out[_C_ADDR, kk] += j * cnt * out[_C_STRIDE, kk]
+                a0 += j * cnt * out[_C_STRIDE, kk]
             elif o == _OP_MXM_ABC or o == _OP_MXM_ACC:
-                out[_C_ADDR, kk] += j * cnt
+                a0 += j * cnt
             elif o == _OP_MXM_LW:
-                out[_C_ADDR, kk] += j * cnt * (out[_C_AUX, kk] // nbytes[out[_C_DTYPE, kk]])
+                a0 += j * cnt * (out[_C_AUX, kk] // nbytes[out[_C_DTYPE, kk]])
+            out[_C_ADDR, kk] = min(max(a0, -lim - 1), lim)
         derive_block(out, a, b, best, lat_of, alu_lat, alu_ok, alu_arity, alu_float, width,
                        is_float, has_dst, has_src, has_src2, uses_dtype, mxm_step, maps_ok, geo)
     return k0 + m
@@ -318,6 +326,13 @@ def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col,
 
 def decode(program, arch) -> Decoded:
     """Decode `program` for `arch` (raises ProgramFormatError or HazardError on static faults)."""
+    return _decode(program, arch, wide=False)
+
+
+_NARROW_CYCLES = (1 << 31) - (1 << 24)  # issue cycles below this fit int32 columns
+
+
+def _decode(program, arch, wide: bool) -> Decoded:
     if arch.mxm_rows != arch.lanes or arch.mxm_cols != arch.lanes:
         raise ProgramFormatError(f"preset {arch.name}: the simulator needs mxm_rows = mxm_cols "
                                  f"= lanes ({arch.mxm_rows}x{arch.mxm_cols}, {arch.lanes} lanes)")
@@ -342,7 +357,7 @@ def decode(program, arch) -> Decoded:
             qname = qi.name
             words = np.ascontiguousarray(np.asarray(words, dtype=np.uint64).reshape(-1, 2))
             static_n += len(words)
-            op, imm, aux, cost, bad = _scan(words, unit_of, oc.UNIT_CODES[qi.kind], lo_mask,
+            op, imm, aux, cost, bad, issued = _scan(words, unit_of, oc.UNIT_CODES[qi.kind], lo_mask,
                                             hi_mask, f_lo[:3], f_w[:3], f_sg[:3])
             if bad[_BAD_OPCODE] >= 0:
                 i = int(bad[_BAD_OPCODE])
@@ -357,35 +372,44 @@ def decode(program, arch) -> Decoded:
                 raise queue_error(c, qname, int(bad[_BAD_COUNT]), "nop and repeat need counts "
                                   ">= 1")
             _dispatch(c, qname, op, cost, states)
-            per_queue.append((c, qi, words, op, imm, aux, bad, states[-1]))
+            per_queue.append((c, qi, words, op, imm, aux, bad, states[-1], issued))
     _resolve_syncs(states, notify_lat, sync_lat)
 
-    sizes = []
-    for c, qi, _words, op, imm, _aux, bad, _st in per_queue:
+    sizes, starts = [], []
+    t_end = 0
+    for c, qi, _words, _op, _imm, _aux, bad, st, issued in per_queue:
         if bad[_BAD_REPEAT] >= 0:
             raise queue_error(c, qi.name, int(bad[_BAD_REPEAT]), "repeat must follow an "
                               "instruction of the unit (not nop, repeat, sync or notify)")
-        sizes.append(int(np.count_nonzero(unit_of[op] > 0))
-                     + int(imm[op == oc.OP_REPEAT].sum()))
-    N = sum(sizes)
-    raw = np.empty((NCOL, N), np.int64)
-    k = 0
-    nbytes = _dtype_bytes()
-    zero_rows = _zero_rows()
-    maps = _stack_maps(program, arch)
-    derive = Deriver(raw, arch, lat_of, alu_lat, alu_ok, maps)
-    for c, qi, words, op, imm, aux, _bad, st in per_queue:
+        sizes.append(int(issued))
         if st["seg"] is None:
             t = st["offset"] + st["base"][0]
         else:
             t = np.asarray(st["base"], np.int64)[st["seg"]] + st["offset"]
+        starts.append(t)
+        if len(t):
+            t_end = max(t_end, int(t[-1]) + int(st["cost_last"]))
+    N = sum(sizes)
+    # int32 columns halve the memory every pass reads (and the pages the OS must zero); every
+    # stored value fits unless issue cycles near 2**31 (kernels compute in int64 regardless)
+    wide = wide or t_end >= _NARROW_CYCLES
+    raw = np.empty((NCOL, N), np.int64 if wide else np.int32)
+    lim = np.iinfo(raw.dtype).max
+    k = 0
+    nbytes = _dtype_bytes()
+    zero_rows = _zero_rows()
+    maps = _stack_maps(program, arch)
+    derive = Deriver(arch, lat_of, alu_lat, alu_ok, maps)
+    for (c, qi, words, op, imm, aux, _bad, _st, _n), t in zip(per_queue, starts, strict=True):
         ids = np.array([c, qi.id, qi.index, qi.position], np.int64)
         k = _fill(raw, k, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col, nbytes,
-                  zero_rows, derive.best, *derive.tables)
+                  zero_rows, lim, derive.best, *derive.tables)
     if k != N:
         raise AssertionError(f"decode filled {k} of {N} instructions")
     col = {name: raw[C[name]] for name in COLUMNS}  # views: derive fills the matrix in place
     link_vectors = derive.finish(col, nchips, queue_names)
+    if link_vectors > lim:  # link_base would not fit
+        return _decode(program, arch, wide=True)
     busy, counters, end_cycle, ring = _tally_decoded(raw, arch, nchips, len(queue_names))
     return Decoded(raw, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,
                    counters=counters, static_instructions=static_n)

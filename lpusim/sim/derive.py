@@ -318,7 +318,7 @@ class Deriver:
     checks); `finish` raises the first failure, checks SXM maps and links, fills link_base, and
     returns the vectors carried over links."""
 
-    def __init__(self, raw, arch, lat_of, alu_lat, alu_ok, maps):
+    def __init__(self, arch, lat_of, alu_lat, alu_ok, maps):
         n_op = 1 << FIELDS["opcode"].width
         n_alu = 1 << CHAIN_OP_BITS
         width = np.zeros(16, np.int64)

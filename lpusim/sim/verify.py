@@ -159,8 +159,8 @@ def _streams_clean(cols, S, P, nchips):
         bounds[i + 1] += bounds[i]
     ne = bounds[nkeys]
     d0 = np.empty(ne, np.int64)  # the diagonal of the first vector (t - pos or t + pos)
-    n = np.empty(ne, np.int64)
-    step = np.empty(ne, np.int64)
+    n = np.empty(ne, np.int32)  # vectors (count < 2**16)
+    step = np.empty(ne, np.int32)  # cycles between them
     fill = bounds[:-1].copy()
     for pass_ in range(3):
         for k in range(N):
