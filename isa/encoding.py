@@ -13,27 +13,36 @@ from isa.table import BY_MNEMONIC, BY_OPCODE, Instr
 from lpusim.errors import IsaError
 
 
+def _plan(row: Instr):
+    """(opcode, allowed field names, per field (name, lo, bit mask, min, max)) of a row."""
+    fields = tuple((name, FIELDS[name].lo, (1 << FIELDS[name].width) - 1,
+                    FIELDS[name].min_value, FIELDS[name].max_value) for name in row.fields[1:])
+    return row.opcode, frozenset(row.fields) - {"opcode"}, fields
+
+
+_PLANS = {mnemonic: _plan(row) for mnemonic, row in BY_MNEMONIC.items()}
+
+
 def encode(mnemonic: str, **values: int) -> int:
     """Encode one instruction as a 128-bit integer. Unset fields take the operand default or 0."""
-    row = BY_MNEMONIC.get(mnemonic)
-    if row is None:
+    plan = _PLANS.get(mnemonic)
+    if plan is None:
         raise IsaError(f"unknown mnemonic {mnemonic!r}")
-    allowed = set(row.fields) - {"opcode"}
-    extra = set(values) - allowed
-    if extra:
+    word, allowed, fields = plan
+    if not allowed.issuperset(values):
+        extra = set(values) - allowed
         raise IsaError(f"{mnemonic}: no field(s) {', '.join(sorted(extra))} "
                        f"(fields: {', '.join(sorted(allowed)) or 'none'})")
-    word = row.opcode
-    for name in row.fields[1:]:
-        v = values.get(name, 0)
-        f = FIELDS[name]
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-            raise IsaError(f"{mnemonic}: field {name} must be an integer, got {v!r}")
-        v = int(v)
-        if not f.min_value <= v <= f.max_value:
-            raise IsaError(f"{mnemonic}: field {name}={v} does not fit "
-                           f"[{f.min_value}, {f.max_value}]")
-        word |= (v & ((1 << f.width) - 1)) << f.lo
+    get = values.get
+    for name, lo, mask, vmin, vmax in fields:
+        v = get(name, 0)
+        if type(v) is not int:
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise IsaError(f"{mnemonic}: field {name} must be an integer, got {v!r}")
+            v = int(v)
+        if not vmin <= v <= vmax:
+            raise IsaError(f"{mnemonic}: field {name}={v} does not fit [{vmin}, {vmax}]")
+        word |= (v & mask) << lo
     return word
 
 

@@ -309,9 +309,9 @@ def gather_job(sch, tsl: int, base: int, amap: Placement, mv: list[int], zb: Pla
         bm = sch.read_flow(res, amap, ma, arrive, tp, dmap, ready)
         if bm is None or not res.take_issue(q, T):
             return None
-        for i in range(n):  # data-dependent addresses: no write in any bank
-            if not res.take_read(tsl, T + i, ALL_BANKS):
-                return None
+        # data-dependent addresses: no write in any bank
+        if not res.take_reads(tsl, [T + i for i in range(n)], [ALL_BANKS] * n):
+            return None
         leave = [T + lat + i for i in range(n)]
         bz = sch.free_group(res, 1, dout, tp, [zp], leave)
         if bz is None:

@@ -368,10 +368,10 @@ def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, read
             if first < floor:
                 res.need(floor - first)
                 return None
-            for i in range(n):
-                if first + i in busy:
-                    res.need_free(busy, first + i)
-                    return None
+            fb = busy.first_busy(first, first + n)
+            if fb is not None:
+                res.need_free(busy, fb)
+                return None
         if not res.take_issue(q, T):
             return None
         snap = res.snapshot()

@@ -11,6 +11,7 @@ job never holds half its resources. The rules are the simulator's (lpusim/sim/re
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -55,11 +56,120 @@ def span(direction: int, writer: int, reader: int) -> tuple[int, int]:
     return (writer, reader) if direction == 0 else (reader + 1, writer + 1)
 
 
+def _conflict(a: int, b: int) -> bool:
+    """Do a read of bank a and a write of bank b in one cycle collide?"""
+    return a == b or a == ALL_BANKS or b == ALL_BANKS
+
+
+class Ports:
+    """The cycles one port of a MEM slice is taken, as sorted disjoint runs [start, end) with
+    the bank each run uses (runs of one bank that touch are merged)."""
+
+    __slots__ = ("starts", "ends", "banks")
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.banks: list[int] = []
+
+    def __contains__(self, cycle: int) -> bool:
+        i = bisect_right(self.starts, cycle) - 1
+        return i >= 0 and self.ends[i] > cycle
+
+    def get(self, cycle: int):
+        """The bank used in `cycle`, or None."""
+        i = bisect_right(self.starts, cycle) - 1
+        return self.banks[i] if i >= 0 and self.ends[i] > cycle else None
+
+    def first_busy(self, c0: int, c1: int) -> int | None:
+        """The first taken cycle in [c0, c1), or None."""
+        i = bisect_right(self.starts, c0) - 1
+        if i >= 0 and self.ends[i] > c0:
+            return c0
+        if i + 1 < len(self.starts) and self.starts[i + 1] < c1:
+            return self.starts[i + 1]
+        return None
+
+    def free_after(self, cycle: int) -> int:
+        """The first free cycle after `cycle`."""
+        i = bisect_right(self.starts, cycle) - 1
+        if i < 0 or self.ends[i] <= cycle:
+            return cycle + 1
+        e = self.ends[i]
+        while i + 1 < len(self.starts) and self.starts[i + 1] == e:
+            i += 1
+            e = self.ends[i]
+        return e
+
+    def first_conflict(self, c0: int, c1: int, bank: int) -> int | None:
+        """The first cycle in [c0, c1) in which this port uses a bank colliding with `bank`."""
+        starts, ends, banks = self.starts, self.ends, self.banks
+        i = max(bisect_right(starts, c0) - 1, 0)
+        while i < len(starts) and starts[i] < c1:
+            if ends[i] > c0 and _conflict(bank, banks[i]):
+                return max(starts[i], c0)
+            i += 1
+        return None
+
+    def add(self, c0: int, c1: int, bank: int) -> None:
+        starts, ends, banks = self.starts, self.ends, self.banks
+        i = bisect_right(starts, c0)
+        if i > 0 and ends[i - 1] == c0 and banks[i - 1] == bank:
+            ends[i - 1] = c1
+            if i < len(starts) and starts[i] == c1 and banks[i] == bank:
+                ends[i - 1] = ends[i]
+                del starts[i], ends[i], banks[i]
+            return
+        if i < len(starts) and starts[i] == c1 and banks[i] == bank:
+            starts[i] = c0
+            return
+        starts.insert(i, c0)
+        ends.insert(i, c1)
+        banks.insert(i, bank)
+
+
+def cycle_runs(cycles) -> list[tuple[int, int]]:
+    """[start, end) of the maximal runs of consecutive cycles, in order."""
+    n = len(cycles)
+    if n == 0:
+        return []
+    c0 = cycles[0]
+    if n == 1 or cycles[-1] == c0 + n - 1 and cycles == list(range(c0, c0 + n)):
+        return [(c0, c0 + n)]
+    out = []
+    s = c0
+    for i in range(1, n):
+        if cycles[i] != cycles[i - 1] + 1:
+            out.append((s, cycles[i - 1] + 1))
+            s = cycles[i]
+    out.append((s, cycles[-1] + 1))
+    return out
+
+
+def port_runs(cycles, banks) -> list[tuple[int, int, int]]:
+    """(start, end, bank) of the maximal runs of consecutive cycles on one bank, in order."""
+    n = len(cycles)
+    if n == 0:
+        return []
+    c0 = cycles[0]
+    if (n == 1 or cycles[-1] == c0 + n - 1 and cycles == list(range(c0, c0 + n))) and \
+            banks.count(banks[0]) == n:
+        return [(c0, c0 + n, banks[0])]
+    out = []
+    s, b = c0, banks[0]
+    for i in range(1, n):
+        if cycles[i] != cycles[i - 1] + 1 or banks[i] != b:
+            out.append((s, cycles[i - 1] + 1, b))
+            s, b = cycles[i], banks[i]
+    out.append((s, cycles[-1] + 1, b))
+    return out
+
+
 @dataclass
 class Table:
     issue: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
-    read_port: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
-    write_port: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    read_port: dict[int, Ports] = field(default_factory=lambda: defaultdict(Ports))
+    write_port: dict[int, Ports] = field(default_factory=lambda: defaultdict(Ports))
     alu: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
     # (direction, stream, bucket) as one int key -> runs (d0, d1, first position, end)
     streams: dict[int, list[tuple[int, int, int, int]]] = field(
@@ -73,13 +183,13 @@ class Reservation:
     def __init__(self, table: Table):
         self.t = table
         self.issue: list[tuple[str, int]] = []
-        self.reads: list[tuple[int, int, int]] = []
-        self.writes: list[tuple[int, int, int]] = []
+        self.reads: list[tuple[int, int, int, int]] = []  # (slice, start, end, bank)
+        self.writes: list[tuple[int, int, int, int]] = []
         self.alus: list[tuple[int, int]] = []
         self.flows: list[tuple[int, tuple[int, int, int, int]]] = []
         self._mine_issue: set[tuple[str, int]] = set()
-        self._mine_r: dict[tuple[int, int], int] = {}
-        self._mine_w: dict[tuple[int, int], int] = {}
+        self._mine_r: dict[int, list[tuple[int, int, int]]] = {}  # slice -> runs taken
+        self._mine_w: dict[int, list[tuple[int, int, int]]] = {}
         self._mine_alu: set[tuple[int, int]] = set()
         self._mine_streams: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
         # when the job does not fit: how far its start must move at least before the resource
@@ -93,7 +203,11 @@ class Reservation:
             self.skip = max(self.skip, delta)
 
     def need_free(self, busy, cycle: int) -> None:
-        """Record the shift to the first cycle >= `cycle` that is not in `busy`."""
+        """Record the shift to the first cycle after `cycle` that is not in `busy` (a set of
+        cycles or Ports)."""
+        if isinstance(busy, Ports):
+            self.need(busy.free_after(cycle) - cycle)
+            return
         c = cycle + 1
         while c in busy:
             c += 1
@@ -124,29 +238,39 @@ class Reservation:
         return self._take_port(sl, cycles, banks, True)
 
     def _take_port(self, sl: int, cycles, banks, write: bool) -> bool:
+        """Take the port in every cycle, in runs. A run fails at its first cycle that is
+        negative, taken (committed: the hint says how far to move), taken by this job, or
+        in which the other port uses a colliding bank."""
         t = self.t
         busy, other = (t.write_port[sl], t.read_port[sl]) if write else \
             (t.read_port[sl], t.write_port[sl])
-        mine, mine_other = (self._mine_w, self._mine_r) if write else (self._mine_r, self._mine_w)
+        mine_d, other_d = (self._mine_w, self._mine_r) if write else (self._mine_r, self._mine_w)
+        mine = mine_d.setdefault(sl, [])
+        mine_other = other_d.get(sl, ())
         taken = self.writes if write else self.reads
-        for cycle, bank in zip(cycles, banks, strict=True):
-            if cycle < 0:
-                self.need(-cycle)
+        for c0, c1, bank in port_runs(list(cycles), list(banks)):
+            if c0 < 0:
+                self.need(-c0)
                 return False
-            if cycle in busy:
-                self.need_free(busy, cycle)
+            first = c1
+            fb = busy.first_busy(c0, c1)
+            if fb is not None:
+                first = fb
+            for m0, m1, _ in mine:
+                if m0 < first and c0 < m1:
+                    first = max(m0, c0)
+            fo = other.first_conflict(c0, first, bank)
+            if fo is not None:
+                first = fo
+            for m0, m1, mb in mine_other:
+                if m0 < first and c0 < m1 and _conflict(bank, mb):
+                    first = max(m0, c0)
+            if first < c1:
+                if first == fb:
+                    self.need_free(busy, fb)
                 return False
-            key = (sl, cycle)
-            if key in mine:
-                return False
-            o = other.get(cycle)
-            if o is None:
-                o = mine_other.get(key)
-            # a gather's read (ALL_BANKS) conflicts with a write to any bank
-            if o is not None and (o == bank or o == ALL_BANKS or bank == ALL_BANKS):
-                return False
-            mine[key] = bank
-            taken.append((sl, cycle, bank))
+            mine.append((c0, c1, bank))
+            taken.append((sl, c0, c1, bank))
         return True
 
     def take_alu(self, alu: int, cycle: int) -> bool:
@@ -188,8 +312,9 @@ class Reservation:
     def snapshot(self):
         """The state to go back to when a choice half-way through a job fails."""
         return (list(self.issue), list(self.reads), list(self.writes), list(self.alus),
-                list(self.flows), set(self._mine_issue), dict(self._mine_r),
-                dict(self._mine_w), set(self._mine_alu),
+                list(self.flows), set(self._mine_issue),
+                {k: list(v) for k, v in self._mine_r.items()},
+                {k: list(v) for k, v in self._mine_w.items()}, set(self._mine_alu),
                 {k: list(v) for k, v in self._mine_streams.items()})
 
     def restore(self, snap) -> None:
@@ -197,21 +322,30 @@ class Reservation:
         (self.issue, self.reads, self.writes, self.alus, self.flows, self._mine_issue,
          self._mine_r, self._mine_w, self._mine_alu, ms) = (
             list(snap[0]), list(snap[1]), list(snap[2]), list(snap[3]), list(snap[4]),
-            set(snap[5]), dict(snap[6]), dict(snap[7]), set(snap[8]), snap[9])
+            set(snap[5]), {k: list(v) for k, v in snap[6].items()},
+            {k: list(v) for k, v in snap[7].items()}, set(snap[8]), snap[9])
         self._mine_streams = defaultdict(list, {k: list(v) for k, v in ms.items()})
 
     def commit(self) -> None:
-        cycles = [c for _, c in self.issue] + [c for _, c, _ in self.reads] + \
-            [c for _, c, _ in self.writes] + [c for _, c in self.alus]
         t = self.t
-        if cycles:
-            t.last = max(t.last, max(cycles))
+        last = t.last
+        for _, c in self.issue:
+            if c > last:
+                last = c
+        for _, c in self.alus:
+            if c > last:
+                last = c
+        for _, _, c1, _ in self.reads:
+            last = max(last, c1 - 1)
+        for _, _, c1, _ in self.writes:
+            last = max(last, c1 - 1)
+        t.last = last
         for q, c in self.issue:
             t.issue[q].add(c)
-        for sl, c, b in self.reads:
-            t.read_port[sl][c] = b
-        for sl, c, b in self.writes:
-            t.write_port[sl][c] = b
+        for sl, c0, c1, b in self.reads:
+            t.read_port[sl].add(c0, c1, b)
+        for sl, c0, c1, b in self.writes:
+            t.write_port[sl].add(c0, c1, b)
         for a, c in self.alus:
             t.alu[a].add(c)
         streams = self.t.streams

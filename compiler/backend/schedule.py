@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compiler.backend.placement import Placement
-from compiler.backend.resources import Reservation, Table, diagonal, span
+from compiler.backend.resources import Reservation, Table, cycle_runs, diagonal, span
 from compiler.errors import CompileError
 
 # Past the last reserved cycle every resource is free, so a job that still does not fit a
@@ -115,12 +115,14 @@ class Scheduler:
             off = -lat - abs(dest - pos)
             busy = self.table.read_port[sl]
             rcs = [t + off for t in arrive]
-            for rc in rcs:  # the cheap checks first
-                if rc < floor:
-                    res.need(floor - rc)
+            # the cheap checks first: too early, or the port taken (in the first such cycle)
+            for c0, c1 in cycle_runs(rcs):
+                if c0 < floor:
+                    res.need(floor - c0)
                     return None
-                if rc in busy:
-                    res.need_free(busy, rc)
+                fb = busy.first_busy(c0, c1)
+                if fb is not None:
+                    res.need_free(busy, fb)
                     return None
             shift = lat - pos if direction == 0 else lat + pos
             plans.append((b, sl, rcs, [rc + shift for rc in rcs], span(direction, pos, dest)))
