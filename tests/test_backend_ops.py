@@ -430,3 +430,39 @@ def test_wide_integer_selections_come_back_in_their_type():
     out = run(m, {"x": x, "y": y})["t"]
     assert out.dtype == np.int64
     np.testing.assert_array_equal(out, np.triu(np.maximum(x, y)))
+
+
+def test_float16_matmul_softmax_and_special_functions():
+    """fp16 MatMuls (of two activations, and of a constant weight) and special functions run
+    in fp32 and round once to fp16; an fp16 Softmax rounds each step to fp16 (x - max, exp,
+    the row sum, the quotient), as ONNX's reference does."""
+    a = RNG.standard_normal((2, 4, 8)).astype(np.float16)
+    b = RNG.standard_normal((2, 8, 6)).astype(np.float16)
+    w = RNG.standard_normal((6, 5)).astype(np.float16)
+    m = model([h.make_node("MatMul", ["a", "b"], ["s"]),
+               h.make_node("Softmax", ["s"], ["p"], axis=-1),
+               h.make_node("Tanh", ["p"], ["t"]),
+               h.make_node("MatMul", ["t", "w"], ["y"])],
+              [vi("a", np.float16, [2, 4, 8]), vi("b", np.float16, [2, 8, 6])],
+              [vi("p", np.float16, [2, 4, 6]), vi("y", np.float16, [2, 4, 5])])
+    m.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    got = run(m, {"a": a, "b": b})
+    f16, f32 = np.float16, np.float32
+    s = np.matmul(a.astype(f32), b.astype(f32)).astype(f16)
+    d = (s.astype(f32) - s.max(-1, keepdims=True).astype(f32)).astype(f16)
+    e = np.exp(d.astype(f32)).astype(f16)
+    tot = e.astype(np.float64).sum(-1, keepdims=True).astype(f32).astype(f16)
+    p = (e.astype(f32) / tot.astype(f32)).astype(f16)
+    t = np.tanh(p.astype(f32)).astype(f16)
+    y = np.matmul(t.astype(f32), w.astype(f32)).astype(f16)
+    assert got["p"].dtype == f16 and got["y"].dtype == f16
+    np.testing.assert_array_equal(got["p"], p)
+    np.testing.assert_allclose(got["y"].astype(f32), y.astype(f32), rtol=2**-10, atol=2**-14)
+
+
+def test_bfloat16_softmax_is_refused_with_a_reason():
+    m = model([h.make_node("Softmax", ["x"], ["y"], axis=-1)],
+              [h.make_tensor_value_info("x", T.BFLOAT16, [2, 6])],
+              [h.make_tensor_value_info("y", T.BFLOAT16, [2, 6])])
+    with pytest.raises(CompileError, match="softmax in bfloat16"):
+        lpusim.compile_onnx(m, precision="fp32")

@@ -34,6 +34,7 @@ from compiler.backend.products import canonical_products
 from compiler.backend.schedule import Scheduler
 from compiler.backend.select import lower_where
 from compiler.backend.transpose import lower_transpose_last
+from compiler.backend.widen import narrow_floats_in_fp32
 from compiler.errors import CompileError
 from compiler.ir import Graph, TensorType
 from isa.dtypes import dtype as dtype_info
@@ -79,7 +80,8 @@ _WIDENED = ("int64", "uint8", "uint16", "uint32", "uint64")
 _NARROW_FLOATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 _NARROW_FLOAT_OPS = {"Cast", "IsNaN", "Max", "Min", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
                      "Relu", "Trilu", "Equal", "Less", "Greater", "LessOrEqual",
-                     "GreaterOrEqual", "ReduceMax", "Expand", "Where"} | MOVES
+                     "GreaterOrEqual", "ReduceMax", "Expand", "Where", "Softmax",
+                     "LogSoftmax"} | MOVES
 _PASS_THROUGH = lower.ALIASES | {"Identity"}  # take any element type the machine holds
 _AS_FLOAT = ("float32", "bool")
 # ops that compute int8/16/32 results in their own type
@@ -140,6 +142,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     graph = graph.copy()
     canonical_products(graph)
     last_axis_forms(graph)
+    narrow_floats_in_fp32(graph)
     _full_const_conditions(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "

@@ -11,6 +11,7 @@ from compiler.backend.placement import Placement, rows_cols
 from compiler.errors import CompileError
 from compiler.ir import TensorType
 from isa.dtypes import dtype as dtype_info
+from isa.dtypes import numpy_dtype
 
 # Gelu as a sequence of VXM passes: (ALU ops, B operand: a float immediate, "x" for the op's
 # input, or None)
@@ -148,7 +149,8 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         through the SXM by 1, 2, 4, ... 256 lanes and taking the max on the VXM (cyclic windows
         that double cover all 320 lanes); e = exp(xm - m); s = e @ ones (MXM); y = e / s
         (LogSoftmax: y = (x - m) - log(s), from x rather than xm so that pad lanes stay
-        finite)."""
+        finite). In a narrow float type each step is rounded to it: xm - m, its exp, and the
+        sum (exact on the MXM in fp32, then converted)."""
     x_name = nd["inputs"][0]
     xt = graph.values[x_name]
     rank = len(xt.shape)
@@ -157,15 +159,32 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         raise CompileError(f"{what}: softmax over an axis other than the last is not lowered "
                            "yet")
     x = place[x_name]
+    if x.dtype not in ("fp32", "fp16"):
+        raise CompileError(f"{what}: a softmax in {xt.dtype} is not lowered yet (its row sum "
+                           "would be exact and rounded once, where ONNX's reference rounds "
+                           f"to {xt.dtype} after every addition)")
     g = len(x.slices)
     shape = tuple(xt.shape)
+    narrow = x.dtype != "fp32"
     xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, clean.get(x_name, False),
                               shape, start, what)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
-    t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
-    J = row_matrix(graph, arch, place, x.cols, 1.0)
-    s, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(e.slices))
+    if narrow:
+        d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
+                            | frozenset(e.slices))
+        t = binary(sch, alloc, ["sub"], xm, m, d, max(t, a, a2), what + " x - max")
+        t = lower.elementwise(sch, ["exp"], d, None, None, e, t, what + " exp")
+        alloc.release(d, t)
+    else:
+        t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
+    J = row_matrix(graph, arch, place, x.cols, 1.0, x.dtype)
+    s, a = alloc.alloc("fp32", (x.rows, arch.lanes), 4, avoid=frozenset(e.slices))
     t = lower.matmul(sch, e, J, s, max(t, a), what + " sum", zero=zero(x.dtype))
+    if narrow:
+        sn, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(s.slices))
+        t = lower.elementwise(sch, ["cvt"], s, None, None, sn, max(t, a), what + " sum")
+        alloc.release(s, t)
+        s = sn
     if nd["op"] == "LogSoftmax":
         d, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices) | frozenset(m.slices))
         t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what + " x - max", y_mode="col")
@@ -204,11 +223,12 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
     temps = []
     cur = x
     if x.cols < arch.lanes:
-        mask = f"__softmax_pad_{x.cols}"
+        mask = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}")
         if mask not in graph.consts:
             row = np.zeros(arch.lanes, np.float32)
             row[x.cols:] = -np.inf
-            graph.add_const(mask, row.reshape(1, arch.lanes), kind="const")
+            graph.add_const(mask, row.reshape(1, arch.lanes).astype(numpy_dtype(x.dtype)),
+                            kind="const")
         # the mask is one 320-lane vector: read it once per row (the "row" broadcast)
         mp = place[mask]
         cur, a = temp()
@@ -240,11 +260,13 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
     return m, t
 
 
-def row_matrix(graph, arch, place, cols: int, scale: float) -> Placement:
-    """The [cols, 320] matrix whose product with a row leaves scale * (row sum) in every lane."""
-    name = f"__rowsum_{cols}_{scale!r}"
+def row_matrix(graph, arch, place, cols: int, scale: float, dtype: str = "fp32") -> Placement:
+    """The [cols, 320] matrix (of machine type dtype) whose product with a row leaves
+    scale * (row sum) in every lane."""
+    name = f"__rowsum_{cols}_{scale!r}" + ("" if dtype == "fp32" else f"_{dtype}")
     if name not in graph.consts:
-        graph.add_const(name, np.full((cols, arch.lanes), scale, np.float32), kind="const")
+        graph.add_const(name, np.full((cols, arch.lanes), scale, np.float32)
+                        .astype(numpy_dtype(dtype)), kind="const")
     return place[name]
 
 
