@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.backend.placement import Placement
+from compiler.backend.resources import shifted
 from compiler.backend.schedule import Emitted, Scheduler
 from compiler.errors import CompileError
 from isa.table import ALU_BY_NAME
@@ -93,19 +94,23 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     done = ready
     dx, dz = sch.toward(x, V), sch.away(V, z)
     dy = sch.toward(y, V) if y is not None else None
-    todo = list(range(z.nvec)) if vectors is None else list(vectors)
+    todo = range(z.nvec) if vectors is None else list(vectors)
     step = _run_limit(sch, [x] + ([y] if y is not None else []), [z], V, lat)
     for lo in range(0, len(todo), step):
         n = min(step, len(todo) - lo)
         vs = todo[lo:lo + n]
-        xa = [x.addr + (v if x_of is None else x_of(v)) for v in vs]
+        # consecutive vectors stay ranges: the scheduler handles them in O(1)
+        xa = shifted(vs, x.addr) if x_of is None else [x.addr + x_of(v) for v in vs]
         if y is not None:
-            ya = [y.addr + (y_of(v) if y_of is not None else v % y.nvec if y_mode == "row"
-                            else v // z.vpr) for v in vs]
-        za = [z.addr + v for v in vs]
+            if y_of is None and y_mode == "row" and type(vs) is range and vs[-1] < y.nvec:
+                ya = shifted(vs, y.addr)
+            else:
+                ya = [y.addr + (y_of(v) if y_of is not None else v % y.nvec if y_mode == "row"
+                                else v // z.vpr) for v in vs]
+        za = shifted(vs, z.addr)
 
         def build(res, T, n=n, xa=xa, za=za, ya=(ya if y is not None else None)):
-            arrive = [T + i for i in range(n)]
+            arrive = range(T, T + n)
             bx = sch.read_flow(res, x, xa, arrive, V, dx, ready)
             if bx is None:
                 return None
@@ -126,7 +131,7 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
             q = f"VXM{a}"
             if not res.take_issue(q, T):
                 return None
-            leave = [T + lat + i for i in range(n)]
+            leave = range(T + lat, T + lat + n)
             dests = [sch.slice_pos[s] for s in z.slices]
             bz = sch.free_group(res, len(z.slices), dz, V, dests, leave)
             if bz is None:

@@ -30,6 +30,11 @@ _BUCKET = 6
 
 def _diag_runs(diags):
     """Maximal runs [d0, d1) of consecutive diagonals, in order."""
+    n = len(diags)
+    if type(diags) is range and diags.step == 1:
+        return [(diags.start, diags.stop)] if n else []
+    if n and diags[-1] == diags[0] + n - 1 and diags == list(range(diags[0], diags[0] + n)):
+        return [(diags[0], diags[0] + n)]
     out = []
     it = iter(diags)
     for d in it:
@@ -128,11 +133,31 @@ class Ports:
         banks.insert(i, bank)
 
 
+def shifted(seq, d: int):
+    """x + d for every x of seq (a range stays a range: the common case of consecutive cycles
+    or addresses costs O(1) through the scheduler)."""
+    if type(seq) is range:
+        return range(seq.start + d, seq.stop + d, seq.step)
+    return [x + d for x in seq]
+
+
+def banks_of(addrs, words_per_bank: int):
+    """The bank of every address: one int when they all lie in one bank (checked in O(1) for
+    a range), else a list."""
+    if type(addrs) is range and len(addrs):
+        b0 = addrs[0] // words_per_bank
+        if addrs[-1] // words_per_bank == b0 and addrs.step in (1, -1):
+            return b0
+    return [a // words_per_bank for a in addrs]
+
+
 def cycle_runs(cycles) -> list[tuple[int, int]]:
     """[start, end) of the maximal runs of consecutive cycles, in order."""
     n = len(cycles)
     if n == 0:
         return []
+    if type(cycles) is range and cycles.step == 1:
+        return [(cycles.start, cycles.stop)]
     c0 = cycles[0]
     if n == 1 or cycles[-1] == c0 + n - 1 and cycles == list(range(c0, c0 + n)):
         return [(c0, c0 + n)]
@@ -147,10 +172,16 @@ def cycle_runs(cycles) -> list[tuple[int, int]]:
 
 
 def port_runs(cycles, banks) -> list[tuple[int, int, int]]:
-    """(start, end, bank) of the maximal runs of consecutive cycles on one bank, in order."""
+    """(start, end, bank) of the maximal runs of consecutive cycles on one bank, in order;
+    banks: one per cycle, or one int for all."""
     n = len(cycles)
     if n == 0:
         return []
+    if type(banks) is int:
+        if type(cycles) is range and cycles.step == 1:
+            return [(cycles.start, cycles.stop, banks)]
+        banks = [banks] * n
+    cycles = list(cycles)
     c0 = cycles[0]
     if (n == 1 or cycles[-1] == c0 + n - 1 and cycles == list(range(c0, c0 + n))) and \
             banks.count(banks[0]) == n:
@@ -248,7 +279,7 @@ class Reservation:
         mine = mine_d.setdefault(sl, [])
         mine_other = other_d.get(sl, ())
         taken = self.writes if write else self.reads
-        for c0, c1, bank in port_runs(list(cycles), list(banks)):
+        for c0, c1, bank in port_runs(cycles, banks):
             if c0 < 0:
                 self.need(-c0)
                 return False

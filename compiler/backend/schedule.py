@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compiler.backend.placement import Placement
-from compiler.backend.resources import Reservation, Table, cycle_runs, diagonal, span
+from compiler.backend.resources import Reservation, Table, banks_of, cycle_runs, shifted, span
 from compiler.errors import CompileError
 
 # Past the last reserved cycle every resource is free, so a job that still does not fit a
@@ -114,7 +114,7 @@ class Scheduler:
                 raise CompileError("internal: a read flow against the stream direction")
             off = -lat - abs(dest - pos)
             busy = self.table.read_port[sl]
-            rcs = [t + off for t in arrive]
+            rcs = shifted(arrive, off)
             # the cheap checks first: too early, or the port taken (in the first such cycle)
             for c0, c1 in cycle_runs(rcs):
                 if c0 < floor:
@@ -125,14 +125,14 @@ class Scheduler:
                     res.need_free(busy, fb)
                     return None
             shift = lat - pos if direction == 0 else lat + pos
-            plans.append((b, sl, rcs, [rc + shift for rc in rcs], span(direction, pos, dest)))
+            plans.append((b, sl, rcs, shifted(rcs, shift), span(direction, pos, dest)))
         for cand in ([base] if base is not None else range(0, self.S - g + 1, g)):
             if all(res.flow_free(direction, cand + b, diags, sp) for b, _, _, diags, sp in plans):
                 base = cand
                 break
         else:
             return None
-        banks = [a // wpb for a in addrs]
+        banks = banks_of(addrs, wpb)
         for b, sl, rcs, diags, sp in plans:
             if not res.take_reads(sl, rcs, banks):
                 return None
@@ -148,7 +148,7 @@ class Scheduler:
         for b, sl in enumerate(p.slices):
             pos = self.slice_pos[sl]
             hops = abs(dest - pos)
-            code = self._mem_code(res, sl, [t - lat - hops for t in arrive], addrs, "mem.read",
+            code = self._mem_code(res, sl, shifted(arrive, -lat - hops), addrs, "mem.read",
                                   dict(dst=base + b, dst_dir=direction))
             if code is None:
                 return None
@@ -178,15 +178,14 @@ class Scheduler:
             if (direction == 0) != (pos > src):
                 raise CompileError("internal: a write flow against the stream direction")
             hops = abs(pos - src)
-            diags = [diagonal(direction, src, t) for t in leave]
+            diags = _diagonals(direction, src, leave)
             sp = span(direction, src, pos)
             if not res.flow_free(direction, base + b, diags, sp):
                 return None
-            if not res.take_writes(sl, [t + hops + lat for t in leave],
-                                   [a // self.wpb for a in addrs]):
+            if not res.take_writes(sl, shifted(leave, hops + lat), banks_of(addrs, self.wpb)):
                 return None
             res.take_flow(direction, base + b, diags, sp)
-            code = self._mem_code(res, sl, [t + hops for t in leave], addrs, "mem.write",
+            code = self._mem_code(res, sl, shifted(leave, hops), addrs, "mem.write",
                                   dict(src=base + b, src_dir=direction))
             if code is None:
                 return None
@@ -201,16 +200,34 @@ class Scheduler:
         for base in range(0, self.S - g + 1, g):
             if base in avoid:
                 continue
-            diags = [diagonal(direction, src, t) for t in leave]
+            diags = _diagonals(direction, src, leave)
             if all(res.flow_free(direction, base + b, diags, sp) for b in range(g)):
                 return base
         return None
 
 
-def _runs(cycles: list[int], addrs: list[int]):
+def _diagonals(direction: int, position: int, cycles):
+    """diagonal(direction, position, t) for every t of cycles."""
+    return shifted(cycles, -position) if direction == 0 else shifted(cycles, position)
+
+
+def _runs(cycles, addrs):
     """Split vectors into runs of consecutive cycles with a constant address step."""
     i, n = 0, len(cycles)
     max_count = (1 << 16) - 1
+    if (type(cycles) is range and type(addrs) is range and cycles.step == 1 and 1 < n <= max_count
+            and -128 <= addrs.step <= 127):
+        yield 0, n, addrs.step
+        return
+    if 1 < n <= max_count:  # one run: consecutive cycles, one address step
+        c0, a0 = cycles[0], addrs[0]
+        stride = addrs[1] - a0
+        if (-128 <= stride <= 127 and cycles[-1] == c0 + n - 1
+                and addrs[-1] == a0 + (n - 1) * stride and cycles == list(range(c0, c0 + n))
+                and (addrs == [a0] * n if stride == 0 else
+                     addrs == list(range(a0, a0 + n * stride, stride)))):
+            yield 0, n, stride
+            return
     while i < n:
         j = i + 1
         stride = addrs[j] - addrs[i] if j < n else 1
