@@ -31,7 +31,7 @@ SUPPORTED_OPS: tuple[str, ...] = tuple(sorted((
     "Unsqueeze", "Squeeze", "Expand", "Where", "Equal", "Less", "Greater", "Not", "And",
     "IsNaN", "Cast", "Constant", "ConstantOfShape", "Shape", "Range", "Trilu", "Identity",
     "Max", "Min", "Clip", "Attention", "RotaryEmbedding", "Size", "LessOrEqual",
-    "GreaterOrEqual", "Cos", "Sin", "Or", "CastLike", "Sum", "Mod",
+    "GreaterOrEqual", "Cos", "Sin", "Or", "CastLike", "Sum", "Mod", "Pad",
 )))
 
 SHAPE_ONLY_LOCATION = "__lpusim_shape_only__"  # models/common.py's convention

@@ -466,3 +466,21 @@ def test_bfloat16_softmax_is_refused_with_a_reason():
               [h.make_tensor_value_info("y", T.BFLOAT16, [2, 6])])
     with pytest.raises(CompileError, match="softmax in bfloat16"):
         lpusim.compile_onnx(m, precision="fp32")
+
+
+def test_pad_in_constant_mode_is_concats_and_slices():
+    """Pad with constant pads: blocks of the pad value (here -inf) concatenated along the
+    padded axes (the last one included), a crop (negative pad) sliced off."""
+    x = RNG.standard_normal((2, 3, 5)).astype(np.float32)
+    pads = np.array([0, 1, 2, 0, -1, 3], np.int64)  # begins of axes 0..2, then ends
+    m = model([h.make_node("Pad", ["x", "pads", "v"], ["y"], mode="constant"),
+               h.make_node("Pad", ["x", "zeros"], ["same"])],
+              [vi("x", np.float32, [2, 3, 5])],
+              [vi("y", np.float32, [2, 3, 10]), vi("same", np.float32, [2, 3, 5])])
+    m.graph.initializer.extend([numpy_helper.from_array(pads, "pads"),
+                                numpy_helper.from_array(np.zeros(6, np.int64), "zeros"),
+                                numpy_helper.from_array(np.array(-np.inf, np.float32), "v")])
+    got = run(m, {"x": x})
+    want = np.pad(x, [(0, 0), (1, 0), (2, 3)], constant_values=-np.inf)[:, :3]
+    np.testing.assert_array_equal(got["y"], want)
+    np.testing.assert_array_equal(got["same"], x)

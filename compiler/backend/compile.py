@@ -29,6 +29,7 @@ from compiler.backend.ops import (
     quantize_weights,
     spread_int,
 )
+from compiler.backend.pad import pads_as_concats
 from compiler.backend.placement import Allocator, Placement, rows_cols
 from compiler.backend.products import canonical_products
 from compiler.backend.schedule import Scheduler
@@ -140,6 +141,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     """Lower a canonicalised graph to a single-chip Program for `arch` (the caller's graph is
     not changed: lowering adds constants of its own to a copy)."""
     graph = graph.copy()
+    pads_as_concats(graph)
     canonical_products(graph)
     last_axis_forms(graph)
     narrow_floats_in_fp32(graph)
