@@ -484,3 +484,25 @@ def test_pad_in_constant_mode_is_concats_and_slices():
     want = np.pad(x, [(0, 0), (1, 0), (2, 3)], constant_values=-np.inf)[:, :3]
     np.testing.assert_array_equal(got["y"], want)
     np.testing.assert_array_equal(got["same"], x)
+
+
+def test_constant_outputs_are_copied_out_by_the_program():
+    """Outputs folded to constants at compile time (Shape, Size, Constant) are written by the
+    program (a copy from the constant's SRAM), not aliased to it."""
+    m = model([h.make_node("Shape", ["x"], ["s"]), h.make_node("Size", ["x"], ["n"]),
+               h.make_node("Constant", [], ["c"], value=numpy_helper.from_array(
+                   np.array([[1.5, -2.0]], np.float32))),
+               h.make_node("Relu", ["x"], ["y"])],
+              [vi("x", np.float32, [2, 3, 4])],
+              [vi("s", np.int64, [3]), vi("n", np.int64, []), vi("c", np.float32, [1, 2]),
+               vi("y", np.float32, [2, 3, 4])])
+    program = lpusim.compile_onnx(m, precision="fp32")
+    out = {t.name: t for t in program.tensors if t.kind == "output"}
+    held = {(t.slices, t.addr) for t in program.tensors if t.kind != "output"}
+    assert set(out) == {"s", "n", "c", "y"}
+    assert not {(t.slices, t.addr) for t in out.values()} & held
+    got = lpusim.simulate(program, {"x": RNG.standard_normal((2, 3, 4)).astype(np.float32)})
+    np.testing.assert_array_equal(got.outputs["s"], np.array([2, 3, 4], np.int64))
+    assert got.outputs["s"].dtype == np.int64
+    np.testing.assert_array_equal(got.outputs["n"], np.array(24, np.int64))
+    np.testing.assert_array_equal(got.outputs["c"], np.array([[1.5, -2.0]], np.float32))

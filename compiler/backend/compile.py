@@ -129,6 +129,19 @@ def _full_const_conditions(graph: Graph) -> None:
         graph.set_input(name, 0, big)
 
 
+def _constant_outputs(graph: Graph) -> None:
+    """A graph output that is a constant (a folded Shape, say) becomes the result of an
+    Identity of it, which the program copies out like any other result."""
+    for v in list(graph.outputs):
+        if not graph.is_const(v):
+            continue
+        ty = graph.values[v]
+        c = graph.fresh_name(f"{v}@const")
+        graph.rename_value(v, c)
+        graph.outputs = [v if o == c else o for o in graph.outputs]
+        graph.add_node(graph.fresh_name(f"{v}_copy"), "Identity", [c], [v], types=[ty])
+
+
 def _machine_dtype(ir_dtype: str, what: str) -> str:
     try:
         return _MACHINE[ir_dtype]
@@ -146,6 +159,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     last_axis_forms(graph)
     narrow_floats_in_fp32(graph)
     _full_const_conditions(graph)
+    _constant_outputs(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
                            f"{', '.join(PRECISIONS)})")
@@ -359,6 +373,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                        else "")
                 raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
                                    f"lowered yet for this op{why}")
+        if op == "Identity" and graph.is_const(ins[0]):  # a constant output, copied out
+            z, a = new(outs[0], start)
+            ready[outs[0]] = lower.elementwise(sch, ["copy"], place[ins[0]], None, None, z,
+                                               max(start, a), what)
+            clean[outs[0]] = True
+            finish(name, ins, outs)
+            continue
         if op in lower.ALIASES or (op == "Identity"):
             src = place[ins[0]]
             ty = graph.values[outs[0]]
