@@ -269,10 +269,11 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             if isinstance(w, Tiled):  # row r of the tile is row r // R of part r % R
                 parts = list(w.tiles[(kt, nt)])
                 R = len(parts)
-                plan = [(p, [p.addr + i for i in range(p.rows)]) for p in parts]
+                plan = [(p, range(p.addr, p.addr + p.rows)) for p in parts]
             else:
                 R = 1
-                plan = [(w, [w.addr + (kt * lanes + r) * w.vpr + nt for r in range(rk)])]
+                a0 = w.addr + kt * lanes * w.vpr + nt
+                plan = [(w, range(a0, a0 + rk * w.vpr, w.vpr))]
             n1 = -(-rk // R)  # real rows, R per cycle; zeros fill the last cycle's gaps
             # and the rows past rk that an earlier load may have left nonzero (the load
             # buffer keeps rows a load does not write): x's lanes past K meet zero weights
@@ -303,11 +304,11 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             t_iw = sch.place(earliest_iw, iw, f"{what} install")
             t_free = t_iw + 1
             iw_clear = t_free + arch.lat("mxm_install")
-            xa = [x.addr + m * x.vpr + kt for m in range(M)]
+            xa = range(x.addr + kt, x.addr + kt + M * x.vpr, x.vpr)
             flag = 1 if kt > 0 else 0
 
             def abc(res, T, xa=xa, flag=flag, q=q, P=P, to_mxm=to_mxm):
-                arrive = [T + m * iv for m in range(M)]
+                arrive = range(T, T + M * iv, iv)
                 b = sch.read_flow(res, x, xa, arrive, P, to_mxm, ready)
                 if b is None or not res.take_issue(q, T):
                     return None
@@ -322,13 +323,13 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             t_abc = sch.place(start, abc, f"{what} activations")
             last_abc_in = t_abc + (M - 1) * iv
             array_busy_until = last_abc_in + 1
-        ya = [y.addr + m * y.vpr + nt for m in range(M)]
+        ya = range(y.addr + nt, y.addr + nt + M * y.vpr, y.vpr)
         dests = [sch.slice_pos[s] for s in y.slices]
 
         def acc(res, T, ya=ya, dests=dests, q=q, P=P, from_mxm=from_mxm):
             if not res.take_issue(q, T):
                 return None
-            leave = [T + arch.lat("mxm_accumulate") + m for m in range(M)]
+            leave = range(T + arch.lat("mxm_accumulate"), T + arch.lat("mxm_accumulate") + M)
             b = sch.free_group(res, 4, from_mxm, P, dests, leave)
             if b is None:
                 return None
@@ -383,7 +384,7 @@ def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, read
         for b0 in range(0, S - R * g + 1, R * g):
             code = []
             for j, (p, addrs) in enumerate(plan):
-                arrive = [T + i for i in range(len(addrs))]
+                arrive = range(T, T + len(addrs))
                 if addrs and sch.read_flow(res, p, addrs, arrive, P, to_mxm, ready,
                                            base=b0 + j * g) is None:
                     break
@@ -417,8 +418,7 @@ def sxm_rotate(sch: Scheduler, x: Placement, z: Placement, shift: int, ready: in
                what: str) -> int:
     """z = x rotated north by `shift` lanes (cyclically), through the SXM of x's hemisphere."""
     n = z.nvec
-    return sxm_unary(sch, "sxm.rotate", x, z, list(range(n)), list(range(n)), dict(shift=shift),
-                     ready, what)
+    return sxm_unary(sch, "sxm.rotate", x, z, range(n), range(n), dict(shift=shift), ready, what)
 
 
 def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
@@ -439,7 +439,7 @@ def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
     step = _run_limit(sch, [x], list({d[0] for d in dests}), X, lat)
     for lo in range(0, len(dests), step):
         n = min(step, len(dests) - lo)
-        xa = [x.addr + v for v in xv[lo:lo + n]]
+        xa = shifted(xv[lo:lo + n], x.addr)
         part = dests[lo:lo + n]
         groups: dict[tuple, tuple[Placement, list[int]]] = {}
         for i, (p, _v) in enumerate(part):
@@ -447,11 +447,11 @@ def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
         positions = sorted({sch.slice_pos[s] for p, _ in groups.values() for s in p.slices})
 
         def build(res, T, n=n, xa=xa, part=part, groups=groups, positions=positions):
-            arrive = [T + i for i in range(n)]
+            arrive = range(T, T + n)
             bx = sch.read_flow(res, x, xa, arrive, X, din, ready)
             if bx is None or not res.take_issue(q, T):
                 return None
-            leave = [T + lat + i for i in range(n)]
+            leave = range(T + lat, T + lat + n)
             bz = sch.free_group(res, g, dout, X, positions, leave)
             if bz is None:
                 return None

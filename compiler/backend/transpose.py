@@ -211,13 +211,13 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
     # the writes of step 3 must be done before the reads: ready covers them
 
     def build(res, T):
-        arrive = [T + v for v in range(n)]
-        leave = [T + lat + v for v in range(n)]
+        arrive = range(T, T + n)
+        leave = range(T + lat, T + lat + n)
         if not res.take_issue(q, T):
             return None
         snap = res.snapshot()
         for bs in bases:  # the 16 input streams, westward
-            if all(sch.read_flow(res, ins[j], [ins[j].addr + v for v in range(n)], arrive, X,
+            if all(sch.read_flow(res, ins[j], range(ins[j].addr, ins[j].addr + n), arrive, X,
                                  din, ready, base=bs + j) is not None for j in range(TILE)):
                 break
             res.restore(snap)
@@ -227,7 +227,7 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
         for bd in bases:  # the 16 output streams, eastward
             code = []
             for i in range(TILE):
-                c = sch.write_flow(res, outs[i], [outs[i].addr + v for v in range(n)], leave,
+                c = sch.write_flow(res, outs[i], range(outs[i].addr, outs[i].addr + n), leave,
                                    X, dout, bd + i)
                 if c is None:
                     break
@@ -238,7 +238,7 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
         else:
             return None
         for j in range(TILE):
-            c = sch.read_code(res, ins[j], [ins[j].addr + v for v in range(n)], arrive, X, din,
+            c = sch.read_code(res, ins[j], range(ins[j].addr, ins[j].addr + n), arrive, X, din,
                               bs + j)
             if c is None:
                 return None
