@@ -8,6 +8,7 @@ import numpy as np
 
 from compiler.backend import lower
 from compiler.backend.axes import last_axis_forms
+from compiler.backend.emit import queue_words
 from compiler.backend.gather import lower_gather, table_chunks
 from compiler.backend.ops import (
     GELU,
@@ -40,7 +41,6 @@ from compiler.errors import CompileError
 from compiler.ir import Graph, TensorType
 from isa.dtypes import dtype as dtype_info
 from isa.dtypes import numpy_dtype
-from isa.encoding import encode, to_words
 from lpusim.program import ChipProgram, Program, TensorSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
@@ -689,17 +689,7 @@ def _emit(sch: Scheduler, arch) -> ChipProgram:
     chip = ChipProgram()
     order = {q.name: q.id for q in arch.queues}
     for qname in sorted(by_q, key=order.__getitem__):
-        lst = sorted(by_q[qname], key=lambda e: e.cycle)
-        words = []
-        t = 0
-        for e in lst:
-            if e.cycle < t:
-                raise CompileError(f"internal: two instructions at cycle {e.cycle} on {qname}")
-            if e.cycle > t:
-                words.append(encode("nop", imm=e.cycle - t))
-            words.append(encode(e.mnemonic, **e.fields))
-            t = e.cycle + 1
-        chip.queues[qname] = to_words(words)
+        chip.queues[qname] = queue_words(qname, by_q[qname])
     if sch.maps:
         chip.maps = np.array(sch.maps, dtype=np.int16)
     return chip
