@@ -89,11 +89,34 @@ def test_wide_integer_inputs_outside_the_machine_type_are_refused():
         lpusim.simulate(program, {"x": x, "y": x})
 
 
-def test_arithmetic_on_unsigned_or_int64_is_not_lowered():
+@pytest.mark.parametrize("np_type", [np.uint32, np.int64])
+def test_arithmetic_that_could_wrap_at_the_wrong_width_is_not_lowered(np_type):
     m = model([h.make_node("Add", ["x", "y"], ["z"])],
-              [vi("x", np.uint8, [4]), vi("y", np.uint8, [4])], [vi("z", np.uint8, [4])])
-    with pytest.raises(CompileError, match="uint8"):
+              [vi("x", np_type, [4]), vi("y", np_type, [4])], [vi("z", np_type, [4])])
+    with pytest.raises(CompileError, match=np.dtype(np_type).name):
         lpusim.compile_onnx(m, precision="fp32")
+
+
+@pytest.mark.parametrize("np_type", [np.uint8, np.uint16])
+@pytest.mark.parametrize("op,fn", [("Add", np.add), ("Sub", np.subtract),
+                                   ("Mul", np.multiply), ("Div", np.floor_divide)])
+def test_unsigned_arithmetic_wraps_in_its_type(np_type, op, fn):
+    """uint8 and uint16 are held in int16 and int32: Add, Sub and Mul keep the low bits of
+    the wider result, Div of non-negative values is exact (and uint32 Div too)."""
+    x, y = ints(np_type, (3, 40)), ints(np_type, (3, 40))
+    y[y == 0] = 7
+    m = model([h.make_node(op, ["x", "y"], ["z"]), h.make_node("Div", ["u", "v"], ["w"])],
+              [vi("x", np_type, [3, 40]), vi("y", np_type, [3, 40]),
+               vi("u", np.uint32, [5]), vi("v", np.uint32, [5])],
+              [vi("z", np_type, [3, 40]), vi("w", np.uint32, [5])])
+    u = np.array([0, 7, 2**31 - 1, 100, 9], np.uint32)
+    v = np.array([3, 7, 2, 2**31 - 1, 10], np.uint32)
+    got = run(m, {"x": x, "y": y, "u": u, "v": v})
+    with np.errstate(over="ignore"):
+        want = fn(x, y)
+    assert got["z"].dtype == np_type
+    np.testing.assert_array_equal(got["z"], want)
+    np.testing.assert_array_equal(got["w"], u // v)
 
 
 def test_integer_clip_and_where_with_runtime_scalars():

@@ -93,6 +93,11 @@ _COMPARE = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 # widened integer, whose values the host checked to fit the machine type when it loaded them;
 # the host reads such an output back in its own type
 _SELECT = {"Trilu", "Where", "Max", "Min"}
+# unsigned arithmetic: a uint8 / uint16 Add, Sub or Mul is wrapped to its type (ops.
+# UNSIGNED_MASK); a quotient of values the host checked to fit the machine type (non-negative)
+# is exact
+_UNSIGNED_OPS = {"uint8": {"Add", "Sub", "Mul", "Div"}, "uint16": {"Add", "Sub", "Mul", "Div"},
+                 "uint32": {"Div"}, "uint64": {"Div"}}
 
 
 def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
@@ -102,6 +107,8 @@ def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
     if v in ins and (op in _COMPARE or (op in ("Pow", "Trilu") and ins[1:2] == [v])):
         return True  # exact on any integer the machine holds (Pow: the exponent, to fp32)
     if dtype in _WIDENED and op in _SELECT and not (op == "Where" and v == ins[0]):
+        return True
+    if op in _UNSIGNED_OPS.get(dtype, ()):
         return True
     return dtype in _NATIVE_INTS and op in _INT_OPS and not (op == "Where" and v == ins[0])
 
@@ -368,9 +375,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
                     and not as_index and not _type_ok(op, v, ins, vt.dtype):
                 why = (f"; the machine holds {vt.dtype} as {_MACHINE[vt.dtype]}, so only "
-                       "comparisons, Cast, Gather, Pow exponents and selections (Where, Max, "
-                       "Min, Trilu) read it and no op computes it" if vt.dtype in _WIDENED
-                       else "")
+                       "comparisons, Cast, Gather, Pow exponents, selections (Where, Max, "
+                       "Min, Trilu) and uint8/uint16 arithmetic (uint32/64: Div) read it"
+                       if vt.dtype in _WIDENED else "")
                 raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
                                    f"lowered yet for this op{why}")
         if op == "Identity" and graph.is_const(ins[0]):  # a constant output, copied out

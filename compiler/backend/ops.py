@@ -476,6 +476,11 @@ def _norm_flat(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     return t
 
 
+# unsigned types held in a wider signed machine type (uint8 in int16, uint16 in int32): the
+# low bits of an Add, Sub or Mul computed there are the result wrapped to the type
+UNSIGNED_MASK = {"uint8": 0xFF, "uint16": 0xFFFF}
+
+
 def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread,
                       ready_of, spread_scalar) -> tuple[int, bool]:
     """Lower one elementwise op; returns (ready cycle, whether pad lanes stay zero). A result
@@ -526,8 +531,13 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
                                  clean, spread, ready_of, spread_scalar)
         alloc.release(cv, t)
         return t, c
-    narrow_out = None
+    narrow_out, post = None, None
     if narrow and graph.values[out].dtype == "bool":  # 0/1 in the operands' type, then fp32
+        post = (["cvt"], None)
+    elif nd["op"] in ("Add", "Sub", "Mul") and graph.values[out].dtype in UNSIGNED_MASK:
+        # computed in the wider signed type the machine holds it in, then wrapped to its own
+        post = (["and"], UNSIGNED_MASK[graph.values[out].dtype])
+    if post is not None:
         kind = place[next((v for v in ins if not graph.is_const(v)), ins[0])].dtype
         holder: list[Placement] = []
 
@@ -542,9 +552,9 @@ def lower_elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spr
                         spread, ready_of, spread_scalar, expanded)
     for p in expanded:
         alloc.release(p, t)
-    if narrow_out is not None:
+    if post is not None:
         z, a = new(out, t, avoid=frozenset(holder[0].slices))
-        t = lower.elementwise(sch, ["cvt"], holder[0], None, None, z, max(t, a), what)
+        t = lower.elementwise(sch, post[0], holder[0], None, post[1], z, max(t, a), what)
         alloc.release(holder[0], t)
         c = True
     elif ints:
