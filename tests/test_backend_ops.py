@@ -529,3 +529,34 @@ def test_constant_outputs_are_copied_out_by_the_program():
     assert got.outputs["s"].dtype == np.int64
     np.testing.assert_array_equal(got.outputs["n"], np.array(24, np.int64))
     np.testing.assert_array_equal(got.outputs["c"], np.array([[1.5, -2.0]], np.float32))
+
+
+@pytest.mark.parametrize("np_type", [np.int8, np.int32, np.uint8, np.uint32, np.int64])
+@pytest.mark.parametrize("fmod", [0, 1])
+def test_integer_mod_takes_the_sign_of_the_divisor_or_dividend(np_type, fmod):
+    """Integer Mod from the truncating division: fmod=1 keeps the dividend's sign, fmod=0 the
+    divisor's; a scalar divisor is an immediate, a [1] one is broadcast."""
+    signed = np.dtype(np_type).kind == "i"
+    lo, hi = (-100, 100) if signed else (0, 200)
+    a = RNG.integers(lo, hi, size=(3, 40)).astype(np_type)
+    b = RNG.integers(lo, hi, size=(3, 40)).astype(np_type)
+    b[b == 0] = 3
+    b1 = np.array([-7 if signed else 7], np_type)
+    m = model([h.make_node("Mod", ["a", "b"], ["y"], fmod=fmod),
+               h.make_node("Mod", ["a", "b1"], ["y1"], fmod=fmod),
+               h.make_node("Mod", ["a", "five"], ["y5"], fmod=fmod)],
+              [vi("a", np_type, [3, 40]), vi("b", np_type, [3, 40]), vi("b1", np_type, [1])],
+              [vi(n, np_type, [3, 40]) for n in ("y", "y1", "y5")])
+    m.graph.initializer.append(numpy_helper.from_array(np.array(5, np_type), "five"))
+    got = run(m, {"a": a, "b": b, "b1": b1})
+    fn = np.fmod if fmod else np.mod
+    for name, d in (("y", b), ("y1", b1), ("y5", np.array(5, np_type))):
+        assert got[name].dtype == np_type
+        np.testing.assert_array_equal(got[name], fn(a, d))
+
+
+def test_float_mod_is_refused_with_a_reason():
+    m = model([h.make_node("Mod", ["a", "b"], ["y"], fmod=1)],
+              [vi("a", np.float32, [4]), vi("b", np.float32, [4])], [vi("y", np.float32, [4])])
+    with pytest.raises(CompileError, match="float Mod"):
+        lpusim.compile_onnx(m, precision="fp32")

@@ -10,6 +10,7 @@ from compiler.backend import lower
 from compiler.backend.axes import last_axis_forms
 from compiler.backend.emit import queue_words
 from compiler.backend.gather import lower_gather, table_chunks
+from compiler.backend.modulo import lower_mod
 from compiler.backend.ops import (
     GELU,
     QMAX,
@@ -61,7 +62,7 @@ REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
                            | {"Gelu", "Softmax", "LogSoftmax", "Clip", "Gather", "Cast", "Where",
-                              "Expand", "ReduceMax", "Trilu"}
+                              "Expand", "ReduceMax", "Trilu", "Mod"}
                            | MOVES))
 # stream width of a weight load from tiled weights (rows per cycle = LW_STREAMS / dtype bytes)
 LW_STREAMS = 16
@@ -104,6 +105,8 @@ def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
     """May op read (or write) value v, an integer or narrow float of IR type dtype?"""
     if dtype in _NARROW_FLOATS:
         return op in _NARROW_FLOAT_OPS
+    if op == "Mod":  # exact on any integer the machine holds (see lower_mod)
+        return True
     if v in ins and (op in _COMPARE or (op in ("Pow", "Trilu") and ins[1:2] == [v])):
         return True  # exact on any integer the machine holds (Pow: the exponent, to fp32)
     if dtype in _WIDENED and op in _SELECT and not (op == "Where" and v == ins[0]):
@@ -447,6 +450,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out], clean[out] = lower_where(graph, sch, alloc, nd, place, new, start,
                                                  what, clean, spread, spread_scalar,
                                                  lambda v: ready.get(v, 0))
+        elif op == "Mod":
+            ready[out], clean[out] = lower_mod(graph, sch, alloc, nd, place, new, start, what,
+                                               spread_scalar, lambda v: ready.get(v, 0))
         elif op == "Trilu":
             ready[out], clean[out] = lower_trilu(graph, sch, alloc, nd, place, new, start, what,
                                                  clean, spread_scalar,
