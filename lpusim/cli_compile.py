@@ -80,7 +80,8 @@ def compile_command(model, output, precision, dims, arch, overrides, dump_after)
               help="Write the simulated graph outputs to this .npz (keyed by output name).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report as JSON (cycles, latency_s, roofline_latency_s, "
-                   "roofline_ratio, errors per output, per-unit utilisation, SRAM bytes).")
+                   "roofline_ratio, errors per output, per-unit utilisation, SRAM bytes, and "
+                   "per op: span in cycles, roofline and ratio).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random inputs.")
 @_apply(_common)
@@ -98,6 +99,13 @@ def run_command(model, inputs_path, outputs_path, json_path, seed, precision, di
     click.echo(summary(r))
     click.echo(f"roofline {r['roofline_latency_s'] * 1e6:.3f} us (bound by "
                f"{r['roofline_bound_by']}); simulated / roofline = {r['roofline_ratio']:.2f}")
+    if r.get("ops"):
+        click.echo("longest ops (span from first instruction to last result, waits included):")
+    for o in sorted(r.get("ops", []), key=lambda o: -o["cycles"])[:5]:
+        ratio = f"{o['ratio']:.1f}" if o["ratio"] is not None else "-"
+        click.echo(f"  op {o['name']} ({o['op']}): {o['cycles']:,} cycles from cycle "
+                   f"{o['start_cycle']:,}; roofline {o['roofline_cycles']:.1f} "
+                   f"({o['bound_by']}), ratio {ratio}")
     click.echo(f"precision {r['precision']}; reference {r['reference']}; compile "
                f"{r['compile_s']:.2f} s")
     if r["note"]:

@@ -17,7 +17,7 @@ from isa.dtypes import dtype as dtype_info
 from isa.dtypes import numpy_dtype
 from lpusim.errors import HazardError, LpusimError
 from lpusim.program import Program, TensorSpec
-from lpusim.roofline import roofline
+from lpusim.roofline import op_tags_valid, per_op, roofline
 from lpusim.sim import opcodes as oc
 from lpusim.sim.decode import C, Decoded, decode, take_columns
 from lpusim.sim.verify import timing_clean
@@ -175,7 +175,7 @@ def simulate(program: Program, inputs: dict | None = None, *, arch=None, mode: s
     else:
         rows = _run_fast(dec, arch, sram, functional, trace)
     outputs = _read_outputs(program, arch, sram) if functional else {}
-    report = make_report(dec, arch, mode, engine)
+    report = make_report(dec, arch, mode, engine, program.meta)
     return SimResult(outputs, report, dec, rows, arch)
 
 
@@ -236,9 +236,10 @@ def kernel_hazard(dec: Decoded, status) -> HazardError:
                        instr=int(row[C["sidx"]]), cycle=t, stream=stream)
 
 
-def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
+def make_report(dec: Decoded, arch, mode: str, engine: str, meta: dict | None = None) -> dict:
     """Counters in numbers with units. Cycles include the superlane skew: a vector op that
-    starts at tile 0 finishes superlanes - 1 cycles later at the last tile."""
+    starts at tile 0 finishes superlanes - 1 cycles later at the last tile. A compiled
+    program's meta (ops, op_tags) adds the roofline of every op ("ops")."""
     skew = arch.superlanes - 1
     cycles = dec.end_cycle + skew if dec.n else 0
     seconds = cycles / (arch.clock_ghz * 1e9)
@@ -299,4 +300,7 @@ def make_report(dec: Decoded, arch, mode: str, engine: str) -> dict:
         "unit_kinds": by_kind,
         "units": units,
         "superlane_skew_cycles": skew,
+        **({"ops": per_op(dec, arch, meta["ops"], meta["op_tags"])}
+           if meta and op_tags_valid(meta.get("ops"), meta.get("op_tags"), dec.nchips)
+           else {}),
     }

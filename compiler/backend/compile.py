@@ -367,6 +367,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         nd = graph.node(name)
         op, ins, outs = nd["op"], list(nd["inputs"]), nd["outputs"]
         what = f"{op} (node {name!r})"
+        sch.begin_op(name, op)
         if any(v and graph.values[v].size == 0 for v in list(ins) + list(outs)):
             raise CompileError(f"{what}: tensors with no elements are not lowered yet")
         start = max([ready.get(i, 0) for i in ins if i] + [0])
@@ -533,7 +534,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                "compute")
         tensors.append(_spec(v, "output", place[v], None))
     _check_distinct(tensors)
-    chip = _emit(sch, arch)
+    chip, tags = _emit(sch, arch)
     meta = {"generator": "lpusim compile", "precision": precision, "graph": graph.name}
     host_types = {v: graph.values[v].dtype for v in list(graph.inputs) + list(graph.outputs)
                   if graph.values[v].dtype not in ("float32",)}
@@ -541,6 +542,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         meta["host_types"] = dict(sorted(host_types.items()))
     if index_ranges:
         meta["index_inputs"] = {k: list(v) for k, v in sorted(index_ranges.items())}
+    # which node every instruction word lowers (the report's per-op roofline)
+    meta["ops"] = [list(o) for o in sch.ops]
+    meta["op_tags"] = [tags]
     return Program(arch.config, [chip], tensors, meta)
 
 
@@ -695,14 +699,16 @@ def _check_distinct(tensors):
         seen[key] = t.name
 
 
-def _emit(sch: Scheduler, arch) -> ChipProgram:
+def _emit(sch: Scheduler, arch) -> tuple[ChipProgram, dict]:
+    """The chip's queues, and per queue the op tags of its words (emit.queue_words)."""
     by_q: dict[str, list] = {}
     for e in sch.code:
         by_q.setdefault(e.queue, []).append(e)
     chip = ChipProgram()
+    tags = {}
     order = {q.name: q.id for q in arch.queues}
     for qname in sorted(by_q, key=order.__getitem__):
-        chip.queues[qname] = queue_words(qname, by_q[qname])
+        chip.queues[qname], tags[qname] = queue_words(qname, by_q[qname])
     if sch.maps:
         chip.maps = np.array(sch.maps, dtype=np.int16)
-    return chip
+    return chip, tags

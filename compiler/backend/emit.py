@@ -11,8 +11,10 @@ from isa.encoding import encode_array
 from isa.fields import FIELDS
 
 
-def queue_words(qname: str, code: list) -> np.ndarray:
-    """The (n, 2) uint64 words of one queue's instructions (`Emitted`, any order)."""
+def queue_words(qname: str, code: list) -> tuple[np.ndarray, list[list[int]]]:
+    """The (n, 2) uint64 words of one queue's instructions (`Emitted`, any order), and the op
+    tag of every word run-length encoded as [[op, words], ...] (a nop takes the tag of the
+    instruction it delays)."""
     lst = sorted(code, key=lambda e: e.cycle)
     n = len(lst)
     cycles = np.fromiter((e.cycle for e in lst), np.int64, n)
@@ -45,7 +47,19 @@ def queue_words(qname: str, code: list) -> np.ndarray:
         values = {name: np.fromiter((f.get(name, 0) for f in group), np.int64, len(group))
                   for name in names}
         words[pos[idx]] = encode_array(mn, len(idx), **values)
-    return words
+    ops = np.fromiter((e.op for e in lst), np.int64, n)
+    tags = np.repeat(ops, nops_before + 1)  # each instruction's nops come right before it
+    return words, run_lengths(tags)
+
+
+def run_lengths(tags: np.ndarray) -> list[list[int]]:
+    """[[value, count], ...] of the runs of equal values."""
+    if not len(tags):
+        return []
+    cut = np.flatnonzero(np.diff(tags)) + 1
+    starts = np.concatenate([[0], cut])
+    counts = np.diff(np.concatenate([starts, [len(tags)]]))
+    return [[int(v), int(c)] for v, c in zip(tags[starts], counts, strict=True)]
 
 
 def _ramp(k: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ class Emitted:
     cycle: int
     mnemonic: str
     fields: dict
+    op: int = -1  # the IR node it lowers (Scheduler.ops), -1 for none
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Scheduler:
     data: dict[str, tuple[Placement, object]] = field(default_factory=dict)
     # constant gather tables, stored in chunks: key -> [(placement, first row, rows)]
     tables: dict[str, list] = field(default_factory=dict)
+    # the IR nodes lowered so far, (name, op type); instructions are tagged with the current
+    ops: list[tuple[str, str]] = field(default_factory=list)
+    op: int = -1
 
     def __post_init__(self):
         a = self.arch
@@ -60,11 +64,19 @@ class Scheduler:
             code = build(res, t)
             if code is not None:
                 res.commit()
+                if self.op >= 0:
+                    for e in code:
+                        e.op = self.op
                 self.code.extend(code)
                 return t
             t += res.skip
         raise CompileError(f"internal: {what} does not fit the machine at any cycle (a "
                            "resource it needs is used twice by itself)")
+
+    def begin_op(self, name: str, op_type: str) -> None:
+        """Tag the instructions placed from now on as lowering node `name`."""
+        self.ops.append((name, op_type))
+        self.op = len(self.ops) - 1
 
     def map_index(self, m) -> int:
         """The index of an SXM map (one int per lane) in the program's map table."""

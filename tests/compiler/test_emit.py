@@ -38,15 +38,24 @@ def test_matches_one_instruction_at_a_time():
                                 dict(src=int(c % 32), src_dir=1, addr=7, count=2)))
         else:
             code.append(Emitted("MEM_W0", int(c), "mem.read", dict(addr=1)))
-    np.testing.assert_array_equal(queue_words("MEM_W0", code), _one_by_one(code))
+    np.testing.assert_array_equal(queue_words("MEM_W0", code)[0], _one_by_one(code))
 
 
 def test_gaps_longer_than_one_nop_are_split():
     code = [Emitted("VXM0", 3, "vxm.relu", dict(dtype=7, count=4)),
             Emitted("VXM0", 3 + (1 << 32) + 5, "vxm.relu", dict(dtype=7, count=4))]
-    words = queue_words("VXM0", code)
+    words, tags = queue_words("VXM0", code)
     np.testing.assert_array_equal(words, _one_by_one(code))
     assert len(words) == 5  # nop 3, relu, nop 2**32 - 1, nop 6, relu
+    assert tags == [[-1, 5]]
+
+
+def test_op_tags_cover_every_word():
+    code = [Emitted("VXM0", 0, "vxm.relu", {}, op=0), Emitted("VXM0", 4, "vxm.relu", {}, op=1),
+            Emitted("VXM0", 5, "vxm.relu", {}, op=1), Emitted("VXM0", 9, "vxm.relu", {}, op=0)]
+    words, tags = queue_words("VXM0", code)
+    assert tags == [[0, 1], [1, 3], [0, 2]]  # relu | nop, relu, relu | nop, relu
+    assert sum(n for _, n in tags) == len(words)
 
 
 def test_two_instructions_in_one_cycle_is_an_error():
