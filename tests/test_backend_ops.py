@@ -560,3 +560,43 @@ def test_float_mod_is_refused_with_a_reason():
               [vi("a", np.float32, [4]), vi("b", np.float32, [4])], [vi("y", np.float32, [4])])
     with pytest.raises(CompileError, match="float Mod"):
         lpusim.compile_onnx(m, precision="fp32")
+
+
+def test_slices_with_steps_and_over_several_axes():
+    """A step on the last axis picks lanes by an SXM permutation (negative steps too); the
+    last axis and another sliced at once move lanes of the picked rows."""
+    x = RNG.standard_normal((3, 4, 10)).astype(np.float32)
+
+    def sl(name, starts, ends, axes, steps):
+        consts = [numpy_helper.from_array(np.array(v, np.int64), f"{name}_{k}")
+                  for k, v in (("s", starts), ("e", ends), ("a", axes), ("t", steps))]
+        return h.make_node("Slice", ["x"] + [c.name for c in consts], [name]), consts
+
+    n1, c1 = sl("even", [0], [10], [-1], [2])
+    n2, c2 = sl("back", [8, 3], [0, 0], [2, 1], [-3, -1])
+    n3, c3 = sl("both", [1, 3], [3, 9], [1, 2], [1, 1])
+    m = model([n1, n2, n3], [vi("x", np.float32, [3, 4, 10])],
+              [vi("even", np.float32, [3, 4, 5]), vi("back", np.float32, [3, 3, 3]),
+               vi("both", np.float32, [3, 2, 6])])
+    m.graph.initializer.extend(c1 + c2 + c3)
+    got = run(m, {"x": x})
+    np.testing.assert_array_equal(got["even"], x[..., ::2])
+    np.testing.assert_array_equal(got["back"], x[:, 3:0:-1, 8:0:-3])
+    np.testing.assert_array_equal(got["both"], x[:, 1:3, 3:9])
+
+
+def test_tensors_with_no_elements():
+    """An op whose results are empty needs no code; an empty Split piece is not written and
+    an empty Concat piece adds nothing."""
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    sizes = numpy_helper.from_array(np.array([6, 0], np.int64), "sizes")
+    m = model([h.make_node("Split", ["x", "sizes"], ["a", "e"], axis=-1),
+               h.make_node("Relu", ["e"], ["r"]),
+               h.make_node("Concat", ["a", "r"], ["y"], axis=-1),
+               h.make_node("Trilu", ["z"], ["tz"])],
+              [vi("x", np.float32, [2, 6]), vi("z", np.float32, [0, 5])],
+              [vi("y", np.float32, [2, 6]), vi("tz", np.float32, [0, 5])])
+    m.graph.initializer.append(sizes)
+    got = run(m, {"x": x, "z": np.zeros((0, 5), np.float32)})
+    np.testing.assert_array_equal(got["y"], x)
+    assert got["tz"].shape == (0, 5)

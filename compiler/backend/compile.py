@@ -368,9 +368,28 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         op, ins, outs = nd["op"], list(nd["inputs"]), nd["outputs"]
         what = f"{op} (node {name!r})"
         sch.begin_op(name, op)
-        if any(v and graph.values[v].size == 0 for v in list(ins) + list(outs)):
-            raise CompileError(f"{what}: tensors with no elements are not lowered yet")
         start = max([ready.get(i, 0) for i in ins if i] + [0])
+        alloc.now = start
+        empty = {v for v in list(ins) + list(outs) if v and graph.values[v].size == 0}
+        if empty:
+            if all(graph.values[o].size == 0 for o in outs if o):  # nothing to compute
+                for o in outs:
+                    if o:
+                        new(o)
+                        ready[o], clean[o] = start, True
+                finish(name, ins, outs)
+                continue
+            if op == "Concat":  # an empty piece adds nothing
+                nd = dict(nd, inputs=[v for v in ins if v not in empty])
+            elif op == "Split":  # an empty piece is not written
+                for o in outs:
+                    if o in empty:
+                        new(o)
+                        ready[o], clean[o] = start, True
+                nd = dict(nd, outputs=["" if o in empty else o for o in outs])
+                outs = nd["outputs"]
+            else:
+                raise CompileError(f"{what}: tensors with no elements are not lowered yet")
         reading[0] = frozenset(s for i in ins if i and i in place for s in place[i].slices)
         for v in ins + list(outs):
             vt = graph.values[v] if v else None

@@ -983,17 +983,26 @@ def lower_data_movement(graph, sch, alloc, nd, place, new, start, what) -> int:
             sl[ax] = slice(s_, e_, st)
         cols = xt.shape[-1]
         first, stop, step = sl[-1].indices(cols)
-        if step != 1:
-            raise CompileError(f"{what}: slicing the last axis with a step is not lowered yet")
+        if step != 1:  # lanes picked by an SXM permutation (the others go past the end)
+            L = sch.arch.lanes
+            if cols > L:
+                raise CompileError(f"{what}: slicing the last axis of rows longer than {L} "
+                                   "with a step is not lowered yet")
+            picked = list(range(first, stop, step))
+            perm = picked + sorted(set(range(L)) - set(picked))
+            rows = [int(r) for r in idx[tuple(sl[:-1])].reshape(-1)]
+            z, a = new(outs[0], start)
+            return lower.sxm_unary(sch, "sxm.permute", place[ins[0]], z, rows,
+                                   list(range(len(rows))),
+                                   dict(imm=sch.map_index(np.array(perm, np.int64))),
+                                   max(start, a), what)
         if (first, stop) == (0, cols) or stop <= first:
             z, a = new(outs[0], start)
             return copy_rows(sch, place[ins[0]], z, idx[tuple(sl[:-1])].reshape(-1),
                              max(start, a), what)
-        if any(s != slice(None) for s in sl[:-1]):
-            raise CompileError(f"{what}: slicing the last axis and another at once is not "
-                               "lowered yet")
+        rows = [(int(r), k) for k, r in enumerate(idx[tuple(sl[:-1])].reshape(-1))]
         z, a = new(outs[0], start)
-        return lane_slice(sch, alloc, place[ins[0]], z, first, max(start, a), what)
+        return lane_slice(sch, alloc, place[ins[0]], z, first, max(start, a), what, rows=rows)
     axis = int(attrs.get("axis", 0)) % rank
     if axis == rank - 1 and op == "Concat":
         z, a = new(outs[0], start)
