@@ -72,9 +72,8 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
     ids_m, t = address_map(arch, sch, alloc, ids, ishape, n_axis, start, what, avoid=avoid)
     md = chunks[0][0].dtype
     z, a = new(out, t, avoid=avoid)
-    acc = None
-    done = t
-    for tab, r0, n_c in chunks:
+    parts: list[tuple[int, int, Placement]] = []  # (ready, chunk, rows gathered from it)
+    for i, (tab, r0, n_c) in enumerate(chunks):
         if len(chunks) == 1:
             amap, tm = _scaled(sch, alloc, ids_m, U, t, what, avoid)
         else:
@@ -84,20 +83,24 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
         else:
             dest, ad = alloc.alloc(md, z.shape, len(tab.slices),
                                    avoid=avoid | frozenset(amap.slices)
-                                   | (frozenset(acc.slices) if acc is not None else frozenset()))
+                                   | frozenset(s for _, _, p in parts for s in p.slices))
         tg = gather_rows(sch, tab, _low16(amap), dest, n_idx, U, max(tm, ad), what)
         if amap is not ids_m:
             alloc.release(amap, tg)
-        if acc is None:
-            acc, done = dest, tg
-        else:  # rows of other chunks are zero: the sum is the row
-            s2, a2 = alloc.alloc(md, z.shape, len(tab.slices),
-                                 avoid=frozenset(acc.slices) | frozenset(dest.slices))
-            done = lower.elementwise(sch, ["add"], acc, dest, None, s2, max(done, tg, a2),
-                                     what + " chunks")
-            alloc.release(acc, done)
-            alloc.release(dest, done)
-            acc = s2
+        parts.append((tg, i, dest))
+    # rows of other chunks are zero, so the row is the sum of the parts: add them in a tree,
+    # the two that are ready first each time (a chain would wait for every add in turn)
+    while len(parts) > 1:
+        parts.sort(key=lambda r: (r[0], r[1]))
+        (t1, i1, p1), (t2, _, p2) = parts[0], parts[1]
+        s2, a2 = alloc.alloc(md, z.shape, len(p1.slices),
+                             avoid=frozenset(p1.slices) | frozenset(p2.slices))
+        tt = lower.elementwise(sch, ["add"], p1, p2, None, s2, max(t1, t2, a2),
+                               what + " chunks")
+        alloc.release(p1, tt)
+        alloc.release(p2, tt)
+        parts = parts[2:] + [(tt, i1, s2)]
+    done, _, acc = parts[0]
     alloc.release(ids_m, done)
     if md in QMAX:  # a quantized table: back to fp32 with the per-column scales
         f, af = alloc.alloc("fp32", z.shape, 4, avoid=frozenset(acc.slices) | frozenset(z.slices))

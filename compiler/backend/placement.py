@@ -38,6 +38,10 @@ def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     return (math.prod(shape[:-1]) if len(shape) > 1 else 1), shape[-1]
 
 
+# groups tried past the first that fits, looking for space free by `now`
+_LOOK_AHEAD = 2
+
+
 class Allocator:
     """First-fit over groups of consecutive slices (one slice per byte of the element)."""
 
@@ -49,6 +53,12 @@ class Allocator:
         self.free: dict[int, list[tuple[int, int, int]]] = {s: [(0, self.words, 0)]
                                                             for s in slices}
         self.cursor = 0
+        self.pristine = {s: self.words for s in slices}  # words never written, per slice
+        # the earliest cycle the work being lowered can start (compile sets it per node).
+        # Space written before and free by then is taken first: space freed later would make
+        # the new tensor's writes wait for the old one's last reads (a false dependency), and
+        # never-written space is kept for constants, which need it
+        self.now = 0
         # runs of consecutive slices on one side of the VXM: a group never straddles the
         # middle of the chip (its byte planes must stream towards any unit the same way)
         west = [arch.mem_slice_position(s) < arch.vxm_position for s in slices]
@@ -75,17 +85,29 @@ class Allocator:
                                "tensors spread over several slices are not lowered yet")
         groups = [run[i:i + nbytes] for run in self.runs
                   for i in range(0, len(run) - nbytes + 1, nbytes)]
+        first = None  # (j, addr, after) of the first group that fits
         for j in range(len(groups)):
+            if first is not None and j > first[0] + _LOOK_AHEAD:
+                break
             grp = groups[(self.cursor + j) % len(groups)]
             if avoid & set(grp) or (only is not None and not set(grp) <= only):
                 continue
             got = self._common(grp, n, resident)
-            if got is not None:
-                addr, after = got
-                for s in grp:
-                    self._take(s, addr, addr + n)
-                self.cursor = (self.cursor + j + 1) % len(groups)
-                return Placement(dtype, shape, rows, cols, vpr, tuple(grp), addr), after
+            if got is None:
+                continue
+            addr, after, free_now = got
+            if free_now:
+                first = (j, addr, after)
+                break
+            if first is None:
+                first = (j, addr, after)
+        if first is not None:
+            j, addr, after = first
+            grp = groups[(self.cursor + j) % len(groups)]
+            for s in grp:
+                self._take(s, addr, addr + n)
+            self.cursor = (self.cursor + j + 1) % len(groups)
+            return Placement(dtype, shape, rows, cols, vpr, tuple(grp), addr), after
         need = n * nbytes * self.arch.lanes
         have = sum(e - a for s in self.slices for (a, e, _) in self.free[s])
         raise CompileError(f"the model does not fit one chip: a tensor of shape {list(shape)} "
@@ -112,8 +134,10 @@ class Allocator:
                             if e - a >= n and f == 0}, reverse=True)
         else:
             cands = sorted({a for s in grp for (a, e, _) in self.free[s] if e - a >= n})
+        first = None
         for addr in cands:
             after = 0
+            pristine = False
             ok = True
             for s in grp:
                 hit = [(a, e, f) for (a, e, f) in self.free[s] if a <= addr and addr + n <= e
@@ -122,9 +146,21 @@ class Allocator:
                     ok = False
                     break
                 after = max(after, hit[0][2])
+                pristine = pristine or hit[0][2] == 0
             if ok:
-                return addr, after
-        return None
+                if resident:
+                    return addr, after, True
+                # free by now: written before, or never written while constants keep room
+                if after <= self.now and (not pristine or self._ample(grp, n)):
+                    return addr, after, True
+                if first is None:
+                    first = (addr, after, False)
+        return first
+
+    def _ample(self, grp, n) -> bool:
+        """Would every slice of grp keep a quarter of its words never written after taking n
+        more?"""
+        return all(self.pristine[s] - n >= self.words // 4 for s in grp)
 
     def _take(self, s, lo, hi):
         out = []
@@ -132,6 +168,8 @@ class Allocator:
             if e <= lo or a >= hi:
                 out.append((a, e, f))
                 continue
+            if f == 0:
+                self.pristine[s] -= min(e, hi) - max(a, lo)
             if a < lo:
                 out.append((a, lo, f))
             if hi < e:
