@@ -370,7 +370,6 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         sch.begin_op(name, op)
         start = max([ready.get(i, 0) for i in ins if i] + [0])
         alloc.now = start
-        alloc.now = start
         empty = {v for v in list(ins) + list(outs) if v and graph.values[v].size == 0}
         if empty:
             if all(graph.values[o].size == 0 for o in outs if o):  # nothing to compute
