@@ -257,8 +257,10 @@ def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col,
           has_dst, has_src, has_src2, uses_dtype, mxm_step, maps_ok, geo):
     """Write the queue's unit instructions (and their repetitions, right after each) into
     out[:, k0:] and derive their parameters (derive.derive_block, whose arguments follow
-    zero_rows); ids = chip, queue id, unit index, position; zero_rows: the rows neither this
-    nor the derivation writes. Returns the next free column.
+    best); ids = chip, queue id, unit index, position; zero_rows: the rows neither this nor
+    the derivation writes; lim: the largest value out holds (int32 columns hold imm as two's
+    complement, and addresses of far repetitions are clamped, which keeps them out of range).
+    Returns the next free column.
     In chunks of _CHUNK instructions, so the derivation reads what was just written from cache;
     within a chunk, row by row."""
     n = words.shape[0]
@@ -291,7 +293,10 @@ def _fill(out, k0, words, op, imm, aux, t, unit_of, ids, f_lo, f_w, f_sg, f_col,
             i = src[k]
             w0, w1 = words[i, 0], words[i, 1]
             for f in range(nf):
-                out[f_col[f], k0 + k] = _field(w0, w1, f_lo[f], f_w[f], f_sg[f])
+                v = _field(w0, w1, f_lo[f], f_w[f], f_sg[f])
+                if v > lim:  # imm's 32 bits in int32 columns: held as two's complement
+                    v -= 1 << 32
+                out[f_col[f], k0 + k] = v
         for k in range(c0, c1):
             i = src[k]
             j = rep[k]
@@ -407,8 +412,9 @@ def _decode(program, arch, wide: bool) -> Decoded:
     if k != N:
         raise AssertionError(f"decode filled {k} of {N} instructions")
     col = {name: raw[C[name]] for name in COLUMNS}  # views: derive fills the matrix in place
-    link_vectors = derive.finish(col, nchips, queue_names)
-    if link_vectors > lim:  # link_base would not fit
+    try:
+        link_vectors = derive.finish(col, nchips, queue_names)
+    except OverflowError:  # a link_base past int32
         return _decode(program, arch, wide=True)
     busy, counters, end_cycle, ring = _tally_decoded(raw, arch, nchips, len(queue_names))
     return Decoded(raw, nchips, queue_names, maps, link_vectors, ring, end_cycle, busy,

@@ -486,7 +486,7 @@ def _vxm_compute(cols, k, op, tmp, xf, xi, yf, yi, zf, zi, out, lanes):
     if cols[_R2N, k] > 0:
         nm.unpack(tmp[R2_ROW:R2_ROW + cols[_GIN, k]], dt, yf, yi)
     else:  # immediate B operand: fp32 bits, or int32 wrapped to the element width
-        bits = cols[_IMM, k] & 0xFFFFFFFF
+        bits = np.int64(cols[_IMM, k]) & 0xFFFFFFFF
         fb = np.zeros(1, np.uint32)
         fb[0] = np.uint32(bits)
         fval = fb.view(np.float32)[0]
