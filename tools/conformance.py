@@ -65,6 +65,7 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
     "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
     "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,),
     "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,), "StringSplit": (0,),
+    "Loop": (0,),  # the trip count sets the length of the scan outputs (Range's function body)
 }
 _SHAPE_ONLY = {"Shape", "Size"}  # outputs depend on the shape of the input, not its values
 
