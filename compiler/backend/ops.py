@@ -163,11 +163,38 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         raise CompileError(f"{what}: a softmax in {xt.dtype} is not lowered yet (its row sum "
                            "would be exact and rounded once, where ONNX's reference rounds "
                            f"to {xt.dtype} after every addition)")
+    n_blk = max(1, min(SOFTMAX_BLOCKS, x.nvec // SOFTMAX_BLOCK_VECTORS))
+    if n_blk == 1:
+        return _softmax_rows(graph, arch, sch, alloc, nd, place, x, clean.get(x_name, False),
+                             tuple(xt.shape), lambda t: new(nd["outputs"][0], t), start, what,
+                             zero)
+    # blocks of rows, each with its own temporaries (in other slices): their vectors stream
+    # through several slices' ports and units at once instead of one slice's, one per cycle
+    y, a = new(nd["outputs"][0], start)
+    done = start
+    step = -(-x.rows // n_blk)
+    for r0 in range(0, x.rows, step):
+        n = min(step, x.rows - r0)
+        yb = lower.row_block(y, r0, n)
+        done = max(done, _softmax_rows(graph, arch, sch, alloc, nd, place,
+                                       lower.row_block(x, r0, n), clean.get(x_name, False),
+                                       (n, x.cols), lambda t, yb=yb: (yb, a), start,
+                                       f"{what} rows {r0}..{r0 + n - 1}", zero))
+    return done
+
+
+# Softmax over many rows runs in up to SOFTMAX_BLOCKS blocks of at least this many vectors
+SOFTMAX_BLOCKS = 4
+SOFTMAX_BLOCK_VECTORS = 256
+
+
+def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, start, what,
+                  zero) -> int:
+    """lower_softmax on the rows of x; out(t) gives the result's placement and the cycle from
+    which it may be written."""
     g = len(x.slices)
-    shape = tuple(xt.shape)
     narrow = x.dtype != "fp32"
-    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, clean.get(x_name, False),
-                              shape, start, what)
+    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, x_clean, shape, start, what)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     if narrow:
         d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
@@ -190,11 +217,11 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what + " x - max", y_mode="col")
         ls, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(s.slices))
         t = lower.elementwise(sch, ["log"], s, None, None, ls, max(t, a), what + " log sum")
-        y, a = new(nd["outputs"][0], t)
+        y, a = out(t)
         t = binary(sch, alloc, ["sub"], d, ls, y, max(t, a), what, y_mode="col")
         temps += [d, ls]
     else:
-        y, a = new(nd["outputs"][0], t)
+        y, a = out(t)
         t = binary(sch, alloc, ["div"], e, s, y, max(t, a), what, y_mode="col")
     alloc.release(m, t)
     for p in temps + [e, s]:
