@@ -806,22 +806,32 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     qdtype = wq.dtype
     qmax = QMAX[qdtype]
     g = len(x.slices)
-    m, t = row_absmax(sch, alloc, x, ready, what)
     shape = (x.rows, arch.lanes)
-    m2, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
-    t = lower.elementwise(sch, ["max"], m, None, 1e-30, m2, max(t, a), what + " scale")
-    r, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
-    t = lower.elementwise(sch, ["recip", "mul"], m2, None, qmax, r, max(t, a), what + " scale")
-    xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices) | frozenset(r.slices))
-    t = binary(sch, alloc, ["mul"], x, r, xs, max(t, a), what + " quantize", y_mode="col")
-    alloc.release(r, t)
-    xq, a = alloc.alloc(qdtype, x.shape, 1, avoid=frozenset(xs.slices))
-    t = lower.elementwise(sch, ["cvt"], xs, None, None, xq, max(t, a), what + " quantize")
-    alloc.release(xs, t)
+    # x's quantized form serves every matmul that reads x (Q, K and V of one input): computed
+    # once, freed with x
+    key = ("quantized", qdtype, x.shape, x.dtype)
+    got = alloc.derived_value(x, key)
+    if got is None:
+        m, t = row_absmax(sch, alloc, x, ready, what)
+        m2, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
+        t = lower.elementwise(sch, ["max"], m, None, 1e-30, m2, max(t, a), what + " scale")
+        alloc.release(m, t)
+        r, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
+        t = lower.elementwise(sch, ["recip", "mul"], m2, None, qmax, r, max(t, a),
+                              what + " scale")
+        xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices) | frozenset(r.slices))
+        t = binary(sch, alloc, ["mul"], x, r, xs, max(t, a), what + " quantize", y_mode="col")
+        alloc.release(r, t)
+        xq, a = alloc.alloc(qdtype, x.shape, 1, avoid=frozenset(xs.slices))
+        t = lower.elementwise(sch, ["cvt"], xs, None, None, xq, max(t, a), what + " quantize")
+        alloc.release(xs, t)
+        got = (xq, m2, t)
+        alloc.derive(x, key, [xq, m2], got)
+    xq, m2, t = got
+    t = max(t, ready)
     acc_dtype = "int32" if qdtype == "int8" else "fp32"
     acc, a = alloc.alloc(acc_dtype, y.shape, 4)
     t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero(qdtype))
-    alloc.release(xq, t)
     if acc_dtype != y.dtype:
         yf, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(acc.slices))
         t = lower.elementwise(sch, ["cvt"], acc, None, None, yf, max(t, a), what + " dequantize")
@@ -830,8 +840,6 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
         yf = acc
     sx, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
     t = lower.elementwise(sch, ["mul"], m2, None, 1.0 / qmax, sx, max(t, a), what + " scale")
-    alloc.release(m, t)
-    alloc.release(m2, t)
     y1, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(yf.slices) | frozenset(sx.slices)
                         | frozenset(y.slices))
     t = binary(sch, alloc, ["mul"], yf, sx, y1, max(t, a), what + " dequantize", y_mode="col")

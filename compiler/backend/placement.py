@@ -54,6 +54,9 @@ class Allocator:
                                                             for s in slices}
         self.cursor = 0
         self.pristine = {s: self.words for s in slices}  # words never written, per slice
+        # tensors computed from another one and shared by its readers (e.g. its quantized
+        # form): (slices, addr) of the source -> {key: (placements, value)}; freed with it
+        self.derived: dict[tuple, dict] = {}
         # the earliest cycle the work being lowered can start (compile sets it per node).
         # Space written before and free by then is taken first: space freed later would make
         # the new tensor's writes wait for the old one's last reads (a false dependency), and
@@ -115,7 +118,19 @@ class Allocator:
                            f"({have * self.arch.lanes:,} bytes free in all, fragmented); "
                            f"SRAM is {self.arch.sram_bytes:,} bytes")
 
+    def derive(self, src: Placement, key, placements: list[Placement], value) -> None:
+        """Remember `value` computed from src (held in `placements`) until src is released;
+        the placements are released with it."""
+        self.derived.setdefault((src.slices, src.addr), {})[key] = (placements, value)
+
+    def derived_value(self, src: Placement, key):
+        got = self.derived.get((src.slices, src.addr), {}).get(key)
+        return None if got is None else got[1]
+
     def release(self, p: Placement, after_cycle: int) -> None:
+        for held, _ in self.derived.pop((p.slices, p.addr), {}).values():
+            for q in held:
+                self.release(q, after_cycle)
         after_cycle = max(after_cycle, 1)  # 0 marks space never written (see alloc)
         for s in p.slices:
             merged: list[tuple[int, int, int]] = []
