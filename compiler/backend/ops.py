@@ -409,6 +409,39 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     cols = x.cols
     J = row_matrix(graph, arch, place, cols, 1.0 / cols)
     z = zero(x.dtype)
+    scale = ins[1] if len(ins) > 1 and ins[1] else None
+    bias = ins[2] if len(ins) > 2 and ins[2] else None
+    for name in (scale, bias):
+        if name is not None and tuple(graph.values[name].shape) not in ((cols,), (1, cols)):
+            raise CompileError(f"{what}: scale/bias of shape {list(graph.values[name].shape)} "
+                               "(not one value per column) is not lowered yet")
+    n_blk = max(1, min(NORM_BLOCKS, x.nvec // NORM_BLOCK_VECTORS)) if not any(extra) else 1
+    if n_blk == 1:
+        return _norm_rows(graph, arch, sch, alloc, op, x, tuple(xt.shape), J, z, eps, scale,
+                          bias, place, extra, new, outs, spread, start, what)
+    # blocks of rows with their own temporaries (in other slices), as for Softmax
+    y, a = new(outs[0], start)
+    done = start
+    step = -(-x.rows // n_blk)
+    for r0 in range(0, x.rows, step):
+        n = min(step, x.rows - r0)
+        yb = lower.row_block(y, r0, n)
+        done = max(done, _norm_rows(graph, arch, sch, alloc, op, lower.row_block(x, r0, n),
+                                    (n, cols), J, z, eps, scale, bias, place, [None, None],
+                                    lambda _name, t, yb=yb: (yb, a), outs, spread, start,
+                                    f"{what} rows {r0}..{r0 + n - 1}"))
+    return done
+
+
+# LayerNorm / RMSNorm over many rows runs in up to NORM_BLOCKS blocks of at least this many
+# vectors
+NORM_BLOCKS = 4
+NORM_BLOCK_VECTORS = 96
+
+
+def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, eps, scale, bias, place, extra,
+               new, outs, spread, start, what) -> int:
+    """lower_norm on the rows of x (of `shape`); new(name, t) gives an output's placement."""
     g = len(x.slices)
 
     def temp(shape):
@@ -418,6 +451,7 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     rows = x.rows
     t = start
     temps = []
+
     def per_row(out_name):
         """A [rows, 320] temporary, or the Mean / InvStdDev output (one vector per row)."""
         if out_name is None:
@@ -430,23 +464,17 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     if op == "LayerNormalization":
         m, a = per_row(extra[0])
         t = lower.matmul(sch, x, J, m, max(t, a), what + " mean", zero=z)
-        d, a = temp(tuple(xt.shape))
+        d, a = temp(shape)
         t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what, y_mode="col")
     else:
         d = x
-    sq, a = temp(tuple(xt.shape))
+    sq, a = temp(shape)
     t = lower.elementwise(sch, ["mul"], d, None, None, sq, max(t, a), what, y_is_x=True)
     v, a = temp((rows, arch.lanes))
     t = lower.matmul(sch, sq, J, v, max(t, a), what + " variance", zero=z)
     temps += [sq, v]
     inv, a = per_row(extra[1] if op == "LayerNormalization" else None)
     t = lower.elementwise(sch, ["add", "rsqrt"], v, None, eps, inv, max(t, a), what)
-    scale = ins[1] if len(ins) > 1 and ins[1] else None
-    bias = ins[2] if len(ins) > 2 and ins[2] else None
-    for name in (scale, bias):
-        if name is not None and tuple(graph.values[name].shape) not in ((cols,), (1, cols)):
-            raise CompileError(f"{what}: scale/bias of shape {list(graph.values[name].shape)} "
-                               "(not one value per column) is not lowered yet")
     steps = [("mul", inv, "col")]
     if scale is not None:
         steps.append(("mul", place[scale], "row"))
@@ -458,7 +486,7 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
         if last:
             dst, a = new(outs[0], t)
         else:
-            dst, a = temp(tuple(xt.shape))
+            dst, a = temp(shape)
             temps.append(dst)
         t = binary(sch, alloc, [alu], src, operand, dst, max(t, a), what, y_mode=mode)
         src = dst

@@ -1,0 +1,81 @@
+"""Ops lowered in row blocks (Softmax, LayerNorm, RMSNorm over many rows) and the quantized
+input shared by int8 matmuls: the same numbers as the plain lowering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper
+
+import lpusim
+from compiler.backend import ops
+
+RNG = np.random.default_rng(7)
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=23):
+    g = h.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+def _fp32(name, shape):
+    return h.make_tensor_value_info(name, T.FLOAT, shape)
+
+
+def _run(m, inputs, precision="fp32"):
+    program = lpusim.compile_onnx(m, precision=precision)
+    return lpusim.simulate(program, inputs).outputs
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_in_row_blocks(op):
+    rows = 3 * ops.SOFTMAX_BLOCK_VECTORS  # three blocks
+    x = RNG.standard_normal((rows, 200)).astype(np.float32) * 4
+    y = _run(_model([h.make_node(op, ["x"], ["y"], axis=-1)], [_fp32("x", [rows, 200])],
+                    [_fp32("y", [rows, 200])]), {"x": x})["y"]
+    z = x - x.max(axis=-1, keepdims=True)
+    want = z - np.log(np.exp(z).sum(-1, keepdims=True)) if op == "LogSoftmax" else \
+        np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
+def test_norms_in_row_blocks(op):
+    cols = 640
+    rows = ops.NORM_BLOCKS * ops.NORM_BLOCK_VECTORS // 2 + 5  # 2 vectors per row: 4 blocks
+    x = RNG.standard_normal((rows, cols)).astype(np.float32) * 3 + 1
+    gamma = RNG.standard_normal(cols).astype(np.float32)
+    beta = RNG.standard_normal(cols).astype(np.float32)
+    inits = [numpy_helper.from_array(gamma, "g")]
+    names = ["x", "g"]
+    if op == "LayerNormalization":
+        inits.append(numpy_helper.from_array(beta, "b"))
+        names.append("b")
+    m = _model([h.make_node(op, names, ["y"], axis=-1, epsilon=1e-5)],
+               [_fp32("x", [rows, cols])], [_fp32("y", [rows, cols])], inits)
+    y = _run(m, {"x": x})["y"]
+    x64 = x.astype(np.float64)
+    if op == "LayerNormalization":
+        d = x64 - x64.mean(-1, keepdims=True)
+        want = d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5) * gamma + beta
+    else:
+        want = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5) * gamma
+    np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-5)
+
+
+def test_int8_matmuls_of_one_input_share_its_quantization():
+    """Two int8 MatMuls reading one input give what each gives alone (one quantization)."""
+    x = RNG.standard_normal((40, 320)).astype(np.float32)
+    w1 = RNG.standard_normal((320, 96)).astype(np.float32)
+    w2 = RNG.standard_normal((320, 64)).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    both = _model([h.make_node("MatMul", ["x", "w1"], ["y1"]),
+                   h.make_node("MatMul", ["x", "w2"], ["y2"])], [_fp32("x", [40, 320])],
+                  [_fp32("y1", [40, 96]), _fp32("y2", [40, 64])], inits)
+    got = _run(both, {"x": x}, "int8")
+    for out, w, n in (("y1", "w1", 96), ("y2", "w2", 64)):
+        alone = _model([h.make_node("MatMul", ["x", w], [out])], [_fp32("x", [40, 320])],
+                       [_fp32(out, [40, n])], [i for i in inits if i.name == w])
+        np.testing.assert_array_equal(got[out], _run(alone, {"x": x}, "int8")[out])
