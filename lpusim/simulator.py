@@ -77,6 +77,9 @@ def _bind(program: Program, arch, sram: np.ndarray, inputs: dict) -> None:
                           f"(tensors: {', '.join(sorted(names)) or 'none'})")
     index_inputs = {k: (int(v[0]), int(v[1]))
                     for k, v in (program.meta.get("index_inputs") or {}).items()}
+    # integer inputs whose arithmetic the compiler proved exact in this range only
+    input_ranges = {k: (int(v[0]), int(v[1]))
+                    for k, v in (program.meta.get("input_ranges") or {}).items()}
     for t in program.tensors:
         if t.name in given:
             values = np.asarray(given[t.name])
@@ -98,11 +101,16 @@ def _bind(program: Program, arch, sram: np.ndarray, inputs: dict) -> None:
             lo, hi = np.iinfo(target).min, np.iinfo(target).max
             if t.name in index_inputs:  # Gather indices: the table's rows
                 lo, hi = index_inputs[t.name]
+            elif t.name in input_ranges:
+                lo, hi = input_ranges[t.name]
             if int(values.min()) < lo or int(values.max()) > hi:
                 bad = int(values.min()) if int(values.min()) < lo else int(values.max())
                 raise LpusimError(f"input {t.name!r} holds {bad}, outside [{lo}, {hi}] "
                                   + ("(the rows of the table it indexes)"
-                                     if t.name in index_inputs else f"({t.dtype})"))
+                                     if t.name in index_inputs else
+                                     "(the range in which the program's integer arithmetic "
+                                     "on it is exact)" if t.name in input_ranges
+                                     else f"({t.dtype})"))
         try:
             cast = values.astype(numpy_dtype(t.dtype))
         except (TypeError, ValueError) as exc:

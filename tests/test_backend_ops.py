@@ -16,7 +16,7 @@ from lpusim.errors import LpusimError
 
 RNG = np.random.default_rng(11)
 ONNX_TYPE = {np.int8: T.INT8, np.int16: T.INT16, np.int32: T.INT32, np.uint8: T.UINT8,
-             np.uint16: T.UINT16, np.uint32: T.UINT32, np.int64: T.INT64,
+             np.uint16: T.UINT16, np.uint32: T.UINT32, np.uint64: T.UINT64, np.int64: T.INT64,
              np.float32: T.FLOAT, np.float16: T.FLOAT16, bool: T.BOOL}
 
 
@@ -89,12 +89,55 @@ def test_wide_integer_inputs_outside_the_machine_type_are_refused():
         lpusim.simulate(program, {"x": x, "y": x})
 
 
-@pytest.mark.parametrize("np_type", [np.uint32, np.int64])
-def test_arithmetic_that_could_wrap_at_the_wrong_width_is_not_lowered(np_type):
-    m = model([h.make_node("Add", ["x", "y"], ["z"])],
-              [vi("x", np_type, [4]), vi("y", np_type, [4])], [vi("z", np_type, [4])])
-    with pytest.raises(CompileError, match=np.dtype(np_type).name):
-        lpusim.compile_onnx(m, precision="fp32")
+@pytest.mark.parametrize("np_type", [np.int64, np.uint32, np.uint64])
+def test_wide_integer_arithmetic_is_exact_in_the_checked_input_range(np_type):
+    """int64/uint32/uint64 Add, Sub and Mul run in int32 where every result provably fits:
+    the inputs that reach them are checked to [-2^k, 2^k) by the host (here k = 15, for a
+    product); an unsigned difference below zero wraps as in its type, and a comparison may
+    not read it."""
+    m = model([h.make_node("Mul", ["x", "y"], ["p"]), h.make_node("Sub", ["x", "y"], ["d"]),
+               h.make_node("Add", ["d", "y"], ["s"])],
+              [vi("x", np_type, [2, 9]), vi("y", np_type, [2, 9])],
+              [vi(n, np_type, [2, 9]) for n in ("p", "d", "s")])
+    program = lpusim.compile_onnx(m, precision="fp32")
+    lo = 0 if np.dtype(np_type).kind == "u" else -(2**15)
+    assert program.meta["input_ranges"] == {"x": [lo, 2**15 - 1], "y": [lo, 2**15 - 1]}
+    x = RNG.integers(max(lo, -3000), 3000, (2, 9)).astype(np_type)
+    y = RNG.integers(max(lo, -3000), 3000, (2, 9)).astype(np_type)
+    x[0, 0], y[0, 0] = 2**15 - 1, 2**15 - 1
+    got = lpusim.simulate(program, {"x": x, "y": y}).outputs
+    with np.errstate(over="ignore"):
+        for name, want in (("p", x * y), ("d", x - y), ("s", x - y + y)):
+            assert got[name].dtype == np_type
+            np.testing.assert_array_equal(got[name], want)
+    x[1, 1] = 2**15
+    with pytest.raises(LpusimError, match="exact"):
+        lpusim.simulate(program, {"x": x, "y": y})
+    if np.dtype(np_type).kind == "u":
+        m2 = model([h.make_node("Sub", ["x", "y"], ["d"]), h.make_node("Less", ["d", "y"], ["c"])],
+                   [vi("x", np_type, [4]), vi("y", np_type, [4])], [vi("c", bool, [4])])
+        with pytest.raises(CompileError, match="wrapped"):
+            lpusim.compile_onnx(m2, precision="fp32")
+
+
+def test_broadcasts_of_a_column_against_a_row():
+    """An operand [..., 1] computed at run time broadcast along the lanes (spread by the SXM
+    for integers, the MXM for floats) against a constant row, a computed row or a full
+    operand; Sub and comparisons with the broadcast operand first."""
+    cases = [((2, 1, 4, 1), (1, 1, 1, 8), np.int64, False), ((3, 1), (1, 5), np.float32, False),
+             ((2, 1, 4, 1), (2, 1, 4, 8), np.int32, False), ((2, 3, 1), (6,), np.int32, True)]
+    for sa, sb, dt, const in cases:
+        full = list(np.broadcast_shapes(sa, sb))
+        b = RNG.integers(-9, 9, sb).astype(dt)
+        nodes = [h.make_node("Sub", ["a", "b"], ["d"]), h.make_node("Less", ["a", "b"], ["l"])]
+        ins = [vi("a", dt, list(sa))] + ([] if const else [vi("b", dt, list(sb))])
+        m = model(nodes, ins, [vi("d", dt, full), vi("l", bool, full)])
+        if const:
+            m.graph.initializer.append(numpy_helper.from_array(b, "b"))
+        a = RNG.integers(-9, 9, sa).astype(dt)
+        got = run(m, {"a": a} if const else {"a": a, "b": b})
+        np.testing.assert_array_equal(got["d"], a - b)
+        np.testing.assert_array_equal(got["l"], a < b)
 
 
 @pytest.mark.parametrize("np_type", [np.uint8, np.uint16])

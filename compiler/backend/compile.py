@@ -34,6 +34,7 @@ from compiler.backend.ops import (
 from compiler.backend.pad import pads_as_concats
 from compiler.backend.placement import Allocator, Placement, rows_cols
 from compiler.backend.products import canonical_products
+from compiler.backend.ranges import ARITH, WRAP_SAFE, integer_ranges
 from compiler.backend.schedule import Scheduler
 from compiler.backend.select import lower_where
 from compiler.backend.transpose import lower_transpose_last
@@ -170,6 +171,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     narrow_floats_in_fp32(graph)
     _full_const_conditions(graph)
     _constant_outputs(graph)
+    ranges = integer_ranges(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
                            f"{', '.join(PRECISIONS)})")
@@ -248,13 +250,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         return typed[(v, md)]
 
     def spread_scalar(v: str) -> str:
-        """A value of one element, spread into every lane of one vector by the MXM (x @ a row
-        of ones; integers through the SXM), or a float value [..., 1] into every lane of one
-        vector per row; returns the name its placement is registered under."""
+        """A value [..., 1] (one element, say) spread into every lane of one vector per row, by
+        the MXM (x @ a row of ones) or for integers the SXM; returns the name its placement is
+        registered under."""
         name = f"__spread_{v}"
         if name not in place and not dtype_info(place[v].dtype).is_float:
             src = place[v]
-            sp, after = alloc.alloc(src.dtype, (1, arch.lanes), len(src.slices))
+            sp, after = alloc.alloc(src.dtype, (src.rows, arch.lanes), len(src.slices))
             ready[name] = spread_int(sch, alloc, src, sp, max(ready.get(v, 0), after),
                                      f"spread {v}")
             place[name] = sp
@@ -395,8 +397,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             vt = graph.values[v] if v else None
             as_index = op in _PASS_THROUGH or (op == "Gather" and v == ins[1]) \
                 or (op == "Cast" and v == ins[0])
+            if v in ranges.wrapped and v in ins and op not in WRAP_SAFE:
+                raise CompileError(f"{what}: {v!r} ({vt.dtype}) may have wrapped around (a "
+                                   "difference below zero): reading it as a number is not "
+                                   "lowered yet")
+            exact = op in ARITH and outs[0] in ranges.exact  # see compiler.backend.ranges
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
-                    and not as_index and not _type_ok(op, v, ins, vt.dtype):
+                    and not as_index and not exact and not _type_ok(op, v, ins, vt.dtype):
                 why = (f"; the machine holds {vt.dtype} as {_MACHINE[vt.dtype]}, so only "
                        "comparisons, Cast, Gather, Pow exponents, selections (Where, Max, "
                        "Min, Trilu) and uint8/uint16 arithmetic (uint32/64: Div) read it"
@@ -561,6 +568,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         meta["host_types"] = dict(sorted(host_types.items()))
     if index_ranges:
         meta["index_inputs"] = {k: list(v) for k, v in sorted(index_ranges.items())}
+    if ranges.inputs:  # the ranges in which the program's int64/uint32/uint64 sums are exact
+        meta["input_ranges"] = {k: list(v) for k, v in sorted(ranges.inputs.items())}
     # which node every instruction word lowers (the report's per-op roofline)
     meta["ops"] = [list(o) for o in sch.ops]
     meta["op_tags"] = [tags]

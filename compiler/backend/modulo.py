@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.backend import lower
-from compiler.backend.ops import apart
+from compiler.backend.ops import apart, reader
 from compiler.backend.placement import Placement
-from compiler.backend.select import reader
 from compiler.errors import CompileError
 from isa.dtypes import dtype as dtype_info
 

@@ -86,26 +86,29 @@ def binary(sch, alloc, ops, x: Placement, y: Placement, z: Placement, ready: int
 
 
 def spread_int(sch, alloc, x: Placement, z: Placement, ready: int, what: str) -> int:
-    """z (one vector) := lane 0 of x's first vector in every lane, for an integer x: an SXM
-    distribute puts it in every lane of the first superlane (zeros elsewhere), then rotations
-    by 1, 2, 4, ... superlanes are ORed in (bitwise, so overlaps from the wrap do no harm)."""
+    """Every vector of z (one per row of x, a value [..., 1]) := lane 0 of x's vector for that
+    row in every lane, for an integer x: an SXM distribute puts it in every lane of the first
+    superlane (zeros elsewhere), then rotations by 1, 2, 4, ... superlanes are ORed in
+    (bitwise, so overlaps from the wrap do no harm)."""
     arch = sch.arch
     lanes, lps = arch.lanes, arch.lanes_per_superlane
     dmap = np.full(lanes, -1, np.int64)
     dmap[:lps] = 0
     g = len(x.slices)
-    m, a = alloc.alloc(x.dtype, (1, lanes), g, avoid=frozenset(x.slices))
-    t = lower.sxm_unary(sch, "sxm.distribute", x, m, [0], [0],
+    shape = (z.rows, lanes)
+    vs = list(range(z.rows))
+    m, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices))
+    t = lower.sxm_unary(sch, "sxm.distribute", x, m, [v * x.vpr for v in vs], vs,
                         dict(imm=sch.map_index(dmap)), max(ready, a), what)
     covered = 1
     while covered < lanes // lps:
-        rot, a = alloc.alloc(x.dtype, (1, lanes), g, avoid=frozenset(m.slices))
+        rot, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
         t = lower.sxm_rotate(sch, m, rot, covered * lps, max(t, a), what)
         last = 2 * covered >= lanes // lps
         if last:
             nxt = z
         else:
-            nxt, a = alloc.alloc(x.dtype, (1, lanes), g,
+            nxt, a = alloc.alloc(x.dtype, shape, g,
                                  avoid=frozenset(rot.slices) | frozenset(m.slices))
             t = max(t, a)
         t = binary(sch, alloc, ["or"], m, rot, nxt, t, what)
@@ -674,9 +677,35 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
             return "block"
         if ty.size == 1:
             return "scalar"
+        vs = tuple(ty.shape)
+        if full and full[-1] != 1 and vs and vs[-1] == 1 and len(vs) <= len(full) \
+                and tuple(np.broadcast_shapes(vs, full)) == full and not graph.is_const(v):
+            return "lanes"  # a value per row, broadcast along the lanes too
         return "other"
 
     ra, rb = role(a), role(b)
+    alus = None  # the ALU chain, when not [alu]
+    vpr_full = max(1, -(-full[-1] // sch.arch.lanes)) if full else 1
+    lane_reads = {}  # operand -> output vector -> its vector (one per row, spread)
+    for v, r in ((a, ra), (b, rb)):
+        if r != "lanes":
+            continue
+        vs = tuple(graph.values[v].shape)
+        if v not in spread:
+            if dtype_info(place[v].dtype).is_float and not clean.get(v, False):
+                raise CompileError(f"{what}: the lanes past the last column of {v!r} may hold "
+                                   "inf or NaN; masking them is not lowered yet")
+            sv = spread_scalar(v)  # every lane of one vector per row (MXM, or SXM for ints)
+            start = max(start, ready_of(sv))
+            graph.values[sv] = graph.values[v]
+            spread.add(sv)
+            clean[sv] = True
+            if v == a:
+                a = sv
+            else:
+                b = sv
+            v = sv
+        lane_reads[v] = reader(vs, full, vpr_full, True)
     # a constant broadcast in a way the VXM's reads do not do (an outer product of a column
     # and a row, say): store it at the output's shape
     for v, r in ((a, ra), (b, rb)):
@@ -690,12 +719,27 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
                 a, ra = name, "full"
             else:
                 b, rb = name, "full"
+    # neither operand of the output's shape (a column against a row): a constant one is
+    if ra != "full" and rb != "full":
+        for v, r in ((b, rb), (a, ra)):
+            if r not in ("imm", "scalar") and graph.is_const(v) \
+                    and graph.const_array(v) is not None:
+                name = f"{v}@{'x'.join(map(str, full))}"
+                if name not in graph.consts:
+                    arr = np.broadcast_to(graph.const_array(v), full)
+                    graph.add_const(name, np.ascontiguousarray(arr), kind="const")
+                clean[name] = True
+                if v == a:
+                    a, ra = name, "full"
+                else:
+                    b, rb = name, "full"
+                break
     # a computed operand broadcast over middle dims (a [B, 1, 1, S] mask against [B, H, S, S]
     # scores): its rows copied out to the output's shape first
     for v, r in ((a, ra), (b, rb)):
         vs = tuple(graph.values[v].shape)
-        if r == "other" and not graph.is_const(v) and vs and full and vs[-1] == full[-1] \
-                and len(vs) <= len(full):
+        if (r == "other" or r == "row" and "full" not in (ra, rb)) and not graph.is_const(v) \
+                and vs and full and vs[-1] == full[-1] and len(vs) <= len(full):
             idx = row_index(vs).reshape((1,) * (len(full) - len(vs)) + vs[:-1])
             rows = np.broadcast_to(idx, full[:-1]).reshape(-1)
             pv = place[v]
@@ -734,25 +778,28 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
             return (lower.elementwise(sch, ["neg", "add"], place[b], None, scalar(a), z,
                                       max(start, nb), what),
                     clean.get(b, False) and lower.finite_at_zero(["neg", "add"], scalar(a)))
+        elif alu == "sub" and ra in ("row", "col", "block", "lanes"):  # y - x = (-x) + y
+            a, b, ra, rb, alus = b, a, rb, ra, ["neg", "add"]
     if ra != "full" or rb == "other":
         raise CompileError(f"{what}: this broadcast ({list(graph.values[a].shape)} with "
                            f"{list(graph.values[b].shape)}) is not lowered yet")
+    alus = alus or [alu]
     z, nb = new(out, start)
     ca = clean.get(a, False)
     if a == b:  # x op x: one read, the value goes to both ALU inputs
         return (lower.elementwise(sch, [alu], place[a], None, None, z, max(start, nb), what,
                                   y_is_x=True), ca and lower.finite_at_zero([alu], 0.0))
-    if rb in ("full", "row", "col", "block"):
+    if rb in ("full", "row", "col", "block", "lanes"):
         pb, t, cp = apart(sch, alloc, place[b], place[a], max(start, ready_of(b)), what)
-        y_of = None
+        y_of = lane_reads.get(b)
         if rb == "block":  # one value per block of f rows of the output
             f = _block(tuple(graph.values[b].shape), full)
             y_of = lambda v, f=f, vpr=z.vpr: (v // vpr) // f  # noqa: E731
-        out_t = lower.elementwise(sch, [alu], place[a], pb, None, z, max(start, nb, t), what,
+        out_t = lower.elementwise(sch, alus, place[a], pb, None, z, max(start, nb, t), what,
                                   y_mode="col" if rb == "col" else "row", y_of=y_of)
         if cp is not None:
             alloc.release(cp, out_t)
-        return out_t, ca and clean.get(b, False) and lower.finite_at_zero([alu], 0.0)
+        return out_t, ca and clean.get(b, False) and lower.finite_at_zero(alus, 0.0)
     if rb == "imm":
         return (lower.elementwise(sch, [alu], place[a], None, scalar(b), z, max(start, nb), what),
                 ca and lower.finite_at_zero([alu], scalar(b)))
@@ -889,6 +936,20 @@ def row_index(shape: tuple[int, ...]) -> np.ndarray:
     """The row number of every element row of a tensor viewed as (rows, last dim)."""
     lead = shape[:-1]
     return np.arange(int(np.prod(lead, dtype=np.int64))).reshape(lead) if lead else np.zeros(())
+
+
+def reader(shape: tuple, full: tuple, vpr: int, lane_spread: bool):
+    """Output vector -> the vector of an operand of `shape` that holds its values: None when
+    the operand has the output's shape; its rows read again for an operand broadcast over
+    leading dims; with `lane_spread` (one vector per row, the row's value in every lane) the
+    row's one vector for every vector of the output row."""
+    if shape == full:
+        return None
+    padded = (1,) * (len(full) - len(shape)) + tuple(shape)
+    rows = np.broadcast_to(row_index(padded), full[:-1]).reshape(-1)
+    if lane_spread:
+        return lambda v: int(rows[v // vpr])
+    return lambda v: int(rows[v // vpr]) * vpr + v % vpr
 
 
 def lane_slice(sch, alloc, x: Placement, z: Placement, a: int, ready: int, what: str,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.backend import lower
-from compiler.backend.ops import apart, row_index
+from compiler.backend.ops import apart, reader
 from compiler.backend.placement import Placement
 from compiler.errors import CompileError
 from isa.dtypes import dtype as dtype_info
@@ -25,20 +25,6 @@ def bits_view(p: Placement, kind: str) -> Placement:
     return Placement(kind, p.shape, p.rows, p.cols, p.vpr, p.slices, p.addr)
 
 
-def reader(shape: tuple, full: tuple, vpr: int, lane_spread: bool):
-    """Output vector -> the vector of an operand of `shape` that holds its values: None when
-    the operand has the output's shape; its rows read again for an operand broadcast over
-    leading dims; with `lane_spread` (one vector per row, the row's value in every lane) the
-    row's one vector for every vector of the output row."""
-    if shape == full:
-        return None
-    padded = (1,) * (len(full) - len(shape)) + tuple(shape)
-    rows = np.broadcast_to(row_index(padded), full[:-1]).reshape(-1)
-    if lane_spread:
-        return lambda v: int(rows[v // vpr])
-    return lambda v: int(rows[v // vpr]) * vpr + v % vpr
-
-
 def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread, spread_scalar,
                 ready_of) -> tuple[int, bool]:
     """Where(c, a, b) = (a AND m) OR (b AND NOT m) on the bits of the output's element type,
@@ -46,7 +32,8 @@ def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread, s
     2-byte integer type first; each term is one VXM chain over c ending in an AND with its
     branch, and a branch that is the constant 0 drops its term. The condition and the
     branches may be broadcast over leading dims, or along the last dim from [..., 1] (one
-    vector per row with the value in every lane: spread through the MXM when it is not).
+    vector per row with the value in every lane: spread through the MXM, or the SXM for
+    integers, when it is not).
     Scalar constant branches are immediates; a non-finite one is a constant row, so that
     lanes past the last column stay finite. Returns (ready cycle, whether those lanes stay
     finite)."""
@@ -78,11 +65,8 @@ def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread, s
         along_lanes = vs != full and full and full[-1] != 1 and (not vs or vs[-1] == 1)
         if along_lanes:
             if v not in spread:
-                if not dtype_info(place[v].dtype).is_float and ty.size != 1:
-                    raise CompileError(f"{what}: an integer operand broadcast along the last "
-                                       f"dimension ({list(vs)} to {list(full)}) is not "
-                                       "lowered yet")
-                if not clean.get(v, False) and ty.size != 1:  # the MXM spreads it
+                if not clean.get(v, False) and ty.size != 1 \
+                        and dtype_info(place[v].dtype).is_float:  # the MXM spreads it
                     raise CompileError(f"{what}: the lanes past the last column of {v!r} may "
                                        "hold inf or NaN; masking them is not lowered yet")
                 v = spread_scalar(v)
