@@ -643,3 +643,27 @@ def test_tensors_with_no_elements():
     got = run(m, {"x": x, "z": np.zeros((0, 5), np.float32)})
     np.testing.assert_array_equal(got["y"], x)
     assert got["tz"].shape == (0, 5)
+
+
+def test_sin_and_cos_by_argument_reduction_and_polynomials():
+    """Sin and Cos (the VXM has neither): within a few fp32 ulp of numpy over |x| < 1e5, with
+    sin(0) = 0 and NaN for inf and NaN; fp16 runs in fp32 and rounds once."""
+    x = np.concatenate([np.linspace(-1e5, 1e5, 997), RNG.standard_normal(300) * 4,
+                        [0.0, -0.0, np.pi / 4, np.pi / 2, np.pi, 1e-30, np.inf, -np.inf,
+                         np.nan]]).astype(np.float32).reshape(1, -1)
+    n = x.shape[1]
+    m = model([h.make_node("Sin", ["x"], ["s"]), h.make_node("Cos", ["x"], ["c"]),
+               h.make_node("Sin", ["xh"], ["sh"])],
+              [vi("x", np.float32, [1, n]), vi("xh", np.float16, [1, 6])],
+              [vi("s", np.float32, [1, n]), vi("c", np.float32, [1, n]),
+               vi("sh", np.float16, [1, 6])])
+    xh = np.array([[-3, -0.5, 0, 0.25, 1.5, 6]], np.float16)
+    got = run(m, {"x": x, "xh": xh})
+    x64 = x.astype(np.float64)
+    for name, fn in (("s", np.sin), ("c", np.cos)):
+        with np.errstate(invalid="ignore"):
+            want = fn(x64)
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=4e-7)
+    assert got["s"][0, n - 9] == 0 and got["c"][0, n - 9] == 1
+    assert np.isnan(got["s"][0, -3:]).all() and np.isnan(got["c"][0, -3:]).all()
+    np.testing.assert_array_equal(got["sh"], np.sin(xh.astype(np.float32)).astype(np.float16))

@@ -38,6 +38,7 @@ from compiler.backend.ranges import ARITH, WRAP_SAFE, integer_ranges
 from compiler.backend.schedule import Scheduler
 from compiler.backend.select import lower_where
 from compiler.backend.transpose import lower_transpose_last
+from compiler.backend.trig import lower_trig
 from compiler.backend.widen import narrow_floats_in_fp32
 from compiler.errors import CompileError
 from compiler.ir import Graph, TensorType
@@ -63,7 +64,7 @@ REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
                            | {"Gelu", "Softmax", "LogSoftmax", "Clip", "Gather", "Cast", "Where",
-                              "Expand", "ReduceMax", "Trilu", "Mod"}
+                              "Expand", "ReduceMax", "Trilu", "Mod", "Sin", "Cos"}
                            | MOVES))
 # stream width of a weight load from tiled weights (rows per cycle = LW_STREAMS / dtype bytes)
 LW_STREAMS = 16
@@ -477,6 +478,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out], clean[out] = lower_where(graph, sch, alloc, nd, place, new, start,
                                                  what, clean, spread, spread_scalar,
                                                  lambda v: ready.get(v, 0))
+        elif op in ("Sin", "Cos"):
+            ready[out], clean[out] = lower_trig(graph, sch, alloc, nd, place, new, start, what,
+                                                clean)
         elif op == "Mod":
             ready[out], clean[out] = lower_mod(graph, sch, alloc, nd, place, new, start, what,
                                                spread_scalar, lambda v: ready.get(v, 0))

@@ -14,7 +14,7 @@ NARROW_FLOATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 # ops lowered for fp32 whose narrow-float form is the fp32 one rounded once at the end
 WIDENED = {"MatMul", "MatMulBias", "Exp", "Tanh", "Sqrt", "Reciprocal",
            "Log", "Erf", "Sigmoid", "Pow", "Gelu", "Silu", "LayerNormalization",
-           "RMSNormalization", "ReduceMean", "ReduceSum", "Clip"}
+           "RMSNormalization", "ReduceMean", "ReduceSum", "Clip", "Sin", "Cos"}
 
 
 _ONNX_TYPE = {"float16": 10, "bfloat16": 16, "float8_e4m3fn": 17, "float8_e5m2": 19}
