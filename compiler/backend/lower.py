@@ -120,14 +120,13 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
                 if by is None:
                     return None
             for a in range(arch.vxm_alus - len(ops) + 1):
-                if all(c not in sch.table.alu[a + j] for j in range(len(ops))
-                       for c in range(T, T + n)):
+                if all(sch.table.alu[a + j].first_busy(T, T + n) is None
+                       for j in range(len(ops))):
                     break
             else:
                 return None
             for j in range(len(ops)):
-                for c in range(T, T + n):
-                    res.take_alu(a + j, c)
+                res.take_alus(a + j, T, T + n)
             q = f"VXM{a}"
             if not res.take_issue(q, T):
                 return None

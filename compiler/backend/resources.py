@@ -201,7 +201,7 @@ class Table:
     issue: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     read_port: dict[int, Ports] = field(default_factory=lambda: defaultdict(Ports))
     write_port: dict[int, Ports] = field(default_factory=lambda: defaultdict(Ports))
-    alu: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    alu: dict[int, Ports] = field(default_factory=lambda: defaultdict(Ports))  # bank 0
     # (direction, stream, bucket) as one int key -> runs (d0, d1, first position, end)
     streams: dict[int, list[tuple[int, int, int, int]]] = field(
         default_factory=lambda: defaultdict(list))
@@ -216,12 +216,12 @@ class Reservation:
         self.issue: list[tuple[str, int]] = []
         self.reads: list[tuple[int, int, int, int]] = []  # (slice, start, end, bank)
         self.writes: list[tuple[int, int, int, int]] = []
-        self.alus: list[tuple[int, int]] = []
+        self.alus: list[tuple[int, int, int]] = []  # (ALU, start, end)
         self.flows: list[tuple[int, tuple[int, int, int, int]]] = []
         self._mine_issue: set[tuple[str, int]] = set()
         self._mine_r: dict[int, list[tuple[int, int, int]]] = {}  # slice -> runs taken
         self._mine_w: dict[int, list[tuple[int, int, int]]] = {}
-        self._mine_alu: set[tuple[int, int]] = set()
+        self._mine_alu: dict[int, list[tuple[int, int]]] = {}  # ALU -> runs taken
         self._mine_streams: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
         # when the job does not fit: how far its start must move at least before the resource
         # that refused it is free (every cycle of a job moves with its start)
@@ -305,13 +305,23 @@ class Reservation:
         return True
 
     def take_alu(self, alu: int, cycle: int) -> bool:
-        if cycle in self.t.alu[alu]:
-            self.need_free(self.t.alu[alu], cycle)
+        return self.take_alus(alu, cycle, cycle + 1)
+
+    def take_alus(self, alu: int, c0: int, c1: int) -> bool:
+        """Take VXM ALU `alu` in cycles [c0, c1)."""
+        busy = self.t.alu[alu]
+        fb = busy.first_busy(c0, c1)
+        mine = self._mine_alu.setdefault(alu, [])
+        first = c1 if fb is None else fb
+        for m0, m1 in mine:
+            if m0 < first and c0 < m1:
+                first = max(m0, c0)
+        if first < c1:
+            if first == fb:
+                self.need_free(busy, fb)
             return False
-        if (alu, cycle) in self._mine_alu:
-            return False
-        self._mine_alu.add((alu, cycle))
-        self.alus.append((alu, cycle))
+        mine.append((c0, c1))
+        self.alus.append((alu, c0, c1))
         return True
 
     def flow_free(self, direction: int, s: int, diags, sp: tuple[int, int]) -> bool:
@@ -345,7 +355,8 @@ class Reservation:
         return (list(self.issue), list(self.reads), list(self.writes), list(self.alus),
                 list(self.flows), set(self._mine_issue),
                 {k: list(v) for k, v in self._mine_r.items()},
-                {k: list(v) for k, v in self._mine_w.items()}, set(self._mine_alu),
+                {k: list(v) for k, v in self._mine_w.items()},
+                {k: list(v) for k, v in self._mine_alu.items()},
                 {k: list(v) for k, v in self._mine_streams.items()})
 
     def restore(self, snap) -> None:
@@ -354,7 +365,8 @@ class Reservation:
          self._mine_r, self._mine_w, self._mine_alu, ms) = (
             list(snap[0]), list(snap[1]), list(snap[2]), list(snap[3]), list(snap[4]),
             set(snap[5]), {k: list(v) for k, v in snap[6].items()},
-            {k: list(v) for k, v in snap[7].items()}, set(snap[8]), snap[9])
+            {k: list(v) for k, v in snap[7].items()},
+            {k: list(v) for k, v in snap[8].items()}, snap[9])
         self._mine_streams = defaultdict(list, {k: list(v) for k, v in ms.items()})
 
     def commit(self) -> None:
@@ -363,9 +375,8 @@ class Reservation:
         for _, c in self.issue:
             if c > last:
                 last = c
-        for _, c in self.alus:
-            if c > last:
-                last = c
+        for _, _, c1 in self.alus:
+            last = max(last, c1 - 1)
         for _, _, c1, _ in self.reads:
             last = max(last, c1 - 1)
         for _, _, c1, _ in self.writes:
@@ -377,8 +388,8 @@ class Reservation:
             t.read_port[sl].add(c0, c1, b)
         for sl, c0, c1, b in self.writes:
             t.write_port[sl].add(c0, c1, b)
-        for a, c in self.alus:
-            t.alu[a].add(c)
+        for a, c0, c1 in self.alus:
+            t.alu[a].add(c0, c1, 0)
         streams = self.t.streams
         for key, sp in self.flows:
             streams[key].append(sp)
