@@ -667,3 +667,20 @@ def test_sin_and_cos_by_argument_reduction_and_polynomials():
     assert got["s"][0, n - 9] == 0 and got["c"][0, n - 9] == 1
     assert np.isnan(got["s"][0, -3:]).all() and np.isnan(got["c"][0, -3:]).all()
     np.testing.assert_array_equal(got["sh"], np.sin(xh.astype(np.float32)).astype(np.float16))
+
+
+@pytest.mark.parametrize("dshape,ishape,axis,np_type", [((3, 4), (2, 4), 0, np.float32),
+                                                        ((3, 5), (3, 7), -1, np.float32),
+                                                        ((2, 4, 3), (2, 2, 3), 1, np.int32)])
+def test_gather_elements_as_selections(dshape, ishape, axis, np_type):
+    """GatherElements with indices read at run time (negative ones too): data's slices along
+    the axis selected where the index names them."""
+    n = dshape[axis]
+    data = (RNG.standard_normal(dshape) * 10).astype(np_type)
+    idx = RNG.integers(-n, n, size=ishape).astype(np.int64)
+    m = model([h.make_node("GatherElements", ["d", "i"], ["y"], axis=axis)],
+              [vi("d", np_type, list(dshape)), vi("i", np.int64, list(ishape))],
+              [vi("y", np_type, list(ishape))])
+    got = run(m, {"d": data, "i": idx})["y"]
+    np.testing.assert_array_equal(got, np.take_along_axis(data, np.where(idx < 0, idx + n, idx),
+                                                          axis=axis))

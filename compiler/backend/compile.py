@@ -10,6 +10,7 @@ from compiler.backend import lower
 from compiler.backend.axes import last_axis_forms
 from compiler.backend.emit import queue_words
 from compiler.backend.gather import lower_gather, table_chunks
+from compiler.backend.gather_elements import gather_elements_as_selects
 from compiler.backend.modulo import lower_mod
 from compiler.backend.ops import (
     GELU,
@@ -107,8 +108,8 @@ def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
     """May op read (or write) value v, an integer or narrow float of IR type dtype?"""
     if dtype in _NARROW_FLOATS:
         return op in _NARROW_FLOAT_OPS
-    if op == "Mod":  # exact on any integer the machine holds (see lower_mod)
-        return True
+    if op == "Mod" or op in MOVES or op == "Expand":  # exact on any integer the machine
+        return True  # holds: Mod (see lower_mod), moves of values
     if v in ins and (op in _COMPARE or (op in ("Pow", "Trilu") and ins[1:2] == [v])):
         return True  # exact on any integer the machine holds (Pow: the exponent, to fp32)
     if dtype in _WIDENED and op in _SELECT and not (op == "Where" and v == ins[0]):
@@ -166,6 +167,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     """Lower a canonicalised graph to a single-chip Program for `arch` (the caller's graph is
     not changed: lowering adds constants of its own to a copy)."""
     graph = graph.copy()
+    gather_elements_as_selects(graph)
     pads_as_concats(graph)
     canonical_products(graph)
     last_axis_forms(graph)

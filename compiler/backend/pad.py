@@ -14,7 +14,8 @@ from isa.dtypes import numpy_dtype
 _NP = {"bfloat16": "bf16", "float8_e4m3fn": "fp8_e4m3", "float8_e5m2": "fp8_e5m2"}
 
 
-def _np_dtype(dtype: str):
+def ir_numpy_dtype(dtype: str):
+    """The numpy dtype of an IR element type."""
     return numpy_dtype(_NP[dtype]) if dtype in _NP else np.dtype(dtype)
 
 
@@ -67,7 +68,7 @@ def _pad(graph: Graph, name: str) -> None:
     graph.remove_node(name)
     cur = x
     shape = list(xt.shape)
-    dt = _np_dtype(xt.dtype)
+    dt = ir_numpy_dtype(xt.dtype)
     steps = [(a, pads[i], pads[i + n]) for i, a in enumerate(axes) if pads[i] or pads[i + n]]
     if not steps:
         emit("Identity", [x], graph.values[y], out=y)
