@@ -408,8 +408,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
                     and not as_index and not exact and not _type_ok(op, v, ins, vt.dtype):
                 why = (f"; the machine holds {vt.dtype} as {_MACHINE[vt.dtype]}, so only "
-                       "comparisons, Cast, Gather, Pow exponents, selections (Where, Max, "
-                       "Min, Trilu) and uint8/uint16 arithmetic (uint32/64: Div) read it"
+                       "comparisons, Cast, Gather, Pow exponents, moves, selections (Where, "
+                       "Max, Min, Trilu), Mod, unsigned Div, uint8/uint16 arithmetic and Add, "
+                       "Sub, Mul proven to stay in int32 read it"
                        if vt.dtype in _WIDENED else "")
                 raise CompileError(f"{what}: element type {vt.dtype} (value {v!r}) is not "
                                    f"lowered yet for this op{why}")
