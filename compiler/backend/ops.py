@@ -710,29 +710,19 @@ def _elementwise(graph, sch, alloc, nd, place, new, start, what, clean, spread, 
     # and a row, say): store it at the output's shape
     for v, r in ((a, ra), (b, rb)):
         if r == "other" and graph.is_const(v) and graph.const_array(v) is not None:
-            name = f"{v}@{'x'.join(map(str, full))}"
-            if name not in graph.consts:
-                arr = np.broadcast_to(graph.const_array(v), full)
-                graph.add_const(name, np.ascontiguousarray(arr), kind="const")
-            clean[name] = True
             if v == a:
-                a, ra = name, "full"
+                a, ra = _at_full_shape(graph, clean, v, full), "full"
             else:
-                b, rb = name, "full"
+                b, rb = _at_full_shape(graph, clean, v, full), "full"
     # neither operand of the output's shape (a column against a row): a constant one is
     if ra != "full" and rb != "full":
         for v, r in ((b, rb), (a, ra)):
             if r not in ("imm", "scalar") and graph.is_const(v) \
                     and graph.const_array(v) is not None:
-                name = f"{v}@{'x'.join(map(str, full))}"
-                if name not in graph.consts:
-                    arr = np.broadcast_to(graph.const_array(v), full)
-                    graph.add_const(name, np.ascontiguousarray(arr), kind="const")
-                clean[name] = True
                 if v == a:
-                    a, ra = name, "full"
+                    a, ra = _at_full_shape(graph, clean, v, full), "full"
                 else:
-                    b, rb = name, "full"
+                    b, rb = _at_full_shape(graph, clean, v, full), "full"
                 break
     # a computed operand broadcast over middle dims (a [B, 1, 1, S] mask against [B, H, S, S]
     # scores): its rows copied out to the output's shape first
@@ -930,6 +920,16 @@ def copy_rows(sch, x: Placement, z: Placement, rows: np.ndarray, ready: int, wha
     vpr = x.vpr
     return lower.elementwise(sch, ["copy"], x, None, None, z, ready, what,
                              x_of=lambda v: int(rows[v // vpr]) * vpr + v % vpr)
+
+
+def _at_full_shape(graph, clean, v: str, full: tuple) -> str:
+    """A constant stored broadcast to the output's shape (once per shape): its name."""
+    name = f"{v}@{'x'.join(map(str, full))}"
+    if name not in graph.consts:
+        arr = np.broadcast_to(graph.const_array(v), full)
+        graph.add_const(name, np.ascontiguousarray(arr), kind="const")
+    clean[name] = True
+    return name
 
 
 def row_index(shape: tuple[int, ...]) -> np.ndarray:
