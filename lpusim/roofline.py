@@ -8,7 +8,7 @@ bound and gives the simulated latency's ratio to it.
 
 from __future__ import annotations
 
-from lpusim.sim.decode import Decoded
+from lpusim.sim.decode import Decoded, opcode_classes
 
 
 def terms(ctr: dict, arch, chips: int = 1) -> dict[str, float]:
@@ -72,7 +72,6 @@ def per_op(dec: Decoded, arch, ops: list, op_tags: list) -> list[dict]:
     of every instruction word (compiler/backend/emit.py)."""
     import numpy as np
 
-    from isa.table import BY_OPCODE
     from lpusim.sim import opcodes as oc
     from lpusim.sim.columns import C
 
@@ -107,11 +106,7 @@ def per_op(dec: Decoded, arch, ops: list, op_tags: list) -> list[dict]:
     end = np.full(nops, -1)
     np.minimum.at(start, k, t0)
     np.maximum.at(end, k, t0 + np.maximum((cnt - 1) * iv + lat, 0) + 1)
-    n_op = 1 << 8
-    reads, writes, to_stream = (np.zeros(n_op, bool) for _ in range(3))
-    reads[[oc.OP_MEM_READ, oc.OP_MEM_GATHER]] = True
-    writes[[oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER]] = True
-    to_stream[[c for c, row in BY_OPCODE.items() if row.writes]] = True
+    reads, writes, to_stream = opcode_classes()
 
     def total(mask, weight):
         return np.bincount(k[mask], weights=weight[mask], minlength=nops)

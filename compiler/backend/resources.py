@@ -77,15 +77,6 @@ class Ports:
         self.ends: list[int] = []
         self.banks: list[int] = []
 
-    def __contains__(self, cycle: int) -> bool:
-        i = bisect_right(self.starts, cycle) - 1
-        return i >= 0 and self.ends[i] > cycle
-
-    def get(self, cycle: int):
-        """The bank used in `cycle`, or None."""
-        i = bisect_right(self.starts, cycle) - 1
-        return self.banks[i] if i >= 0 and self.ends[i] > cycle else None
-
     def first_busy(self, c0: int, c1: int) -> int | None:
         """The first taken cycle in [c0, c1), or None."""
         i = bisect_right(self.starts, c0) - 1
@@ -257,9 +248,6 @@ class Reservation:
         self.issue.append((queue, cycle))
         return True
 
-    def take_read(self, sl: int, cycle: int, bank: int) -> bool:
-        return self._take_port(sl, (cycle,), (bank,), False)
-
     def take_reads(self, sl: int, cycles, banks) -> bool:
         """take_read of every (cycle, bank), in order; False at the first that fails."""
         return self._take_port(sl, cycles, banks, False)
@@ -303,9 +291,6 @@ class Reservation:
             mine.append((c0, c1, bank))
             taken.append((sl, c0, c1, bank))
         return True
-
-    def take_alu(self, alu: int, cycle: int) -> bool:
-        return self.take_alus(alu, cycle, cycle + 1)
 
     def take_alus(self, alu: int, c0: int, c1: int) -> bool:
         """Take VXM ALU `alu` in cycles [c0, c1)."""

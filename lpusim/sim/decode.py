@@ -516,13 +516,20 @@ def _tally(cols, nchips, nq, reads, writes, writes_stream):
     return busy, sums, end, reach
 
 
-def _tally_decoded(raw, arch, nchips, nq):
-    """busy, counters, end cycle and ring size of the decoded program."""
+@functools.cache
+def opcode_classes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per opcode: reads SRAM, writes SRAM, puts vectors on streams (what the counters and
+    the roofline count)."""
     reads, writes, ws = (np.zeros(1 << FIELDS["opcode"].width, np.bool_) for _ in range(3))
     reads[[oc.OP_MEM_READ, oc.OP_MEM_GATHER]] = True
     writes[[oc.OP_MEM_WRITE, oc.OP_MEM_SCATTER]] = True
     ws[[code for code, row in BY_OPCODE.items() if row.writes]] = True
-    busy, sums, end, reach = _tally(raw, nchips, nq, reads, writes, ws)
+    return reads, writes, ws
+
+
+def _tally_decoded(raw, arch, nchips, nq):
+    """busy, counters, end cycle and ring size of the decoded program."""
+    busy, sums, end, reach = _tally(raw, nchips, nq, *opcode_classes())
     lanes = arch.lanes
     counters = {
         "sram_read_bytes": int(sums[0]) * lanes,
