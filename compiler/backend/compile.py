@@ -210,6 +210,11 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[v] = 0
             return p
 
+        def tiled(self, v: str, md: str):
+            """Constant [K, N] v as MXM weight tiles of machine dtype md (loaded many rows
+            per cycle, and before the activations are ready)."""
+            return tiled_weight(v, md)
+
     place: dict[str, Placement] = _Places()
     index_ranges: dict[str, tuple[int, int]] = {}  # graph inputs used as Gather indices
     typed: dict[tuple[str, str], Placement] = {}  # a constant stored in another element type

@@ -290,14 +290,15 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
     return m, t
 
 
-def row_matrix(graph, arch, place, cols: int, scale: float, dtype: str = "fp32") -> Placement:
+def row_matrix(graph, arch, place, cols: int, scale: float, dtype: str = "fp32"):
     """The [cols, 320] matrix (of machine type dtype) whose product with a row leaves
-    scale * (row sum) in every lane."""
+    scale * (row sum) in every lane, as MXM weight tiles: a constant, so its loads need not
+    wait for the row."""
     name = f"__rowsum_{cols}_{scale!r}" + ("" if dtype == "fp32" else f"_{dtype}")
     if name not in graph.consts:
         graph.add_const(name, np.full((cols, arch.lanes), scale, np.float32)
                         .astype(numpy_dtype(dtype)), kind="const")
-    return place[name]
+    return place.tiled(name, dtype)
 
 
 def trailing_axes(graph, nd, what) -> int:
