@@ -990,14 +990,16 @@ def lane_slice(sch, alloc, x: Placement, z: Placement, a: int, ready: int, what:
 def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
     """z[zr, off:off + cols] = x[xr, :cols] for every piece (x, [(xr, zr), ...], off): the
     pieces' lanes past their last column are zeroed (sxm.distribute with -1 in the map), then
-    every vector moves north to its offset (sxm.shift, zero-filled); the first part to reach a
-    vector of z is written there, the others are added to it on the VXM. The pieces must cover
+    every vector moves north to its offset (sxm.shift, zero-filled). A vector of z that one
+    part fills is shifted straight into z; the parts of a vector that several fill are shifted
+    into temporaries side by side and added on the VXM in a tree, so the moves and sums of
+    different parts overlap instead of queueing behind each other. The pieces must cover
     every column of z."""
     L = sch.arch.lanes
     t = ready
-    written: set[int] = set()
     masked: dict[tuple, Placement] = {}
     temps = []
+    moves = []  # (source, its vectors, z's vectors, shift)
     for x, rows, off in pieces:
         src = x
         if x.cols % L:
@@ -1020,40 +1022,64 @@ def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
             nv = min(L, x.cols - v * L)
             d0 = off + v * L
             c, sh = d0 // L, d0 % L
-            parts = [(c, sh)] + ([(c + 1, sh - L)] if sh and sh + nv > L else [])
-            for dc, shift in parts:
-                xv = [xr * x.vpr + v for xr, _ in rows]
-                zv = [zr * z.vpr + dc for _, zr in rows]
-                first = [i for i, zz in enumerate(zv) if zz not in written]
-                later = [i for i, zz in enumerate(zv) if zz in written]
-                t0 = t
-                if first:
-                    t = max(t, lower.sxm_unary(sch, "sxm.shift", src, z,
-                                               [xv[i] for i in first], [zv[i] for i in first],
-                                               dict(shift=shift), t0, what))
-                    written.update(zv[i] for i in first)
-                if later:
-                    tmp, a = alloc.alloc(z.dtype, z.shape, len(z.slices),
-                                         avoid=frozenset(z.slices))
-                    tl = lower.sxm_unary(sch, "sxm.shift", src, tmp, [xv[i] for i in later],
-                                         [zv[i] for i in later], dict(shift=shift),
-                                         max(t0, a), what)
-                    # z + part into a third place, then back: a slice cannot stream reads
-                    # and writes of one bank at once
-                    acc, a2 = alloc.alloc(z.dtype, z.shape, len(z.slices),
-                                          avoid=frozenset(z.slices) | frozenset(tmp.slices))
-                    vs = [zv[i] for i in later]
-                    t = max(t, lower.elementwise(sch, ["add"], z, tmp, None, acc,
-                                                 max(t, tl, a2), what, vectors=vs))
-                    t = lower.elementwise(sch, ["copy"], acc, None, None, z, t, what,
-                                          vectors=vs)
-                    alloc.release(tmp, t)
-                    alloc.release(acc, t)
-    if len(written) != z.nvec:
+            for dc, shift in [(c, sh)] + ([(c + 1, sh - L)] if sh and sh + nv > L else []):
+                moves.append((src, [xr * x.vpr + v for xr, _ in rows],
+                              [zr * z.vpr + dc for _, zr in rows], shift))
+    count: dict[int, int] = {}
+    for _, _, zv, _ in moves:
+        for zz in zv:
+            count[zz] = count.get(zz, 0) + 1
+    if len(count) != z.nvec:
         raise CompileError(f"internal: {what}: the pieces leave vectors of the result unset")
+    done = t
+    parts: dict[int, list[tuple[Placement, int, int]]] = {}  # z vector -> (place, vector, t)
+    for src, xv, zv, shift in moves:
+        direct = [i for i, zz in enumerate(zv) if count[zz] == 1]
+        if direct:
+            done = max(done, lower.sxm_unary(sch, "sxm.shift", src, z, [xv[i] for i in direct],
+                                             [zv[i] for i in direct], dict(shift=shift), t,
+                                             what))
+        staged = [i for i, zz in enumerate(zv) if count[zz] > 1]
+        if staged:
+            tmp, a = alloc.alloc(z.dtype, (len(staged), L), len(z.slices),
+                                 avoid=frozenset(z.slices))
+            temps.append(tmp)
+            t1 = lower.sxm_unary(sch, "sxm.shift", src, tmp, [xv[i] for i in staged],
+                                 list(range(len(staged))), dict(shift=shift), max(t, a), what)
+            for j, i in enumerate(staged):
+                parts.setdefault(zv[i], []).append((tmp, j, t1))
+    while parts:  # one level of the tree: parts 2k and 2k + 1 of every vector are added
+        sums: dict[tuple, list[tuple[int, int, int, int]]] = {}
+        nxt: dict[int, list[tuple[Placement, int, int]]] = {}
+        for zz, lst in sorted(parts.items()):
+            for k in range(0, len(lst) - 1, 2):
+                (pa, ia, ta), (pb, ib, tb) = lst[k], lst[k + 1]
+                sums.setdefault((pa, pb, len(lst) == 2), []).append((zz, ia, ib, max(ta, tb)))
+            if len(lst) % 2:
+                nxt.setdefault(zz, []).append(lst[-1])
+        for (pa, pb, final), items in sums.items():
+            xs = {i: ia for i, (_, ia, _, _) in enumerate(items)}
+            ys = {i: ib for i, (_, _, ib, _) in enumerate(items)}
+            t0 = max(tt for *_, tt in items)
+            if final:
+                zs = {zz: i for i, (zz, *_) in enumerate(items)}
+                done = max(done, lower.elementwise(
+                    sch, ["add"], pa, pb, None, z, t0, what, vectors=sorted(zs),
+                    x_of=lambda v, zs=zs, xs=xs: xs[zs[v]], y_of=lambda v, zs=zs, ys=ys: ys[zs[v]]))
+                continue
+            acc, a = alloc.alloc(z.dtype, (len(items), L), len(z.slices),
+                                 avoid=frozenset(z.slices))
+            temps.append(acc)
+            t1 = lower.elementwise(sch, ["add"], pa, pb, None, acc, max(t0, a), what,
+                                   x_of=xs.__getitem__, y_of=ys.__getitem__)
+            for i, (zz, *_) in enumerate(items):
+                nxt.setdefault(zz, []).append((acc, i, t1))
+        parts = {zz: lst for zz, lst in nxt.items() if len(lst) > 1}
+        if any(len(lst) == 1 for lst in nxt.values()):
+            raise CompileError(f"internal: {what}: a vector's sum lost its last step")
     for tmp in temps:
-        alloc.release(tmp, t)
-    return t
+        alloc.release(tmp, done)
+    return done
 
 
 def lower_reshape(sch, alloc, x: Placement, z: Placement, ready: int, what: str) -> int:
