@@ -4,6 +4,8 @@ vector work through compiler.backend.lower and returns the cycle its output is i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from compiler.backend import lower
@@ -270,24 +272,79 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
 
 def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
               free_input: bool = True) -> tuple[Placement, int]:
-    """Every lane of each vector of m := the max over the vector's lanes: rotate it through
-    the SXM by 1, 2, 4, ... lanes and take the max on the VXM each time (cyclic windows that
-    double until they cover all lanes)."""
+    """Every lane of each vector of m := the max over the vector's lanes, in stages: when
+    every lane holds the max of a cyclic window of w lanes, the SXM rotates the vector by w,
+    2w, ..., (k - 1)w lanes side by side and the VXM takes the max of the k vectors in a tree,
+    leaving windows of k * w lanes. Few vectors are latency-bound (each stage is a trip from
+    the SXM at the chip's edge to the VXM in its middle), so they take a wide radix k and few
+    stages; many vectors are throughput-bound and take k = 2, the least work."""
+    L = sch.arch.lanes
     g = len(m.slices)
+    k_max = _max_radix(m.nvec, L)
+    V = sch.arch.vxm_position
+    near = frozenset(s for s, p in sch.slice_pos.items() if abs(p - V) <= NEAR_VXM)
     t = ready
     first = m
-    shift = 1
-    while shift < sch.arch.lanes:
-        rot, a = alloc.alloc(m.dtype, shape, g, avoid=frozenset(m.slices))
-        t = lower.sxm_rotate(sch, m, rot, shift, max(t, a), what)
-        nxt, a = alloc.alloc(m.dtype, shape, g, avoid=frozenset(rot.slices) | frozenset(m.slices))
-        t = binary(sch, alloc, ["max"], m, rot, nxt, max(t, a), what)
-        alloc.release(rot, t)
-        if m is not first or free_input:
-            alloc.release(m, t)
-        m = nxt
-        shift *= 2
+    w = 1
+    while w < L:
+        k = min(k_max, -(-L // w))
+        level: list[tuple[Placement, int]] = [(m, t)]
+        side = _side_of(sch, m)
+        for j in range(1, k):  # on m's side: the SXM's trip to the VXM passes them
+            rot, a = _temp_in(alloc, m.dtype, shape, g,
+                              frozenset(s for p, _ in level for s in p.slices), side)
+            level.append((rot, lower.sxm_rotate(sch, m, rot, j * w, max(t, a), what)))
+        while len(level) > 1:  # the max of the k vectors, pairwise, near the VXM
+            nxt_level = []
+            for (p, tp), (q, tq) in zip(level[0::2], level[1::2], strict=False):
+                out, a = _temp_in(alloc, m.dtype, shape, g,
+                                  frozenset(p.slices) | frozenset(q.slices), near)
+                tt = binary(sch, alloc, ["max"], p, q, out, max(tp, tq, a), what)
+                for done in (p, q):
+                    if done is not first or free_input:
+                        alloc.release(done, tt)
+                nxt_level.append((out, tt))
+            if len(level) % 2:
+                nxt_level.append(level[-1])
+            level = nxt_level
+        m, t = level[0]
+        w *= k
     return m, t
+
+
+def _max_radix(nvec: int, lanes: int) -> int:
+    """The radix of lanes_max for nvec vectors: of 2, 4 and 8, the one with the least
+    estimated time, counting a stage's trips (about LANES_TRIP cycles each: the rotation and
+    each level of the max tree) and the SXM's cycles (one per rotated vector)."""
+    def cost(k):
+        stages, w, rot = 0, 1, 0
+        while w < lanes:
+            kk = min(k, -(-lanes // w))
+            stages += 1 + math.ceil(math.log2(kk))
+            rot += kk - 1
+            w *= kk
+        return stages * LANES_TRIP + rot * nvec
+    return min((2, 4, 8), key=lambda k: (cost(k), k))
+
+
+LANES_TRIP = 60  # cycles of one SRAM round trip through the SXM or the VXM (measured)
+NEAR_VXM = 10  # slices within this many positions of the VXM hold VXM-to-VXM temporaries
+
+
+def _side_of(sch, p: Placement) -> frozenset[int]:
+    """The slices on p's side of the VXM."""
+    V = sch.arch.vxm_position
+    west = sch.slice_pos[p.slices[0]] < V
+    return frozenset(s for s, q in sch.slice_pos.items() if (q < V) == west)
+
+
+def _temp_in(alloc, dtype: str, shape, g: int, avoid: frozenset[int], only: frozenset[int]):
+    """A temporary in the slices `only` (where its trips are short) when they have room,
+    else anywhere; never in `avoid`."""
+    try:
+        return alloc.alloc(dtype, shape, g, avoid=avoid, only=only)
+    except CompileError:
+        return alloc.alloc(dtype, shape, g, avoid=avoid)
 
 
 def row_matrix(graph, arch, place, cols: int, scale: float, dtype: str = "fp32"):
