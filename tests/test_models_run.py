@@ -9,8 +9,8 @@ Tolerances are normwise (max |error| / max |reference|):
   two layers, LayerNorm/RMSNorm and Softmax it stays a small multiple of u. The bound is 4u:
   1.95e-3 for fp16 (measured 1.5e-5 to 4.9e-4) and 1.56e-2 for bf16 (measured 1.2e-4 to 3.3e-3).
 - int8: weights per output channel and activations per row, each rounded to 1/254 of its
-  range; 5e-2 (measured 4e-4 to 1.4e-2). Attention's activation x activation matmuls run in
-  fp16 under this policy.
+  range; 5e-2 (measured 4e-4 to 2.1e-2). Attention's activation x activation matmuls, Softmax
+  row sums and LayerNorm means run in fp16 (fp32 accumulation) under this policy.
 - fp8 (e4m3fn): the same scaling with 448 as the largest value; each operand of a product is
   rounded once to 3 mantissa bits (u = 2^-4), so a product errs by at most 2u + u^2 = 0.129
   of itself, the bound used (measured 1.9e-2 to 6.9e-2).

@@ -183,6 +183,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                            f"{', '.join(MXM_POLICY)})")
     mxm_dtype = MXM_POLICY[precision]
     arch.mxm_rate_of(mxm_dtype)  # the preset must accept it on the MXM
+    # the int8 and fp8 policies sum Softmax rows and LayerNorm means on the MXM in fp16 (fp32
+    # accumulation), as they run attention's activation products, where the preset has fp16
+    # in hardware (fp32 passes are emulated at a sixteenth of the rate)
+    sum_dtype = "fp16" if precision in QUANTIZED and "fp16" in arch.mxm_rate else None
     for name in graph.topo_order():
         nd = graph.node(name)
         if nd["op"] not in LOWERED_OPS:
@@ -505,11 +509,11 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                                   TABLE_DTYPE[precision])
         elif op in NORMS:
             ready[out] = lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
-                               clean, spread)
+                                    clean, spread, sum_dtype)
             clean[out] = True
         elif op in ("Softmax", "LogSoftmax"):
             ready[out] = lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
-                                  clean)
+                                       clean, sum_dtype)
             clean[out] = True
         elif op == "Transpose" and _moves_last(nd, graph):
             ready[out] = lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start,

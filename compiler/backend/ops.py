@@ -148,14 +148,17 @@ def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: st
     return t
 
 
-def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean) -> int:
+def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean,
+                  sum_dtype: str | None = None) -> int:
     """Softmax (LogSoftmax) over the last axis of rows of at most 320 columns:
         xm = x + pad mask (-inf past the last column); m = row max, by rotating the vector
         through the SXM by 1, 2, 4, ... 256 lanes and taking the max on the VXM (cyclic windows
         that double cover all 320 lanes); e = exp(xm - m); s = e @ ones (MXM); y = e / s
         (LogSoftmax: y = (x - m) - log(s), from x rather than xm so that pad lanes stay
         finite). In a narrow float type each step is rounded to it: xm - m, its exp, and the
-        sum (exact on the MXM in fp32, then converted)."""
+        sum (exact on the MXM in fp32, then converted). With `sum_dtype` (fp16 for an fp32
+        softmax of the int8 and fp8 policies) e is rounded to it for the MXM's row sum, which
+        then runs at the MXM's full rate (fp32 sums are emulated at a sixteenth of it)."""
     x_name = nd["inputs"][0]
     xt = graph.values[x_name]
     rank = len(xt.shape)
@@ -172,7 +175,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     if n_blk == 1:
         return _softmax_rows(graph, arch, sch, alloc, nd, place, x, clean.get(x_name, False),
                              tuple(xt.shape), lambda t: new(nd["outputs"][0], t), start, what,
-                             zero)
+                             zero, sum_dtype)
     # blocks of rows, each with its own temporaries (in other slices): their vectors stream
     # through several slices' ports and units at once instead of one slice's, one per cycle
     y, a = new(nd["outputs"][0], start)
@@ -184,7 +187,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         done = max(done, _softmax_rows(graph, arch, sch, alloc, nd, place,
                                        lower.row_block(x, r0, n), clean.get(x_name, False),
                                        (n, x.cols), lambda t, yb=yb: (yb, a), start,
-                                       f"{what} rows {r0}..{r0 + n - 1}", zero))
+                                       f"{what} rows {r0}..{r0 + n - 1}", zero, sum_dtype))
     return done
 
 
@@ -194,7 +197,7 @@ SOFTMAX_BLOCK_VECTORS = 256
 
 
 def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, start, what,
-                  zero) -> int:
+                  zero, sum_dtype=None) -> int:
     """lower_softmax on the rows of x; out(t) gives the result's placement and the cycle from
     which it may be written."""
     g = len(x.slices)
@@ -209,9 +212,15 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
         alloc.release(d, t)
     else:
         t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
-    J = row_matrix(graph, arch, place, x.cols, 1.0, x.dtype)
-    s, a = alloc.alloc("fp32", (x.rows, arch.lanes), 4, avoid=frozenset(e.slices))
-    t = lower.matmul(sch, e, J, s, max(t, a), what + " sum", zero=zero(x.dtype))
+    sd, es = sum_dtype or x.dtype, e
+    if sd != x.dtype:
+        es, a = alloc.alloc(sd, shape, dtype_info(sd).nbytes, avoid=frozenset(e.slices))
+        t = lower.elementwise(sch, ["cvt"], e, None, None, es, max(t, a), what + " to " + sd)
+    J = row_matrix(graph, arch, place, x.cols, 1.0, sd)
+    s, a = alloc.alloc("fp32", (x.rows, arch.lanes), 4, avoid=frozenset(es.slices))
+    t = lower.matmul(sch, es, J, s, max(t, a), what + " sum", zero=zero(sd))
+    if es is not e:
+        alloc.release(es, t)
     if narrow:
         sn, a = alloc.alloc(x.dtype, (x.rows, arch.lanes), g, avoid=frozenset(s.slices))
         t = lower.elementwise(sch, ["cvt"], s, None, None, sn, max(t, a), what + " sum")
@@ -282,14 +291,17 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
     g = len(m.slices)
     k_max = _max_radix(m.nvec, L)
     V = sch.arch.vxm_position
-    near = frozenset(s for s, p in sch.slice_pos.items() if abs(p - V) <= NEAR_VXM)
+    # latency-bound: the tree's temporaries near the VXM, the rotations on m's side (between
+    # the SXM and the VXM); many vectors need the ports of slices anywhere
+    near = frozenset(s for s, p in sch.slice_pos.items() if abs(p - V) <= NEAR_VXM) \
+        if k_max > 2 else None
     t = ready
     first = m
     w = 1
     while w < L:
         k = min(k_max, -(-L // w))
         level: list[tuple[Placement, int]] = [(m, t)]
-        side = _side_of(sch, m)
+        side = _side_of(sch, m) if near is not None else None
         for j in range(1, k):  # on m's side: the SXM's trip to the VXM passes them
             rot, a = _temp_in(alloc, m.dtype, shape, g,
                               frozenset(s for p, _ in level for s in p.slices), side)
@@ -340,7 +352,9 @@ def _side_of(sch, p: Placement) -> frozenset[int]:
 
 def _temp_in(alloc, dtype: str, shape, g: int, avoid: frozenset[int], only: frozenset[int]):
     """A temporary in the slices `only` (where its trips are short) when they have room,
-    else anywhere; never in `avoid`."""
+    else (or with only None) anywhere; never in `avoid`."""
+    if only is None:
+        return alloc.alloc(dtype, shape, g, avoid=avoid)
     try:
         return alloc.alloc(dtype, shape, g, avoid=avoid, only=only)
     except CompileError:
@@ -441,13 +455,16 @@ def lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what, clean
     return t
 
 
-def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spread) -> int:
+def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spread,
+               sum_dtype: str | None = None) -> int:
     """LayerNormalization / RMSNormalization over the last axis. Sums across lanes run on the
     MXM against a [cols, 320] matrix of 1/cols, which leaves the row's mean in every lane;
     the rest is elementwise on the VXM:
         LayerNorm: m = x @ J; d = x - m; v = (d * d) @ J; y = d * rsqrt(v + eps) * g + b
         RMSNorm:   q = (x * x) @ J; y = x * rsqrt(q + eps) * g
-    """
+    With `sum_dtype` (fp16 for fp32 rows under the int8 and fp8 policies) the mean's MXM pass
+    reads x rounded to it, at the MXM's full rate; squares stay fp32, where they cannot
+    overflow."""
     op, ins, outs = nd["op"], [i for i in nd["inputs"]], nd["outputs"]
     x_name = ins[0]
     xt = graph.values[x_name]
@@ -457,7 +474,7 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
         raise CompileError(f"{what}: axis {axis} is out of range for rank {rank}")
     if axis % rank != rank - 1:  # over the trailing axes: flattened into one, and back
         return _norm_flat(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean,
-                          spread, axis % rank)
+                          spread, axis % rank, sum_dtype)
     extra = [o if o and (graph.consumers(o) or o in graph.outputs) else None
              for o in list(outs[1:3]) + [None] * (3 - len(outs))][:2]
     if op == "RMSNormalization" and any(extra):
@@ -470,6 +487,8 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     cols = x.cols
     J = row_matrix(graph, arch, place, cols, 1.0 / cols)
     z = zero(x.dtype)
+    if op == "LayerNormalization" and sum_dtype and sum_dtype != x.dtype:
+        J = (J, row_matrix(graph, arch, place, cols, 1.0 / cols, sum_dtype), zero(sum_dtype))
     scale = ins[1] if len(ins) > 1 and ins[1] else None
     bias = ins[2] if len(ins) > 2 and ins[2] else None
     for name in (scale, bias):
@@ -522,9 +541,17 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, eps, scale, bias, pl
         spread.add(out_name)
         return new(out_name, t)
 
+    J_mean, xs, zm = J, x, z
+    if isinstance(J, tuple):  # the mean from x rounded to the sum type (lower_norm)
+        J, J_mean, zm = J
+        xs, a = alloc.alloc(J_mean.dtype, shape, dtype_info(J_mean.dtype).nbytes,
+                            avoid=frozenset(x.slices))
+        t = lower.elementwise(sch, ["cvt"], x, None, None, xs, max(t, a),
+                              what + " to " + J_mean.dtype)
+        temps.append(xs)
     if op == "LayerNormalization":
         m, a = per_row(extra[0])
-        t = lower.matmul(sch, x, J, m, max(t, a), what + " mean", zero=z)
+        t = lower.matmul(sch, xs, J_mean, m, max(t, a), what + " mean", zero=zm)
         d, a = temp(shape)
         t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what, y_mode="col")
     else:
@@ -559,7 +586,7 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, eps, scale, bias, pl
 
 
 def _norm_flat(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spread,
-               k: int) -> int:
+               k: int, sum_dtype: str | None = None) -> int:
     """A norm over axes k.. as one over the last axis of [prod(shape[:k]), prod(shape[k:])];
     scale and bias (of the normalised shape) flattened likewise; the result laid back out."""
     ins, outs = list(nd["inputs"]), list(nd["outputs"])
@@ -584,7 +611,8 @@ def _norm_flat(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     graph.values[y_flat] = TensorType(graph.values[y].dtype, tuple(graph.values[flat_ins[0]].shape))
     inner = dict(nd, inputs=flat_ins, outputs=[y_flat] + outs[1:],
                  attrs=dict(nd["attrs"], axis=-1))
-    t = lower_norm(graph, arch, sch, alloc, inner, place, new, t, what, zero, clean, spread)
+    t = lower_norm(graph, arch, sch, alloc, inner, place, new, t, what, zero, clean, spread,
+                   sum_dtype)
     z, a = new(y, t)
     t = lower_reshape(sch, alloc, place[y_flat], z, max(t, a), what + " unflatten")
     for p in temps + [place[y_flat]]:
