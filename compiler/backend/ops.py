@@ -1118,6 +1118,15 @@ def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
         raise CompileError(f"internal: {what}: the pieces leave vectors of the result unset")
     done = t
     parts: dict[int, list[tuple[Placement, int, int]]] = {}  # z vector -> (place, vector, t)
+    uses: dict[Placement, list[int]] = {}  # a staging temporary: [vectors unread, last read]
+
+    def read(p: Placement, n: int, t_read: int) -> None:
+        """n vectors of temporary p are read by a sum done at t_read: free it after its last."""
+        u = uses[p]
+        u[0] -= n
+        u[1] = max(u[1], t_read)
+        if u[0] == 0:
+            alloc.release(p, u[1])
     for src, xv, zv, shift in moves:
         direct = [i for i, zz in enumerate(zv) if count[zz] == 1]
         if direct:
@@ -1126,9 +1135,8 @@ def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
                                              what))
         staged = [i for i, zz in enumerate(zv) if count[zz] > 1]
         if staged:
-            tmp, a = alloc.alloc(z.dtype, (len(staged), L), len(z.slices),
-                                 avoid=frozenset(z.slices))
-            temps.append(tmp)
+            tmp, a = _apart_from(alloc, z, len(staged), uses)
+            uses[tmp] = [len(staged), 0]
             t1 = lower.sxm_unary(sch, "sxm.shift", src, tmp, [xv[i] for i in staged],
                                  list(range(len(staged))), dict(shift=shift), max(t, a), what)
             for j, i in enumerate(staged):
@@ -1148,15 +1156,19 @@ def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
             t0 = max(tt for *_, tt in items)
             if final:
                 zs = {zz: i for i, (zz, *_) in enumerate(items)}
-                done = max(done, lower.elementwise(
+                t1 = lower.elementwise(
                     sch, ["add"], pa, pb, None, z, t0, what, vectors=sorted(zs),
-                    x_of=lambda v, zs=zs, xs=xs: xs[zs[v]], y_of=lambda v, zs=zs, ys=ys: ys[zs[v]]))
+                    x_of=lambda v, zs=zs, xs=xs: xs[zs[v]], y_of=lambda v, zs=zs, ys=ys: ys[zs[v]])
+                done = max(done, t1)
+            else:
+                acc, a = _apart_from(alloc, z, len(items), uses)
+                uses[acc] = [len(items), 0]
+                t1 = lower.elementwise(sch, ["add"], pa, pb, None, acc, max(t0, a), what,
+                                       x_of=xs.__getitem__, y_of=ys.__getitem__)
+            read(pa, len(items), t1)
+            read(pb, len(items), t1)
+            if final:
                 continue
-            acc, a = alloc.alloc(z.dtype, (len(items), L), len(z.slices),
-                                 avoid=frozenset(z.slices))
-            temps.append(acc)
-            t1 = lower.elementwise(sch, ["add"], pa, pb, None, acc, max(t0, a), what,
-                                   x_of=xs.__getitem__, y_of=ys.__getitem__)
             for i, (zz, *_) in enumerate(items):
                 nxt.setdefault(zz, []).append((acc, i, t1))
         parts = {zz: lst for zz, lst in nxt.items() if len(lst) > 1}
@@ -1165,6 +1177,18 @@ def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
     for tmp in temps:
         alloc.release(tmp, done)
     return done
+
+
+def _apart_from(alloc, z: Placement, n: int, live: dict) -> tuple[Placement, int]:
+    """n vectors of z's type for lane_concat's sums: never in z's slices, and where there is
+    room in none of the live temporaries' either (two operands of one sum in one slice would
+    need its one read port twice a cycle)."""
+    shape, g = (n, alloc.arch.lanes), len(z.slices)
+    held = frozenset(s for p, u in live.items() if u[0] > 0 for s in p.slices)
+    try:
+        return alloc.alloc(z.dtype, shape, g, avoid=frozenset(z.slices) | held)
+    except CompileError:
+        return alloc.alloc(z.dtype, shape, g, avoid=frozenset(z.slices))
 
 
 def lower_reshape(sch, alloc, x: Placement, z: Placement, ready: int, what: str) -> int:
