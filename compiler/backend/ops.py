@@ -353,12 +353,8 @@ def _side_of(sch, p: Placement) -> frozenset[int]:
 def _temp_in(alloc, dtype: str, shape, g: int, avoid: frozenset[int], only: frozenset[int]):
     """A temporary in the slices `only` (where its trips are short) when they have room,
     else (or with only None) anywhere; never in `avoid`."""
-    if only is None:
-        return alloc.alloc(dtype, shape, g, avoid=avoid)
-    try:
-        return alloc.alloc(dtype, shape, g, avoid=avoid, only=only)
-    except CompileError:
-        return alloc.alloc(dtype, shape, g, avoid=avoid)
+    got = None if only is None else alloc.try_alloc(dtype, shape, g, avoid=avoid, only=only)
+    return got or alloc.alloc(dtype, shape, g, avoid=avoid)
 
 
 def row_matrix(graph, arch, place, cols: int, scale: float, dtype: str = "fp32"):
@@ -1185,10 +1181,8 @@ def _apart_from(alloc, z: Placement, n: int, live: dict) -> tuple[Placement, int
     need its one read port twice a cycle)."""
     shape, g = (n, alloc.arch.lanes), len(z.slices)
     held = frozenset(s for p, u in live.items() if u[0] > 0 for s in p.slices)
-    try:
-        return alloc.alloc(z.dtype, shape, g, avoid=frozenset(z.slices) | held)
-    except CompileError:
-        return alloc.alloc(z.dtype, shape, g, avoid=frozenset(z.slices))
+    return alloc.try_alloc(z.dtype, shape, g, avoid=frozenset(z.slices) | held) or \
+        alloc.alloc(z.dtype, shape, g, avoid=frozenset(z.slices))
 
 
 def lower_reshape(sch, alloc, x: Placement, z: Placement, ready: int, what: str) -> int:

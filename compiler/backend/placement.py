@@ -79,6 +79,23 @@ class Allocator:
         """A placement (in no slice of `avoid`) and the first cycle it may be written.
         A resident tensor (a constant or input, in SRAM before the program starts) only takes
         space no other tensor has used, from the top of the slices down."""
+        got = self.try_alloc(dtype, shape, nbytes, avoid, resident, only)
+        if got is not None:
+            return got
+        rows, cols = rows_cols(shape)
+        n = max(1, rows * max(1, math.ceil(cols / self.arch.lanes)))
+        need = n * nbytes * self.arch.lanes
+        have = sum(e - a for s in self.slices for (a, e, _) in self.free[s])
+        raise CompileError(f"the model does not fit one chip: a tensor of shape {list(shape)} "
+                           f"needs {need:,} bytes in {nbytes} slice(s) and no range is free "
+                           f"({have * self.arch.lanes:,} bytes free in all, fragmented); "
+                           f"SRAM is {self.arch.sram_bytes:,} bytes")
+
+    def try_alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int,
+                  avoid: frozenset[int] = frozenset(), resident: bool = False,
+                  only: frozenset[int] | None = None) -> tuple[Placement, int] | None:
+        """alloc, or None where it would raise for want of space (a preference the caller
+        can drop cheaply)."""
         rows, cols = rows_cols(shape)
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
@@ -111,12 +128,7 @@ class Allocator:
                 self._take(s, addr, addr + n)
             self.cursor = (self.cursor + j + 1) % len(groups)
             return Placement(dtype, shape, rows, cols, vpr, tuple(grp), addr), after
-        need = n * nbytes * self.arch.lanes
-        have = sum(e - a for s in self.slices for (a, e, _) in self.free[s])
-        raise CompileError(f"the model does not fit one chip: a tensor of shape {list(shape)} "
-                           f"needs {need:,} bytes in {nbytes} slice(s) and no range is free "
-                           f"({have * self.arch.lanes:,} bytes free in all, fragmented); "
-                           f"SRAM is {self.arch.sram_bytes:,} bytes")
+        return None
 
     def derive(self, src: Placement, key, placements: list[Placement], value) -> None:
         """Remember `value` computed from src (held in `placements`) until src is released;
