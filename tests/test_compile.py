@@ -297,7 +297,9 @@ def test_int8_matmul_per_channel_weights_per_row_activations():
     mx = np.abs(x).max(1, keepdims=True).astype(np.float32)
     r = (np.float32(1 / mx.astype(np.float64)) * np.float32(127)).astype(np.float32)
     xq = np.clip(np.rint(x * r), -128, 127)
-    emu = (xq @ wq).astype(np.float32) * (mx * np.float32(1 / 127)).astype(np.float32) * sw + b
+    # the result scale, x's row scale times W's column scale, is formed while the MXM works
+    scale = (mx * np.float32(1 / 127)).astype(np.float32) * sw
+    emu = (xq @ wq).astype(np.float32) * scale + b
     np.testing.assert_array_equal(res.outputs["y"], emu)
     bound = k * mx * np.abs(w).max(0) * (1 / 127 + 1 / 254 ** 2) + 1e-4
     assert (np.abs(res.outputs["y"] - (x.astype(np.float64) @ w + b)) <= bound).all()

@@ -947,7 +947,8 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     channel (w_q, scale from quantize_weights), x per row (token) with its own scale
     max|x_r| / QMAX found on chip:
         r = QMAX / max(m, tiny); x_q = q(x * r) (rounded to nearest); acc = x_q @ w_q (int8:
-        int32, exact; fp8: exact products summed in fp32); y = float(acc) * (m / QMAX) * w_scale.
+        int32, exact; fp8: exact products summed in fp32); y = float(acc) * S with
+        S = (m / QMAX) * w_scale, formed while the MXM works (one pass after it, not two).
     """
     arch = sch.arch
     qdtype = wq.dtype
@@ -964,36 +965,45 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
         t = lower.elementwise(sch, ["max"], m, None, 1e-30, m2, max(t, a), what + " scale")
         alloc.release(m, t)
         r, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
+        t_m2 = t
         t = lower.elementwise(sch, ["recip", "mul"], m2, None, qmax, r, max(t, a),
                               what + " scale")
+        # x's scale, for the results: off the path to the MXM
+        sx, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
+        t_sx = lower.elementwise(sch, ["mul"], m2, None, 1.0 / qmax, sx, max(t_m2, a),
+                                 what + " scale")
+        alloc.release(m2, max(t, t_sx))
         xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices) | frozenset(r.slices))
         t = binary(sch, alloc, ["mul"], x, r, xs, max(t, a), what + " quantize", y_mode="col")
         alloc.release(r, t)
         xq, a = alloc.alloc(qdtype, x.shape, 1, avoid=frozenset(xs.slices))
         t = lower.elementwise(sch, ["cvt"], xs, None, None, xq, max(t, a), what + " quantize")
         alloc.release(xs, t)
-        got = (xq, m2, t)
-        alloc.derive(x, key, [xq, m2], got)
-    xq, m2, t = got
+        got = (xq, sx, t, t_sx)
+        alloc.derive(x, key, [xq, sx], got)
+    xq, sx, t, t_sx = got
     t = max(t, ready)
     acc_dtype = "int32" if qdtype == "int8" else "fp32"
     acc, a = alloc.alloc(acc_dtype, y.shape, 4)
+    # the scale of every result, x's row scale times W's column scale, while the MXM works
+    sxp, t_sx, cp = apart(sch, alloc, sx, w_scale, max(t_sx, ready), what + " scale")
+    S, a2 = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(sxp.slices)
+                        | frozenset(w_scale.slices) | frozenset(acc.slices))
+    vpr = S.vpr
+    t_s = lower.elementwise(sch, ["mul"], w_scale, sxp, None, S, max(t_sx, a2),
+                            what + " scale", x_of=lambda v: v % vpr, y_mode="col")
+    if cp is not None:
+        alloc.release(cp, t_s)
     t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero(qdtype))
     if acc_dtype != y.dtype:
-        yf, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(acc.slices))
+        yf, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(acc.slices) | frozenset(S.slices))
         t = lower.elementwise(sch, ["cvt"], acc, None, None, yf, max(t, a), what + " dequantize")
         alloc.release(acc, t)
     else:
         yf = acc
-    sx, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
-    t = lower.elementwise(sch, ["mul"], m2, None, 1.0 / qmax, sx, max(t, a), what + " scale")
-    y1, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(yf.slices) | frozenset(sx.slices)
-                        | frozenset(y.slices))
-    t = binary(sch, alloc, ["mul"], yf, sx, y1, max(t, a), what + " dequantize", y_mode="col")
+    t = binary(sch, alloc, ["mul"], yf, S, y, max(t, t_s), what + " dequantize")
     alloc.release(yf, t)
-    alloc.release(sx, t)
-    t = binary(sch, alloc, ["mul"], y1, w_scale, y, t, what + " dequantize")
-    alloc.release(y1, t)
+    alloc.release(S, t)
     return t
 
 
