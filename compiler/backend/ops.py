@@ -202,7 +202,8 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     which it may be written."""
     g = len(x.slices)
     narrow = x.dtype != "fp32"
-    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, x_clean, shape, start, what)
+    xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, x_clean, shape, start, what,
+                              real_lanes=True)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     if narrow:
         d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
@@ -244,11 +245,15 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
 
 
 def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, start: int,
-            what: str):
+            what: str, real_lanes: bool = False):
     """The max of every row (of at most 320 columns) in every lane of its vector: lanes past
     the last column masked to -inf, then the vector rotated through the SXM by 1, 2, 4, ...
     256 lanes with a max on the VXM each time (cyclic windows that double cover all lanes).
-    Returns (the masked input, the row max, ready cycle, temporaries to free after use)."""
+    Returns (the masked input, the row max, ready cycle, temporaries to free after use).
+    With `real_lanes` (Softmax, which reads the max in the row's own lanes only) the pad
+    lanes hold the type's lowest finite value instead and only lanes 0 .. cols - 1 get the
+    max (lanes_max with cols: fewer stages for short rows); the rest stay finite, so
+    exp(pad - max) is in [0, 1]."""
     if x.cols > arch.lanes:
         raise CompileError(f"{what}: a row max over more than {arch.lanes} columns is not "
                            "lowered yet")
@@ -264,32 +269,44 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
     temps = []
     cur = x
     if x.cols < arch.lanes:
-        mask = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}")
+        # add -inf past the last column; or (real_lanes) take the min with +inf in the row's
+        # lanes and the lowest finite value past them, which sets the pads to exactly that
+        # (an add could overflow to -inf, and -inf - -inf is NaN)
+        mask = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}") + \
+            ("_low" if real_lanes else "")
         if mask not in graph.consts:
-            row = np.zeros(arch.lanes, np.float32)
-            row[x.cols:] = -np.inf
+            row = np.full(arch.lanes, np.inf if real_lanes else 0.0, np.float32)
+            row[x.cols:] = float(np.finfo(numpy_dtype(x.dtype)).min) if real_lanes \
+                else -np.inf
             graph.add_const(mask, row.reshape(1, arch.lanes).astype(numpy_dtype(x.dtype)),
                             kind="const")
         # the mask is one 320-lane vector: read it once per row (the "row" broadcast)
         mp = place[mask]
         cur, a = temp()
         temps.append(cur)
-        t = binary(sch, alloc, ["add"], x, mp, cur, max(t, a), what + " pad mask")
-    m, t = lanes_max(sch, alloc, cur, shape, t, what + " max", free_input=False)
+        t = binary(sch, alloc, ["min" if real_lanes else "add"], x, mp, cur, max(t, a),
+                   what + " pad mask")
+    m, t = lanes_max(sch, alloc, cur, shape, t, what + " max", free_input=False,
+                     cols=x.cols if real_lanes else None)
     return cur, m, t, temps
 
 
 def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
-              free_input: bool = True) -> tuple[Placement, int]:
+              free_input: bool = True, cols: int | None = None) -> tuple[Placement, int]:
     """Every lane of each vector of m := the max over the vector's lanes, in stages: when
     every lane holds the max of a cyclic window of w lanes, the SXM rotates the vector by w,
     2w, ..., (k - 1)w lanes side by side and the VXM takes the max of the k vectors in a tree,
     leaving windows of k * w lanes. Few vectors are latency-bound (each stage is a trip from
     the SXM at the chip's edge to the VXM in its middle), so they take a wide radix k and few
-    stages; many vectors are throughput-bound and take k = 2, the least work."""
+    stages; many vectors are throughput-bound and take k = 2, the least work.
+    With `cols` (lanes from cols on hold the type's lowest value), windows stop growing once
+    they span cols lanes, and one rotation the other way by cols - 1 lanes extends the window
+    of every lane l < cols over lanes l .. l + cols - 1: lanes 0 .. cols - 1 hold the max;
+    the others some finite value."""
     L = sch.arch.lanes
     g = len(m.slices)
-    k_max = _max_radix(m.nvec, L)
+    span = L if cols is None else max(1, min(cols, L))
+    k_max = _max_radix(m.nvec, span)
     V = sch.arch.vxm_position
     # latency-bound: the tree's temporaries near the VXM, the rotations on m's side (between
     # the SXM and the VXM); many vectors need the ports of slices anywhere
@@ -298,8 +315,8 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
     t = ready
     first = m
     w = 1
-    while w < L:
-        k = min(k_max, -(-L // w))
+    while w < span:
+        k = min(k_max, -(-span // w))
         level: list[tuple[Placement, int]] = [(m, t)]
         side = _side_of(sch, m) if near is not None else None
         for j in range(1, k):  # on m's side: the SXM's trip to the VXM passes them
@@ -321,13 +338,27 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
             level = nxt_level
         m, t = level[0]
         w *= k
+    if w < L:  # lane l holds the max of lanes l - w + 1 .. l: add l + 1 .. l + span - 1
+        out, a = _temp_in(alloc, m.dtype, shape, g, frozenset(m.slices), near)
+        if span == 1:  # nothing to add: a copy, which the caller may free
+            t = lower.elementwise(sch, ["copy"], m, None, None, out, max(t, a), what)
+        else:
+            rot, a2 = _temp_in(alloc, m.dtype, shape, g, frozenset(m.slices) | frozenset(
+                out.slices), _side_of(sch, m) if near is not None else None)
+            t = lower.sxm_rotate(sch, m, rot, 1 - span, max(t, a2), what)
+            t = binary(sch, alloc, ["max"], m, rot, out, max(t, a), what)
+            alloc.release(rot, t)
+        if m is not first or free_input:
+            alloc.release(m, t)
+        m = out
     return m, t
 
 
 def _max_radix(nvec: int, lanes: int) -> int:
-    """The radix of lanes_max for nvec vectors: of 2, 4 and 8, the one with the least
-    estimated time, counting a stage's trips (about LANES_TRIP cycles each: the rotation and
-    each level of the max tree) and the SXM's cycles (one per rotated vector)."""
+    """The radix of lanes_max for nvec vectors whose windows must span `lanes` lanes: of 2,
+    4 and 8, the one with the least estimated time, counting a stage's trips (about
+    LANES_TRIP cycles each: the rotation and each level of the max tree) and the SXM's cycles
+    (one per rotated vector)."""
     def cost(k):
         stages, w, rot = 0, 1, 0
         while w < lanes:
