@@ -122,11 +122,58 @@ def spread_int(sch, alloc, x: Placement, z: Placement, ready: int, what: str) ->
 
 
 def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: str, steps) -> int:
-    """Elementwise passes in order, each reading the previous result (and maybe x)."""
+    """Elementwise passes in order, each reading the previous result (and maybe x). Steps that
+    share their B operand (or need none) run as one VXM chain; a large x runs in row blocks,
+    each with its own temporaries, so the blocks' middle passes use several slices' ports and
+    ALUs at once."""
+    steps = _chained(steps)
+    blocks = 1 if any(isinstance(b, Placement) for _, b in steps) or len(steps) < 3 else \
+        max(1, min(SEQUENCE_BLOCKS, x.nvec // SEQUENCE_BLOCK_VECTORS))
+    if blocks == 1:
+        return _sequence_rows(sch, alloc, x, lambda t: new(out, t), start, what, steps)
+    y, a = new(out, start)
+    done = start
+    rows = -(-x.rows // blocks)
+    for r0 in range(0, x.rows, rows):
+        n = min(rows, x.rows - r0)
+        yb = lower.row_block(y, r0, n)
+        done = max(done, _sequence_rows(sch, alloc, lower.row_block(x, r0, n),
+                                        lambda t, yb=yb: (yb, a), start, what, steps))
+    return done
+
+
+# a pass sequence over many rows runs in up to SEQUENCE_BLOCKS row blocks of at least this
+# many vectors
+SEQUENCE_BLOCKS = 4
+SEQUENCE_BLOCK_VECTORS = 128
+
+
+def _chained(steps):
+    """Consecutive steps that share a B operand (or take none) joined into one chain of at
+    most CHAIN_MAX ALU ops: the same arithmetic, one trip through SRAM instead of several."""
+    from isa.table import CHAIN_MAX
+
+    out: list[tuple[list[str], object]] = []
+    for ops, b in steps:
+        if out and "cvt" not in ops and "cvt" not in out[-1][0] \
+                and len(out[-1][0]) + len(ops) <= CHAIN_MAX:
+            prev_ops, pb = out[-1]
+            same = b is None or pb is None or b is pb or (
+                not isinstance(b, Placement) and not isinstance(pb, Placement) and b == pb)
+            if same:
+                out[-1] = (prev_ops + list(ops), pb if pb is not None else b)
+                continue
+        out.append((list(ops), b))
+    return out
+
+
+def _sequence_rows(sch, alloc, x: Placement, out, start: int, what: str, steps) -> int:
+    """lower_sequence's passes on the rows of x; out(t) gives the result's placement and the
+    cycle from which it may be written."""
     cur, t = x, start
     for k, (ops, b) in enumerate(steps):
         if k == len(steps) - 1:
-            dst, a = new(out, t)
+            dst, a = out(t)
         else:
             # temporaries avoid x's slices: a pass may read both in one cycle
             dst, a = alloc.alloc(x.dtype, x.shape, len(x.slices), avoid=frozenset(x.slices))
