@@ -163,6 +163,46 @@ def _machine_dtype(ir_dtype: str, what: str) -> str:
                            f"(lowered: {', '.join(_MACHINE)})") from None
 
 
+# ops that only move or relabel elements: rounding before them is rounding after them
+_RELABELS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+_IR_FLOAT = {"fp16": "float16", "bf16": "bfloat16"}
+_ONNX_CAST_TO = {"float16": 10, "bfloat16": 16}  # onnx.TensorProto element types
+
+
+def _round_before_moves(graph: Graph, product_dtype: str) -> None:
+    """A MatMul of two computed operands rounds both to product_dtype (its MXM type) first.
+    Where an operand comes through moves (Reshape, Transpose, ...) used by nothing else, the
+    rounding (a Cast) goes before them: the same values, but the moves carry half the bytes
+    and the MatMul converts nothing (K^T in attention is 64 one-lane vectors per head, K one
+    vector per row)."""
+    ir = _IR_FLOAT.get(product_dtype)
+    if ir is None:
+        return
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
+            continue
+        for v in nd["inputs"][:2]:
+            chain, cur = [], v
+            while graph.num_uses(cur) == 1 and cur not in graph.outputs:
+                p = graph.producer(cur)
+                if p is None or graph.node(p)["op"] not in _RELABELS \
+                        or len(graph.node(p)["outputs"]) != 1:
+                    break
+                chain.append(p)
+                cur = graph.node(p)["inputs"][0]
+            if not chain or graph.values[cur].dtype != "float32":
+                continue
+            rounded = graph.fresh_name(f"{cur}@{product_dtype}")
+            graph.add_node(None, "Cast", [cur], [rounded], {"to": _ONNX_CAST_TO[ir]},
+                           types=[TensorType(ir, tuple(graph.values[cur].shape))],
+                           order=graph.node(chain[-1])["order"] - 0.5)  # lowered just before
+            graph.set_input(chain[-1], 0, rounded)
+            for p in chain:
+                out = graph.node(p)["outputs"][0]
+                graph.values[out] = TensorType(ir, tuple(graph.values[out].shape))
+
+
 def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     """Lower a canonicalised graph to a single-chip Program for `arch` (the caller's graph is
     not changed: lowering adds constants of its own to a copy)."""
@@ -187,6 +227,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     # accumulation), as they run attention's activation products, where the preset has fp16
     # in hardware (fp32 passes are emulated at a sixteenth of the rate)
     sum_dtype = "fp16" if precision in QUANTIZED and "fp16" in arch.mxm_rate else None
+    _round_before_moves(graph, "fp16" if precision in QUANTIZED else mxm_dtype)
     for name in graph.topo_order():
         nd = graph.node(name)
         if nd["op"] not in LOWERED_OPS:
@@ -414,6 +455,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                    "difference below zero): reading it as a number is not "
                                    "lowered yet")
             exact = op in ARITH and outs[0] in ranges.exact  # see compiler.backend.ranges
+            # a product of two computed operands converts each to its MXM type on its own
+            as_index = as_index or (op == "MatMul" and v in ins and vt.dtype in _IR_FLOAT.values()
+                                    and not any(graph.is_const(i) for i in ins[:2]))
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
                     and not as_index and not exact and not _type_ok(op, v, ins, vt.dtype):
                 why = (f"; the machine holds {vt.dtype} as {_MACHINE[vt.dtype]}, so only "
@@ -613,15 +657,18 @@ def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, st
     t = max(t, a)
     xs, ws = x, w
     cps = []
-    if mxm_dtype != x.dtype:  # both operands to the MXM's type on the VXM
-        g2 = dtype_info(mxm_dtype).nbytes
+    g2 = dtype_info(mxm_dtype).nbytes
+    t0, t = t, t
+    if mxm_dtype != x.dtype:  # each operand to the MXM's type on the VXM
         xs, a = alloc.alloc(mxm_dtype, x.shape, g2, avoid=frozenset(x.slices))
-        t1 = lower.elementwise(sch, ["cvt"], x, None, None, xs, max(t, a), what + " to " +
-                               mxm_dtype)
+        t = max(t, lower.elementwise(sch, ["cvt"], x, None, None, xs, max(t0, a),
+                                     what + " to " + mxm_dtype))
+        cps.append(xs)
+    if mxm_dtype != w.dtype:
         ws, a = alloc.alloc(mxm_dtype, w.shape, g2, avoid=frozenset(w.slices))
-        t = max(t1, lower.elementwise(sch, ["cvt"], w, None, None, ws, max(t, a),
-                                      what + " to " + mxm_dtype))
-        cps = [xs, ws]
+        t = max(t, lower.elementwise(sch, ["cvt"], w, None, None, ws, max(t0, a),
+                                     what + " to " + mxm_dtype))
+        cps.append(ws)
     if len(bt.shape) == 2:
         done = lower.matmul(sch, xs, ws, y, t, what, zero=zero(ws.dtype))
     else:
