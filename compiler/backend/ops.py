@@ -975,25 +975,44 @@ COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
 def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placement, int]:
-    """max |x| of every row, in every lane of one vector per row: |x|, the max over the row's
-    vectors, then SXM rotations by 1, 2, ... 256 lanes with a VXM max after each."""
+    """max |x| of every row, in every lane of one vector per row: the row's vectors folded
+    by VXM chains |v| then max with the running result (a few folds side by side, joined
+    pairwise, when the row has many vectors), then lanes_max."""
     arch = sch.arch
     g = len(x.slices)
     shape = (x.rows, arch.lanes)
-    ax, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices))
-    t = lower.elementwise(sch, ["abs"], x, None, None, ax, max(ready, a), what + " |x|")
-    m, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(ax.slices))
     vpr = x.vpr
-    t = lower.elementwise(sch, ["copy"], ax, None, None, m, max(t, a), what + " row max",
-                          x_of=lambda v: v * vpr)
-    for c in range(1, vpr):  # fold the row's other vectors in
-        nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(ax.slices) | frozenset(m.slices))
-        t = lower.elementwise(sch, ["max"], ax, m, None, nxt, max(t, a), what + " row max",
-                              x_of=lambda v, c=c: v * vpr + c)
-        alloc.release(m, t)
-        m = nxt
-    alloc.release(ax, t)
+    folds = max(1, min(ROW_FOLDS, vpr // 2))
+    parts: list[tuple[Placement, int]] = []
+    for f in range(folds):
+        m, t = None, ready
+        for c in range(f, vpr, folds):
+            nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices) | frozenset(
+                m.slices if m is not None else ()))
+            t = lower.elementwise(sch, ["abs"] if m is None else ["abs", "max"], x, m, None,
+                                  nxt, max(t, a), what + " row max",
+                                  x_of=lambda v, c=c: v * vpr + c,
+                                  y_mode="row" if m is None else "col")
+            if m is not None:
+                alloc.release(m, t)
+            m = nxt
+        parts.append((m, t))
+    while len(parts) > 1:  # join the folds pairwise
+        joined = []
+        for (p, tp), (q, tq) in zip(parts[0::2], parts[1::2], strict=False):
+            out, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(p.slices) | frozenset(q.slices))
+            tt = binary(sch, alloc, ["max"], p, q, out, max(tp, tq, a), what + " row max")
+            alloc.release(p, tt)
+            alloc.release(q, tt)
+            joined.append((out, tt))
+        if len(parts) % 2:
+            joined.append(parts[-1])
+        parts = joined
+    m, t = parts[0]
     return lanes_max(sch, alloc, m, shape, t, what + " row max")
+
+
+ROW_FOLDS = 4  # a row of many vectors is folded by up to this many chains side by side
 
 
 # quantized MXM types: the largest magnitude a scaled value takes (int8: 127, symmetric;
