@@ -418,6 +418,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             if not vals and not _aliased(v, place, graph.outputs):
                 del owners[k]
                 alloc.release(place[v], done)
+    fused: set[str] = set()  # nodes lowered together with the one before them
     for name in order:
         nd = graph.node(name)
         op, ins, outs = nd["op"], list(nd["inputs"]), nd["outputs"]
@@ -474,13 +475,26 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             clean[outs[0]] = True
             finish(name, ins, outs)
             continue
+        if name in fused:  # done with its neighbour (see _row_move_beside)
+            finish(name, ins, outs)
+            continue
         if op in lower.ALIASES or (op == "Identity"):
             src = place[ins[0]]
             ty = graph.values[outs[0]]
             rows, cols = rows_cols(tuple(ty.shape))
             if cols != src.cols:
-                z, a = new(outs[0], start)
-                ready[outs[0]] = lower_reshape(sch, alloc, src, z, max(start, a), what)
+                mv = _row_move_beside(graph, name, after=True) if cols < src.cols else None
+                if mv is None:
+                    z, a = new(outs[0], start)
+                    ready[outs[0]] = lower_reshape(sch, alloc, src, z, max(start, a), what)
+                else:  # split, then the Transpose's row order: written there directly
+                    t_name, row_of = mv
+                    t_out = graph.node(t_name)["outputs"][0]
+                    z, a = new(t_out, start)
+                    ready[outs[0]] = ready[t_out] = lower_reshape(
+                        sch, alloc, src, z, max(start, a), what, z_row=row_of)
+                    clean[t_out] = clean.get(ins[0], False)
+                    fused.add(t_name)
                 clean[outs[0]] = clean.get(ins[0], False)
                 finish(name, ins, outs)
                 continue
@@ -563,6 +577,15 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start,
                                               what)
             clean[out] = clean.get(ins[0], False)
+        elif op == "Transpose" and (mv := _row_move_beside(graph, name, after=False)):
+            # the Transpose's rows go straight into the lane merge of the Reshape after it
+            r_name, row_of = mv
+            r_out = graph.node(r_name)["outputs"][0]
+            z, a = new(r_out, start)
+            ready[out] = ready[r_out] = lower_reshape(sch, alloc, place[ins[0]], z,
+                                                      max(start, a), what, x_row=row_of)
+            clean[out] = clean[r_out] = clean.get(ins[0], False)
+            fused.add(r_name)
         elif op in MOVES:
             ready[out] = lower_data_movement(graph, sch, alloc, nd, place, new, start, what)
             for o in outs:
@@ -751,6 +774,52 @@ def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready:
     if cp is not None:
         alloc.release(cp, done)
     return done
+
+
+def _row_move_beside(graph: Graph, name: str, after: bool):
+    """Attention's head split (Reshape [.., m * C] -> [.., m, C] then a Transpose that keeps
+    the last axis) and merge (such a Transpose, then Reshape [.., m, C] -> [.., m * C]): when
+    the value between them is read by nothing else, the Transpose's row order can be applied
+    by the Reshape's lane moves. For the Reshape `name` (after=True: its Transpose comes
+    after) or the Transpose `name` (after=False: its Reshape comes after), returns (the
+    other node, a map from a row of the value between them to the row it is written to
+    (split) or read from (merge)), or None."""
+    nd = graph.node(name)
+    mid = nd["outputs"][0]
+    users = graph.consumers(mid)
+    if len(users) != 1 or mid in graph.outputs:
+        return None
+    other = graph.node(users[0])
+    if after:
+        if other["op"] != "Transpose" or _moves_last(other, graph):
+            return None
+        shape = tuple(graph.values[mid].shape)
+        perm = _perm(other, len(shape))
+    else:
+        if other["op"] not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") \
+                or nd["op"] != "Transpose" or _moves_last(nd, graph):
+            return None
+        c_in = graph.values[mid].shape[-1] if graph.values[mid].shape else 1
+        out_shape = graph.values[other["outputs"][0]].shape
+        c_out = out_shape[-1] if out_shape else 1
+        if c_out <= c_in or c_out % c_in:
+            return None
+        shape = tuple(graph.values[nd["inputs"][0]].shape)
+        perm = _perm(nd, len(shape))
+    if len(shape) < 2:
+        return None
+    # the Transpose's output row j is its input row src[j]
+    src = np.arange(int(np.prod(shape[:-1]))).reshape(shape[:-1]).transpose(perm[:-1])
+    src = src.reshape(-1)
+    if after:  # reshaped row i is written to the Transpose's output row where src == i
+        dst = np.empty_like(src)
+        dst[src] = np.arange(len(src))
+        return users[0], lambda i, dst=dst: int(dst[i])
+    return users[0], lambda j, src=src: int(src[j])  # merged row j reads input row src[j]
+
+
+def _perm(nd, rank: int) -> list[int]:
+    return [int(p) % rank for p in nd["attrs"].get("perm", range(rank - 1, -1, -1))]
 
 
 def _moves_last(nd, graph) -> bool:

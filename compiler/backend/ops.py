@@ -1292,21 +1292,27 @@ def _apart_from(alloc, z: Placement, n: int, live: dict) -> tuple[Placement, int
         alloc.alloc(z.dtype, shape, g, avoid=frozenset(z.slices))
 
 
-def lower_reshape(sch, alloc, x: Placement, z: Placement, ready: int, what: str) -> int:
+def lower_reshape(sch, alloc, x: Placement, z: Placement, ready: int, what: str,
+                  z_row=None, x_row=None) -> int:
     """A reshape that changes the last dimension: split it into rows (C = m * C') or merge
     rows into it (C' = m * C); row-major order is kept, so each is a slice or a concat of
-    lanes."""
+    lanes. `z_row` (split) maps a row of the reshaped tensor to the row of z it is written
+    to, `x_row` (merge) a row of the tensor to reshape to the row of x that holds it: a row
+    move next to the reshape (the Transpose of attention's head split or merge) done by the
+    same SXM moves instead of a copy of its own."""
     C, C2 = x.cols, z.cols
     if C % C2 == 0:
         m = C // C2
+        zr = z_row or (lambda i: i)
         t = ready
         for h in range(m):
             t = max(t, lane_slice(sch, alloc, x, z, h * C2, ready, what,
-                                  rows=[(r, r * m + h) for r in range(x.rows)]))
+                                  rows=[(r, zr(r * m + h)) for r in range(x.rows)]))
         return t
     if C2 % C == 0:
         m = C2 // C
-        return lane_concat(sch, alloc, [(x, [(r * m + h, r) for r in range(z.rows)], h * C)
+        xr = x_row or (lambda i: i)
+        return lane_concat(sch, alloc, [(x, [(xr(r * m + h), r) for r in range(z.rows)], h * C)
                                         for h in range(m)], z, ready, what)
     raise CompileError(f"{what}: a reshape of the last dimension {C} -> {C2} (neither divides "
                        "the other) is not lowered yet")
