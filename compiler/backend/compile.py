@@ -169,6 +169,74 @@ _IR_FLOAT = {"fp16": "float16", "bf16": "bfloat16"}
 _ONNX_CAST_TO = {"float16": 10, "bfloat16": 16}  # onnx.TensorProto element types
 
 
+def _fold_norm_affine(graph: Graph) -> None:
+    """A LayerNorm/RMSNorm whose output only feeds MatMuls as their activation (the pre-norm
+    of GPT-2 and Llama blocks): its constant scale g and bias b move into the weights and
+    biases of those MatMuls, W' = diag(g) W and c' = b W + c, as inference engines do. The
+    norm then ends at the normalized rows: two VXM passes fewer on the path to each
+    MatMul. Weights read by anything else (tied embeddings) are left alone."""
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        if nd["op"] not in NORMS or len(nd["inputs"]) < 2 or not nd["inputs"][1]:
+            continue
+        y = nd["outputs"][0]
+        scale = nd["inputs"][1]
+        bias = nd["inputs"][2] if len(nd["inputs"]) > 2 and nd["inputs"][2] else None
+        cols = graph.values[y].shape[-1] if graph.values[y].shape else 0
+        users = graph.consumers(y)
+        if y in graph.outputs or not users or not graph.is_const(scale) \
+                or (bias is not None and not graph.is_const(bias)) \
+                or graph.values[scale].size != cols \
+                or (bias is not None and graph.values[bias].size != cols):
+            continue
+        ok = True
+        for u in users:
+            und = graph.node(u)
+            ins = und["inputs"]
+            w = ins[1] if len(ins) > 1 else ""
+            if und["op"] not in lower.MATMULS or ins[0] != y or y in ins[1:] \
+                    or not graph.is_const(w) or graph.num_uses(w) != 1 \
+                    or len(graph.values[w].shape) != 2 or graph.values[w].shape[0] != cols \
+                    or graph.values[w].dtype != "float32":
+                ok = False
+        if not ok:
+            continue
+        g_arr = graph.const_array(scale)
+        b_arr = None if bias is None else graph.const_array(bias)
+        for u in users:
+            und = graph.node(u)
+            w = und["inputs"][1]
+            w_arr = graph.const_array(w)
+            known = w_arr is not None and g_arr is not None and (bias is None or b_arr is not None)
+            w_new = graph.add_const(
+                graph.fresh_name(f"{w}_normed"),
+                (w_arr * g_arr.reshape(-1, 1).astype(np.float32)).astype(np.float32)
+                if known else None, ty=graph.values[w], kind=graph.consts[w].kind)
+            graph.set_input(u, 1, w_new)
+            if bias is None:
+                continue
+            n_out = graph.values[w].shape[1]
+            c = und["inputs"][2] if und["op"] == "MatMulBias" else None
+            c_arr = None if c is None else graph.const_array(c)
+            c_new = None
+            if known and (c is None or c_arr is not None):
+                c_new = (b_arr.reshape(-1).astype(np.float64) @ w_arr.astype(np.float64))
+                c_new = (c_new + (0 if c is None else c_arr.reshape(-1))).astype(np.float32)
+            cb = graph.add_const(graph.fresh_name(f"{w}_normed_bias"), c_new,
+                                 ty=TensorType("float32", (n_out,)), kind="weight")
+            if c is not None:
+                graph.set_input(u, 2, cb)
+            else:
+                order = und["order"]
+                x_in, out = und["inputs"][0], und["outputs"][0]
+                ty = graph.values[out]
+                graph.remove_node(u)
+                graph.add_node(u, "MatMulBias", [x_in, w_new, cb], [out], types=[ty],
+                               order=order)
+        graph.set_inputs(name, [nd["inputs"][0]])
+    graph.prune()
+
+
 def _round_before_moves(graph: Graph, product_dtype: str) -> None:
     """A MatMul of two computed operands rounds both to product_dtype (its MXM type) first.
     Where an operand comes through moves (Reshape, Transpose, ...) used by nothing else, the
@@ -214,6 +282,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     narrow_floats_in_fp32(graph)
     _full_const_conditions(graph)
     _constant_outputs(graph)
+    _fold_norm_affine(graph)
     ranges = integer_ranges(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
