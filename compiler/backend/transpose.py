@@ -184,13 +184,14 @@ def _sixteen(alloc, shape, avoid: frozenset[int] = frozenset()) -> tuple[list[Pl
         side &= frozenset(alloc.slices)
         got: list[Placement] = []
         after = 0
-        try:
-            for _ in range(TILE):
-                p, a = alloc.alloc("int8", shape, 1, only=side,
-                                   avoid=avoid | frozenset(s for q in got for s in q.slices))
-                got.append(p)
-                after = max(after, a)
-        except CompileError:
+        for _ in range(TILE):
+            r = alloc.try_alloc("int8", shape, 1, only=side,
+                                avoid=avoid | frozenset(s for q in got for s in q.slices))
+            if r is None:
+                break
+            got.append(r[0])
+            after = max(after, r[1])
+        if len(got) < TILE:
             for p in got:
                 alloc.release(p, 0)
             continue
