@@ -370,20 +370,9 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
             rot, a = _temp_in(alloc, m.dtype, shape, g,
                               frozenset(s for p, _ in level for s in p.slices), side)
             level.append((rot, lower.sxm_rotate(sch, m, rot, j * w, max(t, a), what)))
-        while len(level) > 1:  # the max of the k vectors, pairwise, near the VXM
-            nxt_level = []
-            for (p, tp), (q, tq) in zip(level[0::2], level[1::2], strict=False):
-                out, a = _temp_in(alloc, m.dtype, shape, g,
-                                  frozenset(p.slices) | frozenset(q.slices), near)
-                tt = binary(sch, alloc, ["max"], p, q, out, max(tp, tq, a), what)
-                for done in (p, q):
-                    if done is not first or free_input:
-                        alloc.release(done, tt)
-                nxt_level.append((out, tt))
-            if len(level) % 2:
-                nxt_level.append(level[-1])
-            level = nxt_level
-        m, t = level[0]
+        # the max of the k vectors, pairwise, near the VXM
+        m, t = _max_tree(sch, alloc, level, shape, what, near,
+                         keep=() if free_input else (first,))
         w *= k
     if w < L:  # lane l holds the max of lanes l - w + 1 .. l: add l + 1 .. l + span - 1
         out, a = _temp_in(alloc, m.dtype, shape, g, frozenset(m.slices), near)
@@ -997,19 +986,29 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placeme
                 alloc.release(m, t)
             m = nxt
         parts.append((m, t))
-    while len(parts) > 1:  # join the folds pairwise
-        joined = []
-        for (p, tp), (q, tq) in zip(parts[0::2], parts[1::2], strict=False):
-            out, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(p.slices) | frozenset(q.slices))
-            tt = binary(sch, alloc, ["max"], p, q, out, max(tp, tq, a), what + " row max")
-            alloc.release(p, tt)
-            alloc.release(q, tt)
-            joined.append((out, tt))
-        if len(parts) % 2:
-            joined.append(parts[-1])
-        parts = joined
-    m, t = parts[0]
+    m, t = _max_tree(sch, alloc, parts, shape, what + " row max")  # join the folds
     return lanes_max(sch, alloc, m, shape, t, what + " row max")
+
+
+def _max_tree(sch, alloc, items: list[tuple[Placement, int]], shape, what: str,
+              only: frozenset[int] | None = None, keep=()) -> tuple[Placement, int]:
+    """The elementwise max of the placements in items ((placement, ready cycle) each),
+    pairwise on the VXM into temporaries (in `only` when there is room); every input but those
+    in `keep` is freed after its last read. Returns the result and its ready cycle."""
+    while len(items) > 1:
+        joined = []
+        for (p, tp), (q, tq) in zip(items[0::2], items[1::2], strict=False):
+            out, a = _temp_in(alloc, p.dtype, shape, len(p.slices),
+                              frozenset(p.slices) | frozenset(q.slices), only)
+            tt = binary(sch, alloc, ["max"], p, q, out, max(tp, tq, a), what)
+            for done in (p, q):
+                if all(done is not k for k in keep):
+                    alloc.release(done, tt)
+            joined.append((out, tt))
+        if len(items) % 2:
+            joined.append(items[-1])
+        items = joined
+    return items[0]
 
 
 ROW_FOLDS = 4  # a row of many vectors is folded by up to this many chains side by side
