@@ -237,6 +237,41 @@ def _fold_norm_affine(graph: Graph) -> None:
     graph.prune()
 
 
+def _vector_products(graph: Graph) -> None:
+    """A MatMul of two computed operands whose right one has a single column, made by a
+    Transpose of a single row (attention's scores against one key: Q @ K^T with K [.., 1, K]):
+    a matrix-vector product, computed as Mul(A, row) then ReduceSum over the last axis. The
+    MXM would otherwise take the transposed row as weights, K vectors of one lane each, after
+    a corner turn that writes them one per cycle."""
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
+            continue
+        a, b = nd["inputs"][:2]
+        t = graph.producer(b)
+        if t is None or graph.node(t)["op"] != "Transpose":
+            continue
+        row = graph.node(t)["inputs"][0]
+        ra, rb = graph.values[a].shape, graph.values[row].shape
+        n = len(rb)
+        perm = _perm(graph.node(t), n)
+        if n < 2 or len(ra) != n or perm != list(range(n - 2)) + [n - 1, n - 2] \
+                or rb[-2] != 1 or tuple(rb[:-2]) != tuple(ra[:-2]) or rb[-1] != ra[-1] \
+                or graph.values[row].dtype != "float32" or graph.values[a].dtype != "float32":
+            continue
+        y = nd["outputs"][0]
+        prod = graph.fresh_name(f"{y}_products")
+        axes = graph.add_const(graph.fresh_name(f"{y}_axes"), np.array([n - 1], np.int64))
+        order = nd["order"]
+        yt = graph.values[y]
+        graph.remove_node(name)
+        graph.add_node(graph.fresh_name(f"{name}_mul"), "Mul", [a, row], [prod],
+                       types=[TensorType("float32", tuple(ra))], order=order - 0.5)
+        graph.add_node(name, "ReduceSum", [prod, axes], [y], {"keepdims": 1}, types=[yt],
+                       order=order)
+    graph.prune()
+
+
 def _round_before_moves(graph: Graph, product_dtype: str) -> None:
     """A MatMul of two computed operands rounds both to product_dtype (its MXM type) first.
     Where an operand comes through moves (Reshape, Transpose, ...) used by nothing else, the
@@ -283,6 +318,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _full_const_conditions(graph)
     _constant_outputs(graph)
     _fold_norm_affine(graph)
+    _vector_products(graph)
     ranges = integer_ranges(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
