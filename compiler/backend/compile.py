@@ -242,24 +242,12 @@ def _vector_products(graph: Graph) -> None:
     Transpose of a single row (attention's scores against one key: Q @ K^T with K [.., 1, K]):
     a matrix-vector product, computed as Mul(A, row) then ReduceSum over the last axis. The
     MXM would otherwise take the transposed row as weights, K vectors of one lane each, after
-    a corner turn that writes them one per cycle. One with a single inner term (A [.., M, 1],
-    the probabilities over one key, @ V [.., 1, N]) is an outer product: Mul(A, B)."""
+    a corner turn that writes them one per cycle."""
     for name in graph.topo_order():
         nd = graph.node(name)
         if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
             continue
         a, b = nd["inputs"][:2]
-        ta, tb = graph.values[a], graph.values[b]
-        if len(ta.shape) >= 2 and len(tb.shape) == len(ta.shape) and ta.shape[-1] == 1 \
-                and tuple(ta.shape[:-2]) == tuple(tb.shape[:-2]) \
-                and ta.dtype == tb.dtype == "float32":
-            # one inner term (probabilities over one key @ V): an outer product, Mul(A, B)
-            # broadcast [.., M, 1] x [.., 1, N]
-            y = nd["outputs"][0]
-            order, yt = nd["order"], graph.values[y]
-            graph.remove_node(name)
-            graph.add_node(name, "Mul", [a, b], [y], types=[yt], order=order)
-            continue
         t = graph.producer(b)
         if t is None or graph.node(t)["op"] != "Transpose":
             continue

@@ -39,22 +39,3 @@ def test_scores_against_one_key_match_numpy(precision, rtol):
     s = lpusim.run_onnx(_scores(1), {"q": q, "k": k}, precision=precision).outputs["s"]
     want = q.astype(np.float64) @ k.astype(np.float64).transpose(0, 1, 3, 2)
     np.testing.assert_allclose(s, want, rtol=rtol, atol=rtol * np.abs(want).max())
-
-
-def _outer(inner: int):
-    g = h.make_graph([h.make_node("MatMul", ["p", "v"], ["y"])], "g",
-                     [h.make_tensor_value_info("p", T.FLOAT, [3, 2, inner]),
-                      h.make_tensor_value_info("v", T.FLOAT, [3, inner, 40])],
-                     [h.make_tensor_value_info("y", T.FLOAT, [3, 2, 40])])
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 23)])
-
-
-@pytest.mark.parametrize("inner,op", [(1, "Mul"), (2, "MatMul")])
-def test_one_inner_term_is_an_outer_product(inner, op):
-    graph = import_onnx(_outer(inner))
-    _vector_products(graph)
-    assert [graph.node(n)["op"] for n in graph.nodes()] == [op]
-    p = RNG.standard_normal((3, 2, inner)).astype(np.float32)
-    v = RNG.standard_normal((3, inner, 40)).astype(np.float32)
-    y = lpusim.run_onnx(_outer(inner), {"p": p, "v": v}).outputs["y"]
-    np.testing.assert_allclose(y, p.astype(np.float64) @ v, rtol=1e-6, atol=1e-6)
