@@ -97,13 +97,14 @@ class Ports:
             e = self.ends[i]
         return e
 
-    def first_conflict(self, c0: int, c1: int, bank: int) -> int | None:
-        """The first cycle in [c0, c1) in which this port uses a bank colliding with `bank`."""
+    def first_conflict(self, c0: int, c1: int, bank: int) -> tuple[int, int] | None:
+        """(the first cycle in [c0, c1) in which this port uses a bank colliding with `bank`,
+        the end of that use), or None."""
         starts, ends, banks = self.starts, self.ends, self.banks
         i = max(bisect_right(starts, c0) - 1, 0)
         while i < len(starts) and starts[i] < c1:
             if ends[i] > c0 and _conflict(bank, banks[i]):
-                return max(starts[i], c0)
+                return max(starts[i], c0), ends[i]
             i += 1
         return None
 
@@ -280,13 +281,15 @@ class Reservation:
                     first = max(m0, c0)
             fo = other.first_conflict(c0, first, bank)
             if fo is not None:
-                first = fo
+                first = fo[0]
             for m0, m1, mb in mine_other:
                 if m0 < first and c0 < m1 and _conflict(bank, mb):
                     first = max(m0, c0)
             if first < c1:
                 if first == fb:
                     self.need_free(busy, fb)
+                elif fo is not None and first == fo[0]:  # the other port's use must end
+                    self.need(fo[1] - fo[0])
                 return False
             mine.append((c0, c1, bank))
             taken.append((sl, c0, c1, bank))
@@ -311,18 +314,30 @@ class Reservation:
 
     def flow_free(self, direction: int, s: int, diags, sp: tuple[int, int]) -> bool:
         """Is stream s free over positions sp on every one of `diags`?"""
+        return self.flow_block(direction, s, diags, sp) == 0
+
+    def flow_block(self, direction: int, s: int, diags, sp: tuple[int, int]) -> int:
+        """0 when stream s is free over positions sp on every one of `diags`; else a number of
+        cycles the job must start later at least to use this stream (a committed flow in the
+        way ends at diagonal x1: the job's run of diagonals from d0 must move past it; a
+        diagonal moves with the job's start)."""
         a0, a1 = sp
         tget, mget = self.t.streams.get, self._mine_streams.get
         k0 = direction * _SK + s
         for d0, d1 in _diag_runs(diags):
             for bucket in range(d0 >> _BUCKET, ((d1 - 1) >> _BUCKET) + 1):
                 key = bucket * _DK + k0
-                for occ in (tget(key), mget(key)):
-                    if occ:
-                        for x0, x1, a, b in occ:
-                            if x0 < d1 and d0 < x1 and a < a1 and a0 < b:
-                                return False
-        return True
+                occ = tget(key)
+                if occ:
+                    for x0, x1, a, b in occ:
+                        if x0 < d1 and d0 < x1 and a < a1 and a0 < b:
+                            return max(1, x1 - d0)
+                occ = mget(key)
+                if occ:
+                    for x0, x1, a, b in occ:
+                        if x0 < d1 and d0 < x1 and a < a1 and a0 < b:
+                            return 1  # the job's own flow: moves with it
+        return 0
 
     def take_flow(self, direction: int, s: int, diags, sp: tuple[int, int]) -> None:
         """Take stream s over positions sp on every one of `diags` (check flow_free first)."""

@@ -138,11 +138,19 @@ class Scheduler:
                     return None
             shift = lat - pos if direction == 0 else lat + pos
             plans.append((b, sl, rcs, shifted(rcs, shift), span(direction, pos, dest)))
+        least = None  # the least shift that might free a group of streams
         for cand in ([base] if base is not None else range(0, self.S - g + 1, g)):
-            if all(res.flow_free(direction, cand + b, diags, sp) for b, _, _, diags, sp in plans):
+            block = 0
+            for b, _, _, diags, sp in plans:
+                block = res.flow_block(direction, cand + b, diags, sp)
+                if block:
+                    break
+            if not block:
                 base = cand
                 break
+            least = block if least is None else min(least, block)
         else:
+            res.need(least)
             return None
         banks = banks_of(addrs, wpb)
         for b, sl, rcs, diags, sp in plans:
@@ -192,7 +200,9 @@ class Scheduler:
             hops = abs(pos - src)
             diags = _diagonals(direction, src, leave)
             sp = span(direction, src, pos)
-            if not res.flow_free(direction, base + b, diags, sp):
+            block = res.flow_block(direction, base + b, diags, sp)
+            if block:
+                res.need(block)
                 return None
             if not res.take_writes(sl, shifted(leave, hops + lat), banks_of(addrs, self.wpb)):
                 return None
@@ -209,12 +219,21 @@ class Scheduler:
         """A group of g streams free from position src to the farthest of dests at `leave`."""
         far = min(dests) if direction == 1 else max(dests)
         sp = span(direction, src, far)
+        diags = _diagonals(direction, src, leave)
+        least = None  # the least shift that might free a group
         for base in range(0, self.S - g + 1, g):
             if base in avoid:
                 continue
-            diags = _diagonals(direction, src, leave)
-            if all(res.flow_free(direction, base + b, diags, sp) for b in range(g)):
+            block = 0
+            for b in range(g):
+                block = res.flow_block(direction, base + b, diags, sp)
+                if block:
+                    break
+            if not block:
                 return base
+            least = block if least is None else min(least, block)
+        if least is not None:
+            res.need(least)
         return None
 
 
