@@ -30,6 +30,7 @@ from compiler.backend.ops import (
     lower_softmax,
     lower_trilu,
     quantize_weights,
+    row_index,
     spread_int,
 )
 from compiler.backend.pad import pads_as_concats
@@ -786,7 +787,7 @@ def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, st
     xs, ws = x, w
     cps = []
     g2 = dtype_info(mxm_dtype).nbytes
-    t0, t = t, t
+    t0 = t
     if mxm_dtype != x.dtype:  # each operand to the MXM's type on the VXM
         xs, a = alloc.alloc(mxm_dtype, x.shape, g2, avoid=frozenset(x.slices))
         t = max(t, lower.elementwise(sch, ["cvt"], x, None, None, xs, max(t0, a),
@@ -914,8 +915,7 @@ def _row_move_beside(graph: Graph, name: str, after: bool):
     if len(shape) < 2:
         return None
     # the Transpose's output row j is its input row src[j]
-    src = np.arange(int(np.prod(shape[:-1]))).reshape(shape[:-1]).transpose(perm[:-1])
-    src = src.reshape(-1)
+    src = row_index(shape).transpose(perm[:-1]).reshape(-1)
     if after:  # reshaped row i is written to the Transpose's output row where src == i
         dst = np.empty_like(src)
         dst[src] = np.arange(len(src))
@@ -929,8 +929,7 @@ def _perm(nd, rank: int) -> list[int]:
 
 def _moves_last(nd, graph) -> bool:
     n = len(graph.values[nd["inputs"][0]].shape)
-    perm = list(nd["attrs"].get("perm", range(n - 1, -1, -1)))
-    return n >= 2 and int(perm[-1]) % n != n - 1
+    return n >= 2 and _perm(nd, n)[-1] != n - 1
 
 
 def _aliased(v, place, outputs) -> bool:

@@ -550,8 +550,9 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     cols = x.cols
     J = row_matrix(graph, arch, place, cols, 1.0 / cols)
     z = zero(x.dtype)
-    if op == "LayerNormalization" and sum_dtype and sum_dtype != x.dtype:
-        J = (J, row_matrix(graph, arch, place, cols, 1.0 / cols, sum_dtype), zero(sum_dtype))
+    # the mean's matrix and zero rows: of the sum type when the mean reads x rounded to it
+    mean = (row_matrix(graph, arch, place, cols, 1.0 / cols, sum_dtype), zero(sum_dtype)) \
+        if op == "LayerNormalization" and sum_dtype and sum_dtype != x.dtype else (J, z)
     scale = ins[1] if len(ins) > 1 and ins[1] else None
     bias = ins[2] if len(ins) > 2 and ins[2] else None
     for name in (scale, bias):
@@ -560,8 +561,8 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
                                "(not one value per column) is not lowered yet")
     n_blk = max(1, min(NORM_BLOCKS, x.nvec // NORM_BLOCK_VECTORS)) if not any(extra) else 1
     if n_blk == 1:
-        return _norm_rows(graph, arch, sch, alloc, op, x, tuple(xt.shape), J, z, eps, scale,
-                          bias, place, extra, new, outs, spread, start, what)
+        return _norm_rows(graph, arch, sch, alloc, op, x, tuple(xt.shape), J, z, mean, eps,
+                          scale, bias, place, extra, new, outs, spread, start, what)
     # blocks of rows with their own temporaries (in other slices), as for Softmax
     y, a = new(outs[0], start)
     done = start
@@ -570,7 +571,8 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
         n = min(step, x.rows - r0)
         yb = lower.row_block(y, r0, n)
         done = max(done, _norm_rows(graph, arch, sch, alloc, op, lower.row_block(x, r0, n),
-                                    (n, cols), J, z, eps, scale, bias, place, [None, None],
+                                    (n, cols), J, z, mean, eps, scale, bias, place,
+                                    [None, None],
                                     lambda _name, t, yb=yb: (yb, a), outs, spread, start,
                                     f"{what} rows {r0}..{r0 + n - 1}"))
     return done
@@ -582,9 +584,11 @@ NORM_BLOCKS = 4
 NORM_BLOCK_VECTORS = 96
 
 
-def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, eps, scale, bias, place, extra,
-               new, outs, spread, start, what) -> int:
-    """lower_norm on the rows of x (of `shape`); new(name, t) gives an output's placement."""
+def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bias, place,
+               extra, new, outs, spread, start, what) -> int:
+    """lower_norm on the rows of x (of `shape`); new(name, t) gives an output's placement.
+    J and z: the row-sum matrix and zero rows in x's type; mean: those the mean uses (of
+    another type: x is rounded to it first)."""
     g = len(x.slices)
 
     def temp(shape):
@@ -604,9 +608,9 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, eps, scale, bias, pl
         spread.add(out_name)
         return new(out_name, t)
 
-    J_mean, xs, zm = J, x, z
-    if isinstance(J, tuple):  # the mean from x rounded to the sum type (lower_norm)
-        J, J_mean, zm = J
+    J_mean, zm = mean
+    xs = x
+    if op == "LayerNormalization" and J_mean.dtype != x.dtype:  # the mean from x rounded
         xs, a = alloc.alloc(J_mean.dtype, shape, dtype_info(J_mean.dtype).nbytes,
                             avoid=frozenset(x.slices))
         t = lower.elementwise(sch, ["cvt"], x, None, None, xs, max(t, a),

@@ -138,19 +138,10 @@ class Scheduler:
                     return None
             shift = lat - pos if direction == 0 else lat + pos
             plans.append((b, sl, rcs, shifted(rcs, shift), span(direction, pos, dest)))
-        least = None  # the least shift that might free a group of streams
-        for cand in ([base] if base is not None else range(0, self.S - g + 1, g)):
-            block = 0
-            for b, _, _, diags, sp in plans:
-                block = res.flow_block(direction, cand + b, diags, sp)
-                if block:
-                    break
-            if not block:
-                base = cand
-                break
-            least = block if least is None else min(least, block)
-        else:
-            res.need(least)
+        base = _free_base(res, direction,
+                          [base] if base is not None else range(0, self.S - g + 1, g),
+                          [(b, diags, sp) for b, _, _, diags, sp in plans])
+        if base is None:
             return None
         banks = banks_of(addrs, wpb)
         for b, sl, rcs, diags, sp in plans:
@@ -220,21 +211,28 @@ class Scheduler:
         far = min(dests) if direction == 1 else max(dests)
         sp = span(direction, src, far)
         diags = _diagonals(direction, src, leave)
-        least = None  # the least shift that might free a group
-        for base in range(0, self.S - g + 1, g):
-            if base in avoid:
-                continue
-            block = 0
-            for b in range(g):
-                block = res.flow_block(direction, base + b, diags, sp)
-                if block:
-                    break
-            if not block:
-                return base
-            least = block if least is None else min(least, block)
-        if least is not None:
-            res.need(least)
-        return None
+        return _free_base(res, direction,
+                          [b for b in range(0, self.S - g + 1, g) if b not in avoid],
+                          [(b, diags, sp) for b in range(g)])
+
+
+def _free_base(res: Reservation, direction: int, bases, flows) -> int | None:
+    """The first of `bases` whose streams base + b are free for every (b, diagonals,
+    positions) of `flows`; else None, and the least shift that might free one is recorded
+    (Reservation.need)."""
+    least = None
+    for base in bases:
+        block = 0
+        for b, diags, sp in flows:
+            block = res.flow_block(direction, base + b, diags, sp)
+            if block:
+                break
+        if not block:
+            return base
+        least = block if least is None else min(least, block)
+    if least is not None:
+        res.need(least)
+    return None
 
 
 def _diagonals(direction: int, position: int, cycles):
