@@ -170,6 +170,16 @@ _IR_FLOAT = {"fp16": "float16", "bf16": "bfloat16"}
 _ONNX_CAST_TO = {"float16": 10, "bfloat16": 16}  # onnx.TensorProto element types
 
 
+def _feeds_quantized(graph: Graph, v: str) -> bool:
+    """Does v feed only MatMuls with constant weights, as their activation (each quantizes v
+    by its row absmax under the int8 and fp8 policies)?"""
+    users = graph.consumers(v)
+    return bool(users) and v not in graph.outputs and all(
+        graph.node(u)["op"] in lower.MATMULS and graph.node(u)["inputs"][0] == v
+        and v not in graph.node(u)["inputs"][1:] and graph.is_const(graph.node(u)["inputs"][1])
+        for u in users)
+
+
 def _fold_norm_affine(graph: Graph) -> None:
     """A LayerNorm/RMSNorm whose output only feeds MatMuls as their activation (the pre-norm
     of GPT-2 and Llama blocks): its constant scale g and bias b move into the weights and
@@ -673,7 +683,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                                   TABLE_DTYPE[precision])
         elif op in NORMS:
             ready[out] = lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
-                                    clean, spread, sum_dtype)
+                                    clean, spread, sum_dtype,
+                                    absmax=precision in QUANTIZED and _feeds_quantized(graph, out))
             clean[out] = True
         elif op in ("Softmax", "LogSoftmax"):
             ready[out] = lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,

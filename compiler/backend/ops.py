@@ -67,7 +67,7 @@ def apart(sch, alloc, y: Placement, x: Placement, ready: int, what: str):
 
 
 def binary(sch, alloc, ops, x: Placement, y: Placement, z: Placement, ready: int, what: str,
-           y_mode: str = "row") -> int:
+           y_mode: str = "row", y_of=None) -> int:
     """z = ops(x, y) on the VXM with y in slices apart from x's (copied there if need be) and
     z apart from both (else through a temporary: a slice cannot stream reads and writes of
     one bank at once)."""
@@ -77,11 +77,12 @@ def binary(sch, alloc, ops, x: Placement, y: Placement, z: Placement, ready: int
                              avoid=frozenset(x.slices) | frozenset(py.slices)
                              | frozenset(z.slices))
         t = lower.elementwise(sch, ops, x, py, None, tmp, max(ready, t, a), what,
-                              y_mode=y_mode)
+                              y_mode=y_mode, y_of=y_of)
         t = lower.elementwise(sch, ["copy"], tmp, None, None, z, t, what)
         alloc.release(tmp, t)
     else:
-        t = lower.elementwise(sch, ops, x, py, None, z, max(ready, t), what, y_mode=y_mode)
+        t = lower.elementwise(sch, ops, x, py, None, z, max(ready, t), what, y_mode=y_mode,
+                              y_of=y_of)
     if cp is not None:
         alloc.release(cp, t)
     return t
@@ -519,7 +520,7 @@ def lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what, clean
 
 
 def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean, spread,
-               sum_dtype: str | None = None) -> int:
+               sum_dtype: str | None = None, absmax: bool = False) -> int:
     """LayerNormalization / RMSNormalization over the last axis. Sums across lanes run on the
     MXM against a [cols, 320] matrix of 1/cols, which leaves the row's mean in every lane;
     the rest is elementwise on the VXM:
@@ -527,7 +528,11 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
         RMSNorm:   q = (x * x) @ J; y = x * rsqrt(q + eps) * g
     With `sum_dtype` (fp16 for fp32 rows under the int8 and fp8 policies) the mean's MXM pass
     reads x rounded to it, at the MXM's full rate; squares stay fp32, where they cannot
-    overflow."""
+    overflow.
+    With `absmax` (the output feeds only quantized MatMuls) and no scale or bias, the row
+    absmax that quantizes the output is found beside the norm, off its path: max |y| =
+    rsqrt(v + eps) * max |d| (d = x - m, or x for RMSNorm), with max |d| taken while the
+    variance is computed; lower_matmul_quant finds it derived from y."""
     op, ins, outs = nd["op"], [i for i in nd["inputs"]], nd["outputs"]
     x_name = ins[0]
     xt = graph.values[x_name]
@@ -550,19 +555,20 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     cols = x.cols
     J = row_matrix(graph, arch, place, cols, 1.0 / cols)
     z = zero(x.dtype)
-    # the mean's matrix and zero rows: of the sum type when the mean reads x rounded to it
-    mean = (row_matrix(graph, arch, place, cols, 1.0 / cols, sum_dtype), zero(sum_dtype)) \
-        if op == "LayerNormalization" and sum_dtype and sum_dtype != x.dtype else (J, z)
     scale = ins[1] if len(ins) > 1 and ins[1] else None
     bias = ins[2] if len(ins) > 2 and ins[2] else None
     for name in (scale, bias):
         if name is not None and tuple(graph.values[name].shape) not in ((cols,), (1, cols)):
             raise CompileError(f"{what}: scale/bias of shape {list(graph.values[name].shape)} "
                                "(not one value per column) is not lowered yet")
+    # the mean's matrix and zero rows: of the sum type when the mean reads x rounded to it
     n_blk = max(1, min(NORM_BLOCKS, x.nvec // NORM_BLOCK_VECTORS)) if not any(extra) else 1
+    mean = (row_matrix(graph, arch, place, cols, 1.0 / cols, sum_dtype), zero(sum_dtype)) \
+        if op == "LayerNormalization" and sum_dtype and sum_dtype != x.dtype else (J, z)
     if n_blk == 1:
         return _norm_rows(graph, arch, sch, alloc, op, x, tuple(xt.shape), J, z, mean, eps,
-                          scale, bias, place, extra, new, outs, spread, start, what)
+                          scale, bias, place, extra, new, outs, spread, start, what,
+                          absmax and scale is None and bias is None)
     # blocks of rows with their own temporaries (in other slices), as for Softmax
     y, a = new(outs[0], start)
     done = start
@@ -585,7 +591,7 @@ NORM_BLOCK_VECTORS = 96
 
 
 def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bias, place,
-               extra, new, outs, spread, start, what) -> int:
+               extra, new, outs, spread, start, what, absmax: bool = False) -> int:
     """lower_norm on the rows of x (of `shape`); new(name, t) gives an output's placement.
     J and z: the row-sum matrix and zero rows in x's type; mean: those the mean uses (of
     another type: x is rounded to it first)."""
@@ -609,6 +615,10 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         return new(out_name, t)
 
     J_mean, zm = mean
+    if absmax and op == "LayerNormalization":  # max x and -min x, beside the mean
+        ext, t_ext = row_extremes(graph, sch, alloc, place, x, start, what)
+    elif absmax:  # RMSNorm: max |y| = rsqrt(q + eps) * max |x|
+        d_max, t_dmax = row_absmax(sch, alloc, x, start, what)
     xs = x
     if op == "LayerNormalization" and J_mean.dtype != x.dtype:  # the mean from x rounded
         xs, a = alloc.alloc(J_mean.dtype, shape, dtype_info(J_mean.dtype).nbytes,
@@ -623,14 +633,46 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what, y_mode="col")
     else:
         d = x
+    if absmax and op == "LayerNormalization":
+        # max |x - m| = max(max x - m, m - min x), while the variance is computed
+        t_m = t
+        hi, a = alloc.alloc(x.dtype, (rows, arch.lanes), g, avoid=frozenset(ext.slices))
+        t_hi = lower.elementwise(sch, ["sub"], lower.row_block(ext, 0, rows), m, None, hi,
+                                 max(t_ext, t_m, a), what + " row max")
+        lo, a = alloc.alloc(x.dtype, (rows, arch.lanes), g,
+                            avoid=frozenset(ext.slices) | frozenset(hi.slices))
+        t_lo = lower.elementwise(sch, ["add"], lower.row_block(ext, rows, rows), m, None, lo,
+                                 max(t_ext, t_m, a), what + " row max")
+        alloc.release(ext, max(t_hi, t_lo))
+        d_max, t_dmax = _max_tree(sch, alloc, [(hi, t_hi), (lo, t_lo)], (rows, arch.lanes),
+                                  what + " row max")
     sq, a = temp(shape)
     t = lower.elementwise(sch, ["mul"], d, None, None, sq, max(t, a), what, y_is_x=True)
     v, a = temp((rows, arch.lanes))
     t = lower.matmul(sch, sq, J, v, max(t, a), what + " variance", zero=z)
     temps += [sq, v]
-    inv, a = per_row(extra[1] if op == "LayerNormalization" else None)
-    t = lower.elementwise(sch, ["add", "rsqrt"], v, None, eps, inv, max(t, a), what)
+    # Without scale and bias (folded into MatMuls) the last vector of a row is multiplied by
+    # rsqrt(v + eps) zeroed past the last column: x - m is -m there, and pad lanes stay zero
+    pad_mask = op == "LayerNormalization" and scale is None and bias is None \
+        and x.cols % arch.lanes and extra[1] is None
+    if pad_mask:  # [rsqrt(v + eps) of every row; the same zeroed past the last column]
+        inv2, a = temp((2 * rows, arch.lanes))
+        temps.append(inv2)
+        inv = lower.row_block(inv2, 0, rows)
+    else:
+        inv, a = per_row(extra[1] if op == "LayerNormalization" else None)
+    t = t_inv = lower.elementwise(sch, ["add", "rsqrt"], v, None, eps, inv, max(t, a), what)
     steps = [("mul", inv, "col")]
+    if pad_mask:
+        lanes = f"__lanes_below_{x.cols % arch.lanes}_{x.dtype}"
+        if lanes not in graph.consts:
+            row = (np.arange(arch.lanes) < x.cols % arch.lanes).astype(np.float32)
+            graph.add_const(lanes, row.reshape(1, -1).astype(numpy_dtype(x.dtype)),
+                            kind="const")
+        t = lower.elementwise(sch, ["mul"], inv, place[lanes], None,
+                              lower.row_block(inv2, rows, rows), t, what + " pad lanes")
+        vpr = x.vpr
+        steps = [("mul", inv2, lambda v: v // vpr + rows * (v % vpr == vpr - 1))]
     if scale is not None:
         steps.append(("mul", place[scale], "row"))
     if bias is not None:
@@ -643,8 +685,15 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         else:
             dst, a = temp(shape)
             temps.append(dst)
-        t = binary(sch, alloc, [alu], src, operand, dst, max(t, a), what, y_mode=mode)
+        t = binary(sch, alloc, [alu], src, operand, dst, max(t, a), what,
+                   **(dict(y_mode=mode) if isinstance(mode, str) else dict(y_of=mode)))
         src = dst
+    if absmax:  # max |y| = rsqrt(v + eps) * max |d|, kept with y for its MatMuls
+        y_max, a = alloc.alloc(x.dtype, (rows, arch.lanes), g, avoid=frozenset(d_max.slices))
+        t_max = lower.elementwise(sch, ["mul"], d_max, inv, None, y_max,
+                                  max(t_dmax, t_inv, a), what + " row max")
+        alloc.release(d_max, t_max)
+        alloc.derive(src, ("absmax",), [y_max], (y_max, t_max))
     if d is not x:
         temps.append(d)
     for p in temps:
@@ -975,6 +1024,14 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placeme
     g = len(x.slices)
     shape = (x.rows, arch.lanes)
     vpr = x.vpr
+    if 1 < vpr and x.rows == 1:  # latency-bound: |x| in one pass, then a max tree
+        a_x, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices))
+        t = lower.elementwise(sch, ["abs"], x, None, None, a_x, max(ready, a), what + " row max")
+        cols = [(Placement(a_x.dtype, shape, 1, arch.lanes, 1, a_x.slices, a_x.addr + c), t)
+                for c in range(vpr)]
+        m, t = _max_tree(sch, alloc, cols, shape, what + " row max", keep=[p for p, _ in cols])
+        alloc.release(a_x, t)
+        return lanes_max(sch, alloc, m, shape, t, what + " row max")
     folds = max(1, min(ROW_FOLDS, vpr // 2))
     parts: list[tuple[Placement, int]] = []
     for f in range(folds):
@@ -991,6 +1048,41 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placeme
             m = nxt
         parts.append((m, t))
     m, t = _max_tree(sch, alloc, parts, shape, what + " row max")  # join the folds
+    return lanes_max(sch, alloc, m, shape, t, what + " row max")
+
+
+def row_extremes(graph, sch, alloc, place, x: Placement, ready: int, what: str
+                 ) -> tuple[Placement, int]:
+    """max x and -min x of every row of x (pad lanes zero), in every lane: a [2 rows, 320]
+    placement, the maxima of the rows first, then the negated minima. One pass writes x and
+    -x with the pad lanes set to -inf into column blocks of 2 rows each (vector
+    c * 2R + s * R + r holds column c of row r, negated for s = 1); a max tree folds the
+    blocks and lanes_max the lanes."""
+    arch = sch.arch
+    R, vpr, g = x.rows, x.vpr, len(x.slices)
+    mask = f"__row_pad_{x.cols}_{x.dtype}"
+    if mask not in graph.consts:
+        row = np.zeros(vpr * arch.lanes, np.float32)
+        row[x.cols:] = -np.inf
+        graph.add_const(mask, row.reshape(1, -1).astype(numpy_dtype(x.dtype)), kind="const")
+    mp = place[mask]
+    u, a = alloc.alloc(x.dtype, (2 * R * vpr, arch.lanes), g, avoid=frozenset(x.slices))
+    t = ready
+    for s_, ops in ((0, ["add"]), (1, ["neg", "add"])):
+        vs = [c * 2 * R + s_ * R + r for c in range(vpr) for r in range(R)]
+        t = max(t, lower.elementwise(
+            sch, ops, x, mp, None, u, max(ready, a), what + " row max", vectors=vs,
+            x_of=lambda v, s_=s_: (v % (2 * R) - s_ * R) * vpr + v // (2 * R),
+            y_of=lambda v: v // (2 * R)))
+    cols = [(lower.row_block(Placement(u.dtype, (2 * R * vpr, arch.lanes), 2 * R * vpr,
+                                       arch.lanes, 1, u.slices, u.addr), c * 2 * R, 2 * R), t)
+            for c in range(vpr)]
+    shape = (2 * R, arch.lanes)
+    if vpr > 1:
+        m, t = _max_tree(sch, alloc, cols, shape, what + " row max", keep=[p for p, _ in cols])
+        alloc.release(u, t)
+    else:  # one column block: u itself
+        m = cols[0][0]
     return lanes_max(sch, alloc, m, shape, t, what + " row max")
 
 
@@ -1060,10 +1152,13 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     key = ("quantized", qdtype, x.shape, x.dtype)
     got = alloc.derived_value(x, key)
     if got is None:
-        m, t = row_absmax(sch, alloc, x, ready, what)
+        found = alloc.derived_value(x, ("absmax",))  # from the norm that made x
+        m, t = found if found is not None else row_absmax(sch, alloc, x, ready, what)
+        t = max(t, ready)
         m2, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
         t = lower.elementwise(sch, ["max"], m, None, 1e-30, m2, max(t, a), what + " scale")
-        alloc.release(m, t)
+        if found is None:
+            alloc.release(m, t)
         r, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
         t_m2 = t
         t = lower.elementwise(sch, ["recip", "mul"], m2, None, qmax, r, max(t, a),
