@@ -212,11 +212,13 @@ class Tiled:
 
 
 def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, ready: int,
-           what: str, plane: int | None = None, zero: Placement | None = None) -> int:
+           what: str, plane: int | None = None, zero: Placement | None = None,
+           copies: tuple[Placement, ...] = ()) -> int:
     """y[M, N] = x[M, K] @ w[K, N] on the MXM, each 320-column tile of y on the plane that is
     free first (or on `plane`); returns when y is in SRAM. With `zero` (a zero vector of w's
     type), a last K tile shorter than 320 rows also loads zero rows for the rest, so lanes of x
-    past column K never meet stale weights."""
+    past column K never meet stale weights. `copies` (of x, in other slices) let the
+    activations of several tiles stream at once: one slice reads one vector per cycle."""
     arch = sch.arch
     lanes = arch.lanes
     M, K, N = x.rows, x.cols, w.cols
@@ -228,7 +230,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         for m0 in range(0, M, cap):
             n = min(cap, M - m0)
             done = max(done, matmul(sch, row_block(x, m0, n), w, row_block(y, m0, n), ready,
-                                    what, plane, zero))
+                                    what, plane, zero,
+                                    tuple(row_block(c, m0, n) for c in copies)))
         return done
     g = len(x.slices)
     w_ready = 0 if isinstance(w, Tiled) else ready
@@ -303,15 +306,21 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             t_iw = sch.place(earliest_iw, iw, f"{what} install")
             t_free = t_iw + 1
             iw_clear = t_free + arch.lat("mxm_install")
-            xa = range(x.addr + kt, x.addr + kt + M * x.vpr, x.vpr)
             flag = 1 if kt > 0 else 0
 
-            def abc(res, T, xa=xa, flag=flag, q=q, P=P, to_mxm=to_mxm):
+            def abc(res, T, kt=kt, flag=flag, q=q, P=P, to_mxm=to_mxm):
                 arrive = range(T, T + M * iv, iv)
-                b = sch.read_flow(res, x, xa, arrive, P, to_mxm, ready)
+                snap = res.snapshot() if copies else None
+                for src in (x,) + copies:  # the first copy whose reads fit
+                    xa = range(src.addr + kt, src.addr + kt + M * src.vpr, src.vpr)
+                    b = sch.read_flow(res, src, xa, arrive, P, to_mxm, ready)
+                    if b is not None:
+                        break
+                    if snap is not None:
+                        res.restore(snap)
                 if b is None or not res.take_issue(q, T):
                     return None
-                rc = sch.read_code(res, x, xa, arrive, P, to_mxm, b)
+                rc = sch.read_code(res, src, xa, arrive, P, to_mxm, b)
                 if rc is None:
                     return None
                 return rc + [Emitted(q, T, "mxm.abc", dict(dtype=_dt(x), src=b, src_dir=to_mxm,
