@@ -340,7 +340,8 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
 
 
 def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
-              free_input: bool = True, cols: int | None = None) -> tuple[Placement, int]:
+              free_input: bool = True, cols: int | None = None, unit: int = 1,
+              turn: bool = True) -> tuple[Placement, int]:
     """Every lane of each vector of m := the max over the vector's lanes, in stages: when
     every lane holds the max of a cyclic window of w lanes, the SXM rotates the vector by w,
     2w, ..., (k - 1)w lanes side by side and the VXM takes the max of the k vectors in a tree,
@@ -350,8 +351,19 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
     With `cols` (lanes from cols on hold the type's lowest value), windows stop growing once
     they span cols lanes, and one rotation the other way by cols - 1 lanes extends the window
     of every lane l < cols over lanes l .. l + cols - 1: lanes 0 .. cols - 1 hold the max;
-    the others some finite value."""
-    L = sch.arch.lanes
+    the others some finite value.
+    With `unit` (16: superlanes) lanes move in groups of that many: the max over lanes
+    j, j + unit, j + 2 unit, ... (cols counts groups). Many vectors (TURN_VECTORS or more) go
+    through the SXM's corner turn instead (turnmax.py), unless `turn` is False."""
+    if turn and unit == 1 and m.nvec >= TURN_VECTORS:
+        from compiler.backend.turnmax import lanes_max_turn
+
+        got = lanes_max_turn(sch, alloc, m, shape, ready, what, cols)
+        if got is not None:
+            if free_input:
+                alloc.release(m, got[1])
+            return got
+    L = sch.arch.lanes // unit
     g = len(m.slices)
     span = L if cols is None else max(1, min(cols, L))
     k_max = _max_radix(m.nvec, span)
@@ -370,7 +382,7 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
         for j in range(1, k):  # on m's side: the SXM's trip to the VXM passes them
             rot, a = _temp_in(alloc, m.dtype, shape, g,
                               frozenset(s for p, _ in level for s in p.slices), side)
-            level.append((rot, lower.sxm_rotate(sch, m, rot, j * w, max(t, a), what)))
+            level.append((rot, lower.sxm_rotate(sch, m, rot, j * w * unit, max(t, a), what)))
         # the max of the k vectors, pairwise, near the VXM
         m, t = _max_tree(sch, alloc, level, shape, what, near,
                          keep=() if free_input else (first,))
@@ -382,7 +394,7 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
         else:
             rot, a2 = _temp_in(alloc, m.dtype, shape, g, frozenset(m.slices) | frozenset(
                 out.slices), _side_of(sch, m) if near is not None else None)
-            t = lower.sxm_rotate(sch, m, rot, 1 - span, max(t, a2), what)
+            t = lower.sxm_rotate(sch, m, rot, (1 - span) * unit, max(t, a2), what)
             t = binary(sch, alloc, ["max"], m, rot, out, max(t, a), what)
             alloc.release(rot, t)
         if m is not first or free_input:
@@ -408,6 +420,7 @@ def _max_radix(nvec: int, lanes: int) -> int:
 
 
 LANES_TRIP = 60  # cycles of one SRAM round trip through the SXM or the VXM (measured)
+TURN_VECTORS = 64  # lanes_max of at least this many vectors goes through the corner turn
 NEAR_VXM = 10  # slices within this many positions of the VXM hold VXM-to-VXM temporaries
 
 
@@ -568,7 +581,8 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     if n_blk == 1:
         return _norm_rows(graph, arch, sch, alloc, op, x, tuple(xt.shape), J, z, mean, eps,
                           scale, bias, place, extra, new, outs, spread, start, what,
-                          absmax and scale is None and bias is None)
+                          absmax and scale is None and bias is None
+                          and x.rows <= NORM_ABSMAX_ROWS)
     # blocks of rows with their own temporaries (in other slices), as for Softmax
     y, a = new(outs[0], start)
     done = start
@@ -588,6 +602,9 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
 # vectors
 NORM_BLOCKS = 4
 NORM_BLOCK_VECTORS = 96
+# up to this many rows (latency-bound) a norm finds its quantizing MatMuls' absmax itself;
+# more rows are throughput-bound, and its max and -min are twice the work of max |y|
+NORM_ABSMAX_ROWS = 16
 
 
 def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bias, place,
@@ -649,7 +666,7 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
     sq, a = temp(shape)
     t = lower.elementwise(sch, ["mul"], d, None, None, sq, max(t, a), what, y_is_x=True)
     v, a = temp((rows, arch.lanes))
-    t = lower.matmul(sch, sq, J, v, max(t, a), what + " variance", zero=z)
+    t = t_var = lower.matmul(sch, sq, J, v, max(t, a), what + " variance", zero=z)
     temps += [sq, v]
     # Without scale and bias (folded into MatMuls) the last vector of a row is multiplied by
     # rsqrt(v + eps) zeroed past the last column: x - m is -m there, and pad lanes stay zero
@@ -663,14 +680,15 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         inv, a = per_row(extra[1] if op == "LayerNormalization" else None)
     t = t_inv = lower.elementwise(sch, ["add", "rsqrt"], v, None, eps, inv, max(t, a), what)
     steps = [("mul", inv, "col")]
-    if pad_mask:
-        lanes = f"__lanes_below_{x.cols % arch.lanes}_{x.dtype}"
+    if pad_mask:  # rsqrt(v + e) with e = eps in the row's lanes, inf past them: 0 there
+        lanes = f"__eps_below_{x.cols % arch.lanes}_{eps!r}_{x.dtype}"
         if lanes not in graph.consts:
-            row = (np.arange(arch.lanes) < x.cols % arch.lanes).astype(np.float32)
+            row = np.where(np.arange(arch.lanes) < x.cols % arch.lanes, np.float32(eps),
+                           np.float32(np.inf))
             graph.add_const(lanes, row.reshape(1, -1).astype(numpy_dtype(x.dtype)),
                             kind="const")
-        t = lower.elementwise(sch, ["mul"], inv, place[lanes], None,
-                              lower.row_block(inv2, rows, rows), t, what + " pad lanes")
+        t = max(t, binary(sch, alloc, ["add", "rsqrt"], v, place[lanes],
+                          lower.row_block(inv2, rows, rows), t_var, what + " pad lanes"))
         vpr = x.vpr
         steps = [("mul", inv2, lambda v: v // vpr + rows * (v % vpr == vpr - 1))]
     if scale is not None:

@@ -93,9 +93,13 @@ class Allocator:
 
     def try_alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int,
                   avoid: frozenset[int] = frozenset(), resident: bool = False,
-                  only: frozenset[int] | None = None) -> tuple[Placement, int] | None:
+                  only: frozenset[int] | None = None, bank: int | None = None,
+                  soonest: bool = False) -> tuple[Placement, int] | None:
         """alloc, or None where it would raise for want of space (a preference the caller
-        can drop cheaply)."""
+        can drop cheaply). With `bank`, the placement lies in that bank of its slices (a
+        slice reads one bank while it writes the other: placements in different banks may
+        share slices in one cycle's reads and writes). With `soonest`, when no space is free
+        now, the space free soonest of all (not of the next few groups)."""
         rows, cols = rows_cols(shape)
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
@@ -107,19 +111,19 @@ class Allocator:
                   for i in range(0, len(run) - nbytes + 1, nbytes)]
         first = None  # (j, addr, after) of the first group that fits
         for j in range(len(groups)):
-            if first is not None and j > first[0] + _LOOK_AHEAD:
+            if first is not None and j > first[0] + _LOOK_AHEAD and not soonest:
                 break
             grp = groups[(self.cursor + j) % len(groups)]
             if avoid & set(grp) or (only is not None and not set(grp) <= only):
                 continue
-            got = self._common(grp, n, resident)
+            got = self._common(grp, n, resident, bank)
             if got is None:
                 continue
             addr, after, free_now = got
             if free_now:
                 first = (j, addr, after)
                 break
-            if first is None:
+            if first is None or (soonest and after < first[2]):
                 first = (j, addr, after)
         if first is not None:
             j, addr, after = first
@@ -155,12 +159,18 @@ class Allocator:
                     merged.append((a, e, f))
             self.free[s] = merged
 
-    def _common(self, grp, n, resident=False):
+    def _common(self, grp, n, resident=False, bank=None):
         if resident:  # pristine space only (never written), highest addresses first
             cands = sorted({e - n for s in grp for (a, e, f) in self.free[s]
                             if e - a >= n and f == 0}, reverse=True)
         else:
             cands = sorted({a for s in grp for (a, e, _) in self.free[s] if e - a >= n})
+        if bank is not None:  # starts moved into the bank, and the range kept inside it
+            wpb = self.arch.mem_words_per_bank
+            lo, hi = bank * wpb, (bank + 1) * wpb
+            cands = sorted({max(a, lo) for s in grp for (a, e, f) in self.free[s]
+                            if min(e, hi) - max(a, lo) >= n
+                            and not (resident and f)}, reverse=resident)
         first = None
         for addr in cands:
             after = 0

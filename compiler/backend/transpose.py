@@ -174,9 +174,11 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
     return done
 
 
-def _sixteen(alloc, shape, avoid: frozenset[int] = frozenset()) -> tuple[list[Placement], int]:
+def _sixteen(alloc, shape, avoid: frozenset[int] = frozenset(),
+             bank: int | None = None) -> tuple[list[Placement], int]:
     """16 one-byte placements in 16 different slices of one hemisphere (the corner turn reads
-    them through that side's SXM), and the first cycle all may be written."""
+    them through that side's SXM), in `bank` if given, and the first cycle all may be
+    written."""
     arch = alloc.arch
     sides = [frozenset(q.index for q in arch.queues if q.kind == "MEM" and q.hemisphere == h)
              for h in "WE"]
@@ -185,7 +187,7 @@ def _sixteen(alloc, shape, avoid: frozenset[int] = frozenset()) -> tuple[list[Pl
         got: list[Placement] = []
         after = 0
         for _ in range(TILE):
-            r = alloc.try_alloc("int8", shape, 1, only=side,
+            r = alloc.try_alloc("int8", shape, 1, only=side, bank=bank,
                                 avoid=avoid | frozenset(s for q in got for s in q.slices))
             if r is None:
                 break

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 import lpusim
 from compiler.backend import ops
 
-M, K, N = 64, 640, 700
+M, K, N = 128, 768, 3072  # an FFN of BERT-base at sequence 128
 
 
 def _model(seed: int):

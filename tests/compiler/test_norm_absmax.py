@@ -46,7 +46,7 @@ def _inputs(rows: int, cols: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
-@pytest.mark.parametrize("rows,cols", [(1, 768), (4, 96), (3, 640)])
+@pytest.mark.parametrize("rows,cols", [(1, 768), (4, 96), (3, 640), (96, 96)])
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_norm_absmax_is_exact(op, rows, cols, precision, monkeypatch):
     model, w = _model(op, rows, cols, seed=rows + cols)
@@ -59,7 +59,11 @@ def test_norm_absmax_is_exact(op, rows, cols, precision, monkeypatch):
     np.testing.assert_array_equal(fused.outputs["y"], blocked.outputs["y"])
     monkeypatch.setattr(backend, "_feeds_quantized", lambda graph, v: False)
     unfused = lpusim.compile_onnx(model, precision=precision)
-    assert fused.report["cycles"] < lpusim.simulate(unfused, mode="timing").report["cycles"]
+    unfused_cycles = lpusim.simulate(unfused, mode="timing").report["cycles"]
+    if rows <= ops.NORM_ABSMAX_ROWS:  # found beside the norm: sooner
+        assert fused.report["cycles"] < unfused_cycles
+    else:  # throughput-bound: left to the MatMul
+        assert fused.report["cycles"] == unfused_cycles
     # and both are the quantized product of the normed rows
     if op == "LayerNormalization":
         d = x - x.mean(-1, keepdims=True)
