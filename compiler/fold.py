@@ -60,8 +60,12 @@ def fold_constants(graph: Graph, *, max_elements: int = 1 << 24) -> bool:
                 if any(t is not None and t.size > max_elements for t in outs_ty):
                     continue
                 args = [graph.const_array(v) if v else None for v in a["inputs"]]
-                results = list(eval_op(a["op"], args, a["attrs"], len(a["outputs"]),
-                                       domain=a["domain"], opset=opset))
+                try:
+                    results = list(eval_op(a["op"], args, a["attrs"], len(a["outputs"]),
+                                           domain=a["domain"], opset=opset))
+                except (IndexError, ValueError) as e:  # e.g. positions past a table's end
+                    raise CompileError(f"node {n!r} ({a['op']}) on constants: {e} (is a "
+                                       "--dim larger than the model allows?)") from e
         weight_in = any(graph.consts[v].kind == "weight" for v in a["inputs"]
                         if v in graph.consts)
         outputs = list(a["outputs"])

@@ -250,3 +250,18 @@ def test_castlike_and_sum_become_cast_and_adds():
     s = h.astype(np.float32) + x + b
     np.testing.assert_allclose(res.outputs["s"], s, rtol=1e-6)
     np.testing.assert_array_equal(res.outputs["y"], (s > x) | (s < b))
+
+
+def test_dim_past_the_position_table():
+    """A sequence longer than the model's position table: constant folding gathers past its
+    end, which is a one-line error naming the node, not an IndexError."""
+    from pathlib import Path
+
+    import lpusim
+
+    model = Path(__file__).resolve().parents[2] / "models" / "data" / "tiny-bert.onnx"
+    with pytest.raises(CompileError) as e:
+        lpusim.compile_onnx(model, dims={"batch": 1, "seq": 80})
+    msg = _one_line(e)
+    assert "(Gather) on constants: index 64 is out of bounds" in msg
+    assert "--dim larger than the model allows" in msg
