@@ -283,6 +283,92 @@ def _vector_products(graph: Graph) -> None:
     graph.prune()
 
 
+def _fold_score_scale(graph: Graph) -> None:
+    """Div (or Mul) by a constant scalar c of a MatMul of computed operands (attention's
+    scores Q @ K^T / sqrt(d)), where the left operand is a constant-weight MatMul (with or
+    without bias) through Reshapes and Transposes read by nothing else: c moves into that
+    MatMul's weight and bias, W / c and b / c, as inference engines fold the attention scale
+    into the query projection. One pass over the scores fewer."""
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        if nd["op"] not in ("Div", "Mul") or len(nd["inputs"]) != 2:
+            continue
+        s, c = nd["inputs"]
+        if nd["op"] == "Mul" and graph.is_const(s):
+            s, c = c, s
+        c_arr = graph.const_array(c) if graph.is_const(c) else None
+        mm = graph.producer(s)
+        if c_arr is None or c_arr.size != 1 or not np.isfinite(c_arr).all() \
+                or float(c_arr.reshape(-1)[0]) == 0 or mm is None \
+                or graph.node(mm)["op"] != "MatMul" or graph.num_uses(s) != 1 \
+                or graph.values[s].dtype != "float32" \
+                or tuple(graph.values[nd["outputs"][0]].shape) != tuple(graph.values[s].shape) \
+                or any(graph.is_const(v) for v in graph.node(mm)["inputs"][:2]):
+            continue
+        v = graph.node(mm)["inputs"][0]
+        while graph.num_uses(v) == 1 and graph.producer(v) is not None \
+                and graph.node(graph.producer(v))["op"] in ("Reshape", "Transpose"):
+            v = graph.node(graph.producer(v))["inputs"][0]
+        proj = graph.producer(v)
+        if proj is None or graph.num_uses(v) != 1 or v in graph.outputs:
+            continue
+        pins = graph.node(proj)["inputs"]
+        if graph.node(proj)["op"] not in ("MatMul", "MatMulBias") \
+                or not all(graph.is_const(w) and graph.num_uses(w) == 1 for w in pins[1:]) \
+                or len(graph.values[pins[1]].shape) != 2 \
+                or any(graph.values[w].dtype != "float32" for w in pins[1:]):
+            continue
+        k = np.float32(1.0 / float(c_arr.reshape(-1)[0]) if nd["op"] == "Div"
+                       else float(c_arr.reshape(-1)[0]))
+        for j, w in enumerate(pins[1:], start=1):
+            arr = graph.const_array(w)
+            graph.set_input(proj, j, graph.add_const(
+                graph.fresh_name(f"{w}_scaled"), None if arr is None else
+                (arr.astype(np.float32) * k).astype(np.float32), ty=graph.values[w],
+                kind=graph.consts[w].kind))
+        out = nd["outputs"][0]
+        graph.remove_node(name)
+        if not graph.forward(out, s):
+            raise CompileError(f"internal: folding the scale of {name!r} lost {out!r}")
+    graph.prune()
+
+
+def _mask_into_softmax(graph: Graph) -> None:
+    """Softmax(x + mask) over the last axis, with mask one row broadcast over all of x's rows
+    (attention's padding mask [1, 1, 1, keys]), and the sum read by nothing else: a Softmax
+    node with the mask as a second input (the backend's own form), whose first pass adds the
+    mask with its pad lanes at the type's lowest value (lower_softmax). One pass over the
+    scores instead of two: the Add's, and the one that sets the pad lanes."""
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        if nd["op"] != "Softmax" or len(nd["inputs"]) != 1:
+            continue
+        a = nd["inputs"][0]
+        shape = tuple(graph.values[a].shape)
+        n = len(shape)
+        add = graph.producer(a)
+        if not n or int(nd["attrs"].get("axis", -1)) % n != n - 1 or add is None \
+                or graph.node(add)["op"] != "Add" or a in graph.outputs \
+                or len(graph.consumers(a)) != 1:
+            continue
+        p, q = graph.node(add)["inputs"][:2]
+        if tuple(graph.values[q].shape) == shape:
+            p, q = q, p
+        qs = tuple(graph.values[q].shape)
+        row = (1,) * (n - len(qs)) + qs
+        if tuple(graph.values[p].shape) != shape or p == q or len(qs) > n \
+                or row != (1,) * (n - 1) + (shape[-1],) \
+                or graph.values[p].dtype != graph.values[a].dtype \
+                or graph.values[q].dtype != graph.values[a].dtype:
+            continue
+        order, yt = nd["order"], graph.values[nd["outputs"][0]]
+        y, attrs = nd["outputs"][0], dict(nd["attrs"])
+        graph.remove_node(name)
+        graph.remove_node(add)
+        graph.add_node(name, "Softmax", [p, q], [y], attrs, types=[yt], order=order)
+    graph.prune()
+
+
 def _round_before_moves(graph: Graph, product_dtype: str) -> None:
     """A MatMul of two computed operands rounds both to product_dtype (its MXM type) first.
     Where an operand comes through moves (Reshape, Transpose, ...) used by nothing else, the
@@ -330,6 +416,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _constant_outputs(graph)
     _fold_norm_affine(graph)
     _vector_products(graph)
+    _fold_score_scale(graph)
+    _mask_into_softmax(graph)
     ranges = integer_ranges(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "

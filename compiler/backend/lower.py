@@ -78,14 +78,16 @@ def _log2(g: int) -> int:
 def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | None,
                 imm: float | None, z: Placement, ready: int, what: str,
                 y_is_x: bool = False, y_mode: str = "row", x_of=None,
-                vectors: list[int] | None = None, y_of=None) -> int:
+                vectors: list[int] | None = None, y_of=None,
+                z_also: tuple[Placement, ...] = ()) -> int:
     """z = ops(x, B) on the VXM, B a placement, x itself, or an immediate; returns the cycle
     from which z is in SRAM. A placement B is read by `y_mode`: "row" repeats its vectors for
     every row (a same-shape B is the case of one repetition), "col" gives every vector of row
     r the vector r of B (a per-row value already spread over all lanes). `x_of` maps an output
     vector to the x vector it reads (default: the same index); `vectors` limits the work to
     those output vectors (default: all); `y_of` does for B what `x_of` does for x (instead of
-    `y_mode`)."""
+    `y_mode`). `z_also`: copies of z (same shape and type, on z's side of the VXM), written
+    from the same streams as they pass."""
     arch = sch.arch
     V = arch.vxm_position
     g = len(x.slices)
@@ -95,7 +97,10 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     dx, dz = sch.toward(x, V), sch.away(V, z)
     dy = sch.toward(y, V) if y is not None else None
     todo = range(z.nvec) if vectors is None else list(vectors)
-    step = _run_limit(sch, [x] + ([y] if y is not None else []), [z], V, lat)
+    step = _run_limit(sch, [x] + ([y] if y is not None else []), [z, *z_also], V, lat)
+    outs = sorted([z, *z_also], key=lambda p: -max(abs(sch.slice_pos[s] - V) for s in p.slices))
+    reach = [max((sch.slice_pos[p.slices[b]] for p in outs), key=lambda q: abs(q - V))
+             for b in range(len(z.slices))]
     for lo in range(0, len(todo), step):
         n = min(step, len(todo) - lo)
         vs = todo[lo:lo + n]
@@ -131,13 +136,17 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
             if not res.take_issue(q, T):
                 return None
             leave = range(T + lat, T + lat + n)
-            dests = [sch.slice_pos[s] for s in z.slices]
+            dests = [sch.slice_pos[s] for p in outs for s in p.slices]
             bz = sch.free_group(res, len(z.slices), dz, V, dests, leave)
             if bz is None:
                 return None
-            code = sch.write_flow(res, z, za, leave, V, dz, bz)
-            if code is None:
-                return None
+            code = []
+            for k, p in enumerate(outs):  # the streams held once, to the farthest copy
+                c = sch.write_flow(res, p, shifted(za, p.addr - z.addr), leave, V, dz, bz,
+                                   reach=reach if k == 0 else None, flows=k == 0)
+                if c is None:
+                    return None
+                code += c
             rx = sch.read_code(res, x, xa, arrive, V, dx, bx)
             ry = sch.read_code(res, y, ya, arrive, V, dy, by) if y is not None else []
             if rx is None or ry is None:
@@ -164,7 +173,7 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
             return rx + ry + code + [Emitted(q, T, mn, f)]
 
         T = sch.place(ready, build, what)
-        far = max(abs(V - sch.slice_pos[s]) for s in z.slices)
+        far = max(abs(V - sch.slice_pos[s]) for p in outs for s in p.slices)
         done = max(done, T + lat + n + far + arch.lat("mem_write") + 1)
     return done
 

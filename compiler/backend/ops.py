@@ -220,22 +220,43 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
                            "would be exact and rounded once, where ONNX's reference rounds "
                            f"to {xt.dtype} after every addition)")
     n_blk = max(1, min(SOFTMAX_BLOCKS, x.nvec // SOFTMAX_BLOCK_VECTORS))
+    # a row added before (compile._mask_into_softmax): its pads set to the lowest value, a
+    # copy per block of rows (each reads it once per row: one slice's port per block)
+    masks: list[tuple[Placement | None, int]] = [(None, start)] * n_blk
+    if len(nd["inputs"]) > 1 and nd["inputs"][1]:
+        src = place[nd["inputs"][1]]
+        low = place[_pad_low(graph, arch, x)] if x.cols < arch.lanes else None
+        masks, taken = [], frozenset(src.slices)
+        for _ in range(n_blk):
+            mb, a = alloc.alloc(x.dtype, (1, arch.lanes), len(x.slices), avoid=taken)
+            taken |= frozenset(mb.slices)
+            masks.append((mb, binary(sch, alloc, ["min"], src, low, mb, max(start, a),
+                                     what + " mask pads") if low is not None else
+                          lower.elementwise(sch, ["copy"], src, None, None, mb,
+                                            max(start, a), what + " mask")))
     if n_blk == 1:
-        return _softmax_rows(graph, arch, sch, alloc, nd, place, x, clean.get(x_name, False),
-                             tuple(xt.shape), lambda t: new(nd["outputs"][0], t), start, what,
-                             zero, sum_dtype)
+        t = _softmax_rows(graph, arch, sch, alloc, nd, place, x, clean.get(x_name, False),
+                          tuple(xt.shape), lambda t: new(nd["outputs"][0], t),
+                          max(start, masks[0][1]), what, zero, sum_dtype, masks[0][0])
+        if masks[0][0] is not None:
+            alloc.release(masks[0][0], t)
+        return t
     # blocks of rows, each with its own temporaries (in other slices): their vectors stream
     # through several slices' ports and units at once instead of one slice's, one per cycle
     y, a = new(nd["outputs"][0], start)
     done = start
     step = -(-x.rows // n_blk)
-    for r0 in range(0, x.rows, step):
+    for k, r0 in enumerate(range(0, x.rows, step)):
         n = min(step, x.rows - r0)
         yb = lower.row_block(y, r0, n)
-        done = max(done, _softmax_rows(graph, arch, sch, alloc, nd, place,
-                                       lower.row_block(x, r0, n), clean.get(x_name, False),
-                                       (n, x.cols), lambda t, yb=yb: (yb, a), start,
-                                       f"{what} rows {r0}..{r0 + n - 1}", zero, sum_dtype))
+        mb, t_mb = masks[min(k, len(masks) - 1)]
+        t_b = _softmax_rows(graph, arch, sch, alloc, nd, place, lower.row_block(x, r0, n),
+                            clean.get(x_name, False), (n, x.cols), lambda t, yb=yb: (yb, a),
+                            max(start, t_mb), f"{what} rows {r0}..{r0 + n - 1}", zero,
+                            sum_dtype, mb, k)
+        if mb is not None:
+            alloc.release(mb, t_b)
+        done = max(done, t_b)
     return done
 
 
@@ -245,13 +266,13 @@ SOFTMAX_BLOCK_VECTORS = 256
 
 
 def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, start, what,
-                  zero, sum_dtype=None) -> int:
-    """lower_softmax on the rows of x; out(t) gives the result's placement and the cycle from
-    which it may be written."""
+                  zero, sum_dtype=None, mask: Placement | None = None, block: int = 0) -> int:
+    """lower_softmax on the rows of x (plus the row `mask`, its pads at the lowest value);
+    out(t) gives the result's placement and the cycle from which it may be written."""
     g = len(x.slices)
     narrow = x.dtype != "fp32"
     xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, x_clean, shape, start, what,
-                              real_lanes=True)
+                              real_lanes=True, plus=mask, copy=block)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     if narrow:
         d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
@@ -292,8 +313,21 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     return t
 
 
+def _pad_low(graph, arch, x: Placement) -> str:
+    """The constant row: +inf in x's columns, the lowest finite value of its type past them
+    (a min with it sets x's pad lanes to that value)."""
+    name = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}") + "_low"
+    if name not in graph.consts:
+        row = np.full(arch.lanes, np.inf, np.float32)
+        row[x.cols:] = float(np.finfo(numpy_dtype(x.dtype)).min)
+        graph.add_const(name, row.reshape(1, arch.lanes).astype(numpy_dtype(x.dtype)),
+                        kind="const")
+    return name
+
+
 def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, start: int,
-            what: str, real_lanes: bool = False):
+            what: str, real_lanes: bool = False, plus: Placement | None = None,
+            copy: int = 0):
     """The max of every row (of at most 320 columns) in every lane of its vector: lanes past
     the last column masked to -inf, then the vector rotated through the SXM by 1, 2, 4, ...
     256 lanes with a max on the VXM each time (cyclic windows that double cover all lanes).
@@ -301,7 +335,10 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
     With `real_lanes` (Softmax, which reads the max in the row's own lanes only) the pad
     lanes hold the type's lowest finite value instead and only lanes 0 .. cols - 1 get the
     max (lanes_max with cols: fewer stages for short rows); the rest stay finite, so
-    exp(pad - max) is in [0, 1]."""
+    exp(pad - max) is in [0, 1]. With `plus` (a row, pads at the lowest finite value; x's
+    pads zero) the first pass adds it instead of masking the pads. `copy` k > 0 reads the
+    pad mask from its own copy (a constant in other slices: blocks of rows side by side each
+    read it once per row)."""
     if x.cols > arch.lanes:
         raise CompileError(f"{what}: a row max over more than {arch.lanes} columns is not "
                            "lowered yet")
@@ -316,12 +353,16 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
     t = start
     temps = []
     cur = x
-    if x.cols < arch.lanes:
+    if plus is not None:  # x + a row whose pads hold the lowest value: pads end at that
+        cur, a = temp()
+        temps.append(cur)
+        t = binary(sch, alloc, ["add"], x, plus, cur, max(t, a), what + " plus mask")
+    elif x.cols < arch.lanes:
         # add -inf past the last column; or (real_lanes) take the min with +inf in the row's
         # lanes and the lowest finite value past them, which sets the pads to exactly that
         # (an add could overflow to -inf, and -inf - -inf is NaN)
         mask = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}") + \
-            ("_low" if real_lanes else "")
+            ("_low" if real_lanes else "") + (f"_copy{copy}" if copy else "")
         if mask not in graph.consts:
             row = np.full(arch.lanes, np.inf if real_lanes else 0.0, np.float32)
             row[x.cols:] = float(np.finfo(numpy_dtype(x.dtype)).min) if real_lanes \
@@ -1127,7 +1168,8 @@ def _max_tree(sch, alloc, items: list[tuple[Placement, int]], shape, what: str,
 
 ROW_FOLDS = 4  # a row of many vectors is folded by up to this many chains side by side
 # a quantized activation of at least ACT_COPY_ROWS rows is written ACT_COPIES more times
-# (measured on BERT-base seq 128: one copy 1,593,656 -> 1,504,587 cycles, two 1,612,373)
+# (measured on BERT-base seq 128: one copy 1,593,656 -> 1,504,587 cycles, two 1,612,373;
+# written from the cvt's own streams: one 1,243,904 -> 1,216,143, two 1,264,907)
 ACT_COPIES = 1
 ACT_COPY_ROWS = 32
 
@@ -1197,15 +1239,17 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
         # that several tiles' activations stream at once (a slice reads one vector a cycle)
         n_q = 1 + (ACT_COPIES if x.rows >= ACT_COPY_ROWS and arch.mxm_rate_of(qdtype) >= 1
                    else 0)
-        qs: list[Placement] = []
-        t_q = t
-        for _ in range(n_q):
-            q, a = alloc.alloc(qdtype, x.shape, 1, avoid=frozenset(xs.slices) | frozenset(
-                s for p in qs for s in p.slices))
-            t_q = max(t_q, lower.elementwise(sch, ["cvt"], xs, None, None, q, max(t, a),
-                                             what + " quantize"))
-            qs.append(q)
-        t = t_q
+        q0, a = alloc.alloc(qdtype, x.shape, 1, avoid=frozenset(xs.slices))
+        qs = [q0]
+        for _ in range(n_q - 1):  # on q0's side: written from the same streams as they pass
+            got = alloc.try_alloc(qdtype, x.shape, 1, only=_side_of(sch, q0),
+                                  avoid=frozenset(xs.slices) | frozenset(
+                                      s for p in qs for s in p.slices))
+            if got is not None:
+                qs.append(got[0])
+                a = max(a, got[1])
+        t = lower.elementwise(sch, ["cvt"], xs, None, None, q0, max(t, a), what + " quantize",
+                              z_also=tuple(qs[1:]))
         alloc.release(xs, t)
         got = (qs[0], tuple(qs[1:]), sx, t, t_sx)
         alloc.derive(x, key, qs + [sx], got)

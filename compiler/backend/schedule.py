@@ -179,9 +179,13 @@ class Scheduler:
         return out
 
     def write_flow(self, res: Reservation, p: Placement, addrs: list[int], leave: list[int],
-                   src: int, direction: int, base: int) -> list[Emitted] | None:
+                   src: int, direction: int, base: int, reach: list[int] | None = None,
+                   flows: bool = True) -> list[Emitted] | None:
         """Vector i leaves position `src` on streams base.. in cycle leave[i] (its producer
-        commits then); write it to `addrs` of every byte plane of `p`."""
+        commits then); write it to `addrs` of every byte plane of `p`. The streams are held
+        up to p's slices, or up to reach[b] for plane b (further copies along the way); with
+        `flows` False they are not taken at all (another write of the same values holds
+        them)."""
         lat = self.lat("mem_write")
         out = []
         for b, sl in enumerate(p.slices):
@@ -190,14 +194,16 @@ class Scheduler:
                 raise CompileError("internal: a write flow against the stream direction")
             hops = abs(pos - src)
             diags = _diagonals(direction, src, leave)
-            sp = span(direction, src, pos)
-            block = res.flow_block(direction, base + b, diags, sp)
-            if block:
-                res.need(block)
-                return None
+            sp = span(direction, src, pos if reach is None else reach[b])
+            if flows:
+                block = res.flow_block(direction, base + b, diags, sp)
+                if block:
+                    res.need(block)
+                    return None
             if not res.take_writes(sl, shifted(leave, hops + lat), banks_of(addrs, self.wpb)):
                 return None
-            res.take_flow(direction, base + b, diags, sp)
+            if flows:
+                res.take_flow(direction, base + b, diags, sp)
             code = self._mem_code(res, sl, shifted(leave, hops), addrs, "mem.write",
                                   dict(src=base + b, src_dir=direction))
             if code is None:
