@@ -776,7 +776,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             clean[out] = True
         elif op in ("Softmax", "LogSoftmax"):
             ready[out] = lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
-                                       clean, sum_dtype)
+                                       clean, sum_dtype,
+                                       ready.get(ins[1], 0) if len(ins) > 1 and ins[1] else 0)
             clean[out] = True
         elif op == "Transpose" and _moves_last(nd, graph):
             ready[out] = lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start,

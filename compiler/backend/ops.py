@@ -197,7 +197,7 @@ def _sequence_rows(sch, alloc, x: Placement, out, start: int, what: str, steps) 
 
 
 def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean,
-                  sum_dtype: str | None = None) -> int:
+                  sum_dtype: str | None = None, mask_ready: int = 0) -> int:
     """Softmax (LogSoftmax) over the last axis of rows of at most 320 columns:
         xm = x + pad mask (-inf past the last column); m = row max, by rotating the vector
         through the SXM by 1, 2, 4, ... 256 lanes and taking the max on the VXM (cyclic windows
@@ -230,10 +230,11 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         for _ in range(n_blk):
             mb, a = alloc.alloc(x.dtype, (1, arch.lanes), len(x.slices), avoid=taken)
             taken |= frozenset(mb.slices)
-            masks.append((mb, binary(sch, alloc, ["min"], src, low, mb, max(start, a),
+            # from when the mask is ready (before the scores, as a rule): off their path
+            masks.append((mb, binary(sch, alloc, ["min"], src, low, mb, max(mask_ready, a),
                                      what + " mask pads") if low is not None else
                           lower.elementwise(sch, ["copy"], src, None, None, mb,
-                                            max(start, a), what + " mask")))
+                                            max(mask_ready, a), what + " mask")))
     if n_blk == 1:
         t = _softmax_rows(graph, arch, sch, alloc, nd, place, x, clean.get(x_name, False),
                           tuple(xt.shape), lambda t: new(nd["outputs"][0], t),
