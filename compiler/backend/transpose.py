@@ -212,22 +212,44 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
     S = arch.streams_per_direction
     bases = list(range(0, S - TILE + 1, TILE))
     # the writes of step 3 must be done before the reads: ready covers them
+    # the 16 read and 16 write ports, checked first and cheaply (with how far to move)
+    rlat, wlat = arch.lat("mem_read"), arch.lat("mem_write")
+    checks = [(sch.table.read_port[p.slices[0]], -rlat - abs(X - sch.slice_pos[p.slices[0]]))
+              for p in ins] + \
+             [(sch.table.write_port[p.slices[0]], lat + wlat + abs(sch.slice_pos[p.slices[0]] - X))
+              for p in outs]
 
     def build(res, T):
         arrive = range(T, T + n)
         leave = range(T + lat, T + lat + n)
+        for busy, off in checks:
+            if T + off < 0:
+                res.need(-(T + off))
+                return None
+            fb = busy.first_busy(T + off, T + off + n)
+            if fb is not None:
+                res.need_free(busy, fb)
+                return None
         if not res.take_issue(q, T):
             return None
-        snap = res.snapshot()
-        for bs in bases:  # the 16 input streams, westward
+        # Each stage tries its stream groups from one state; when none fits, the least of
+        # their hints binds the job: the inputs (streams toward the SXM, read ports) and the
+        # outputs (streams away from it, write ports) use disjoint resources, so a hint of
+        # one stage does not depend on the choice made in the other.
+        snap, least = res.snapshot(), None
+        for bs in bases:  # the 16 input streams
+            res.skip, res._hints = 1, True
             if all(sch.read_flow(res, ins[j], range(ins[j].addr, ins[j].addr + n), arrive, X,
                                  din, ready, base=bs + j) is not None for j in range(TILE)):
                 break
+            least = res.skip if least is None else min(least, res.skip)
             res.restore(snap)
         else:
+            res.skip, res._hints = least or 1, True
             return None
-        snap = res.snapshot()
-        for bd in bases:  # the 16 output streams, eastward
+        snap, least = res.snapshot(), None
+        for bd in bases:  # the 16 output streams
+            res.skip, res._hints = 1, True
             code = []
             for i in range(TILE):
                 c = sch.write_flow(res, outs[i], range(outs[i].addr, outs[i].addr + n), leave,
@@ -237,8 +259,10 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
                 code += c
             else:
                 break
+            least = res.skip if least is None else min(least, res.skip)
             res.restore(snap)
         else:
+            res.skip, res._hints = least or 1, True
             return None
         for j in range(TILE):
             c = sch.read_code(res, ins[j], range(ins[j].addr, ins[j].addr + n), arrive, X, din,
