@@ -696,12 +696,12 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         # max |x - m| = max(max x - m, m - min x), while the variance is computed
         t_m = t
         hi, a = alloc.alloc(x.dtype, (rows, arch.lanes), g, avoid=frozenset(ext.slices))
-        t_hi = lower.elementwise(sch, ["sub"], lower.row_block(ext, 0, rows), m, None, hi,
-                                 max(t_ext, t_m, a), what + " row max")
+        t_hi = binary(sch, alloc, ["sub"], lower.row_block(ext, 0, rows), m, hi,
+                      max(t_ext, t_m, a), what + " row max")
         lo, a = alloc.alloc(x.dtype, (rows, arch.lanes), g,
                             avoid=frozenset(ext.slices) | frozenset(hi.slices))
-        t_lo = lower.elementwise(sch, ["add"], lower.row_block(ext, rows, rows), m, None, lo,
-                                 max(t_ext, t_m, a), what + " row max")
+        t_lo = binary(sch, alloc, ["add"], lower.row_block(ext, rows, rows), m, lo,
+                      max(t_ext, t_m, a), what + " row max")
         alloc.release(ext, max(t_hi, t_lo))
         d_max, t_dmax = _max_tree(sch, alloc, [(hi, t_hi), (lo, t_lo)], (rows, arch.lanes),
                                   what + " row max")
@@ -750,8 +750,8 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         src = dst
     if absmax:  # max |y| = rsqrt(v + eps) * max |d|, kept with y for its MatMuls
         y_max, a = alloc.alloc(x.dtype, (rows, arch.lanes), g, avoid=frozenset(d_max.slices))
-        t_max = lower.elementwise(sch, ["mul"], d_max, inv, None, y_max,
-                                  max(t_dmax, t_inv, a), what + " row max")
+        t_max = binary(sch, alloc, ["mul"], d_max, inv, y_max, max(t_dmax, t_inv, a),
+                       what + " row max")
         alloc.release(d_max, t_max)
         alloc.derive(src, ("absmax",), [y_max], (y_max, t_max))
     if d is not x:
@@ -1125,15 +1125,19 @@ def row_extremes(graph, sch, alloc, place, x: Placement, ready: int, what: str
         row = np.zeros(vpr * arch.lanes, np.float32)
         row[x.cols:] = -np.inf
         graph.add_const(mask, row.reshape(1, -1).astype(numpy_dtype(x.dtype)), kind="const")
-    mp = place[mask]
-    u, a = alloc.alloc(x.dtype, (2 * R * vpr, arch.lanes), g, avoid=frozenset(x.slices))
-    t = ready
+    # the mask in slices apart from x's (both are read in one cycle), u apart from both
+    mp, t_mp, cp = apart(sch, alloc, place[mask], x, ready, what + " row max")
+    u, a = alloc.alloc(x.dtype, (2 * R * vpr, arch.lanes), g,
+                       avoid=frozenset(x.slices) | frozenset(mp.slices))
+    t = t_mp
     for s_, ops in ((0, ["add"]), (1, ["neg", "add"])):
         vs = [c * 2 * R + s_ * R + r for c in range(vpr) for r in range(R)]
         t = max(t, lower.elementwise(
-            sch, ops, x, mp, None, u, max(ready, a), what + " row max", vectors=vs,
+            sch, ops, x, mp, None, u, max(t_mp, a), what + " row max", vectors=vs,
             x_of=lambda v, s_=s_: (v % (2 * R) - s_ * R) * vpr + v // (2 * R),
             y_of=lambda v: v // (2 * R)))
+    if cp is not None:
+        alloc.release(cp, t)
     cols = [(lower.row_block(Placement(u.dtype, (2 * R * vpr, arch.lanes), 2 * R * vpr,
                                        arch.lanes, 1, u.slices, u.addr), c * 2 * R, 2 * R), t)
             for c in range(vpr)]
