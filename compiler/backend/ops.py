@@ -206,7 +206,9 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         finite). In a narrow float type each step is rounded to it: xm - m, its exp, and the
         sum (exact on the MXM in fp32, then converted). With `sum_dtype` (fp16 for an fp32
         softmax of the int8 and fp8 policies) e is rounded to it for the MXM's row sum, which
-        then runs at the MXM's full rate (fp32 sums are emulated at a sixteenth of it)."""
+        then runs at the MXM's full rate (fp32 sums are emulated at a sixteenth of it).
+    A second input (compile._mask_into_softmax) is a row added to x first: its pad lanes set
+    to the lowest value (ready from `mask_ready`), x + it replaces the pad mask."""
     x_name = nd["inputs"][0]
     xt = graph.values[x_name]
     rank = len(xt.shape)
@@ -225,7 +227,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     masks: list[tuple[Placement | None, int]] = [(None, start)] * n_blk
     if len(nd["inputs"]) > 1 and nd["inputs"][1]:
         src = place[nd["inputs"][1]]
-        low = place[_pad_low(graph, arch, x)] if x.cols < arch.lanes else None
+        low = place[_pad_mask(graph, arch, x, True)] if x.cols < arch.lanes else None
         masks, taken = [], frozenset(src.slices)
         for _ in range(n_blk):
             mb, a = alloc.alloc(x.dtype, (1, arch.lanes), len(x.slices), avoid=taken)
@@ -314,13 +316,15 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     return t
 
 
-def _pad_low(graph, arch, x: Placement) -> str:
-    """The constant row: +inf in x's columns, the lowest finite value of its type past them
-    (a min with it sets x's pad lanes to that value)."""
-    name = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}") + "_low"
+def _pad_mask(graph, arch, x: Placement, low: bool, copy: int = 0) -> str:
+    """The constant row that masks x's pad lanes: with `low`, +inf in x's columns and the
+    lowest finite value of its type past them (a min with it sets the pads to that value);
+    else 0 and -inf (added). `copy` k > 0 names its own copy (in other slices)."""
+    name = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}") + \
+        ("_low" if low else "") + (f"_copy{copy}" if copy else "")
     if name not in graph.consts:
-        row = np.full(arch.lanes, np.inf, np.float32)
-        row[x.cols:] = float(np.finfo(numpy_dtype(x.dtype)).min)
+        row = np.full(arch.lanes, np.inf if low else 0.0, np.float32)
+        row[x.cols:] = float(np.finfo(numpy_dtype(x.dtype)).min) if low else -np.inf
         graph.add_const(name, row.reshape(1, arch.lanes).astype(numpy_dtype(x.dtype)),
                         kind="const")
     return name
@@ -362,16 +366,8 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
         # add -inf past the last column; or (real_lanes) take the min with +inf in the row's
         # lanes and the lowest finite value past them, which sets the pads to exactly that
         # (an add could overflow to -inf, and -inf - -inf is NaN)
-        mask = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}") + \
-            ("_low" if real_lanes else "") + (f"_copy{copy}" if copy else "")
-        if mask not in graph.consts:
-            row = np.full(arch.lanes, np.inf if real_lanes else 0.0, np.float32)
-            row[x.cols:] = float(np.finfo(numpy_dtype(x.dtype)).min) if real_lanes \
-                else -np.inf
-            graph.add_const(mask, row.reshape(1, arch.lanes).astype(numpy_dtype(x.dtype)),
-                            kind="const")
         # the mask is one 320-lane vector: read it once per row (the "row" broadcast)
-        mp = place[mask]
+        mp = place[_pad_mask(graph, arch, x, real_lanes, copy)]
         cur, a = temp()
         temps.append(cur)
         t = binary(sch, alloc, ["min" if real_lanes else "add"], x, mp, cur, max(t, a),
