@@ -317,16 +317,16 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
 
 
 def _pad_mask(graph, arch, x: Placement, low: bool, copy: int = 0) -> str:
-    """The constant row that masks x's pad lanes: with `low`, +inf in x's columns and the
-    lowest finite value of its type past them (a min with it sets the pads to that value);
-    else 0 and -inf (added). `copy` k > 0 names its own copy (in other slices)."""
-    name = f"__softmax_pad_{x.cols}" + ("" if x.dtype == "fp32" else f"_{x.dtype}") + \
-        ("_low" if low else "") + (f"_copy{copy}" if copy else "")
+    """The constant row (x.vpr vectors) that masks x's pad lanes: with `low`, +inf in x's
+    columns and the lowest finite value of its type past them (a min with it sets the pads
+    to that value); else 0 and -inf (added). `copy` k > 0 names its own copy (in other
+    slices)."""
+    name = f"__pad_mask_{x.cols}_{x.dtype}" + ("_low" if low else "") + \
+        (f"_copy{copy}" if copy else "")
     if name not in graph.consts:
-        row = np.full(arch.lanes, np.inf if low else 0.0, np.float32)
+        row = np.full(x.vpr * arch.lanes, np.inf if low else 0.0, np.float32)
         row[x.cols:] = float(np.finfo(numpy_dtype(x.dtype)).min) if low else -np.inf
-        graph.add_const(name, row.reshape(1, arch.lanes).astype(numpy_dtype(x.dtype)),
-                        kind="const")
+        graph.add_const(name, row.reshape(1, -1).astype(numpy_dtype(x.dtype)), kind="const")
     return name
 
 
@@ -378,8 +378,8 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
 
 
 def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
-              free_input: bool = True, cols: int | None = None, unit: int = 1,
-              turn: bool = True) -> tuple[Placement, int]:
+              free_input: bool = True, cols: int | None = None,
+              unit: int = 1) -> tuple[Placement, int]:
     """Every lane of each vector of m := the max over the vector's lanes, in stages: when
     every lane holds the max of a cyclic window of w lanes, the SXM rotates the vector by w,
     2w, ..., (k - 1)w lanes side by side and the VXM takes the max of the k vectors in a tree,
@@ -391,9 +391,9 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
     of every lane l < cols over lanes l .. l + cols - 1: lanes 0 .. cols - 1 hold the max;
     the others some finite value.
     With `unit` (16: superlanes) lanes move in groups of that many: the max over lanes
-    j, j + unit, j + 2 unit, ... (cols counts groups). Many vectors (TURN_VECTORS or more) go
-    through the SXM's corner turn instead (turnmax.py), unless `turn` is False."""
-    if turn and unit == 1 and m.nvec >= TURN_VECTORS:
+    j, j + unit, j + 2 unit, ... (cols counts groups). Many vectors (TURN_VECTORS or more) of
+    single lanes go through the SXM's corner turn instead (turnmax.py)."""
+    if unit == 1 and m.nvec >= TURN_VECTORS:
         from compiler.backend.turnmax import lanes_max_turn
 
         got = lanes_max_turn(sch, alloc, m, shape, ready, what, cols)
@@ -1116,13 +1116,9 @@ def row_extremes(graph, sch, alloc, place, x: Placement, ready: int, what: str
     blocks and lanes_max the lanes."""
     arch = sch.arch
     R, vpr, g = x.rows, x.vpr, len(x.slices)
-    mask = f"__row_pad_{x.cols}_{x.dtype}"
-    if mask not in graph.consts:
-        row = np.zeros(vpr * arch.lanes, np.float32)
-        row[x.cols:] = -np.inf
-        graph.add_const(mask, row.reshape(1, -1).astype(numpy_dtype(x.dtype)), kind="const")
     # the mask in slices apart from x's (both are read in one cycle), u apart from both
-    mp, t_mp, cp = apart(sch, alloc, place[mask], x, ready, what + " row max")
+    mp, t_mp, cp = apart(sch, alloc, place[_pad_mask(graph, arch, x, False)], x, ready,
+                         what + " row max")
     u, a = alloc.alloc(x.dtype, (2 * R * vpr, arch.lanes), g,
                        avoid=frozenset(x.slices) | frozenset(mp.slices))
     t = t_mp

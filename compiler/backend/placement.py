@@ -161,16 +161,17 @@ class Allocator:
 
     def _common(self, grp, n, resident=False, bank=None):
         if resident:  # pristine space only (never written), highest addresses first
+            if bank is not None:
+                raise CompileError("internal: a resident tensor placed in one bank")
             cands = sorted({e - n for s in grp for (a, e, f) in self.free[s]
                             if e - a >= n and f == 0}, reverse=True)
-        else:
+        elif bank is None:
             cands = sorted({a for s in grp for (a, e, _) in self.free[s] if e - a >= n})
-        if bank is not None:  # starts moved into the bank, and the range kept inside it
+        else:  # starts moved into the bank, the range kept inside it
             wpb = self.arch.mem_words_per_bank
             lo, hi = bank * wpb, (bank + 1) * wpb
-            cands = sorted({max(a, lo) for s in grp for (a, e, f) in self.free[s]
-                            if min(e, hi) - max(a, lo) >= n
-                            and not (resident and f)}, reverse=resident)
+            cands = sorted({max(a, lo) for s in grp for (a, e, _) in self.free[s]
+                            if min(e, hi) - max(a, lo) >= n})
         first = None
         for addr in cands:
             after = 0

@@ -225,6 +225,21 @@ class Reservation:
         if self._hints:
             self.skip = max(self.skip, delta)
 
+    def first_fit(self, options, attempt):
+        """The first of `options` for which attempt(option) takes its resources, each tried
+        from the same state (a failed one undone); None when none does, with the least of
+        the options' hints. Valid where the options' resources do not depend on choices
+        made earlier in the job (a hint then binds whichever option is taken)."""
+        snap, least = self.snapshot(), None
+        for o in options:
+            self.skip, self._hints = 1, True
+            if attempt(o):
+                return o
+            least = self.skip if least is None else min(least, self.skip)
+            self.restore(snap)
+        self.skip, self._hints = least or 1, True
+        return None
+
     def need_free(self, busy, cycle: int) -> None:
         """Record the shift to the first cycle after `cycle` that is not in `busy` (a set of
         cycles or Ports)."""

@@ -232,37 +232,29 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
                 return None
         if not res.take_issue(q, T):
             return None
-        # Each stage tries its stream groups from one state; when none fits, the least of
-        # their hints binds the job: the inputs (streams toward the SXM, read ports) and the
-        # outputs (streams away from it, write ports) use disjoint resources, so a hint of
-        # one stage does not depend on the choice made in the other.
-        snap, least = res.snapshot(), None
-        for bs in bases:  # the 16 input streams
-            res.skip, res._hints = 1, True
-            if all(sch.read_flow(res, ins[j], range(ins[j].addr, ins[j].addr + n), arrive, X,
-                                 din, ready, base=bs + j) is not None for j in range(TILE)):
-                break
-            least = res.skip if least is None else min(least, res.skip)
-            res.restore(snap)
-        else:
-            res.skip, res._hints = least or 1, True
+        # each stage takes the first stream group that fits (Reservation.first_fit): the
+        # inputs (streams toward the SXM, read ports) and the outputs (streams away from it,
+        # write ports) use disjoint resources, so one stage's hint holds whatever the other
+        # chose
+        bs = res.first_fit(bases, lambda bs: all(
+            sch.read_flow(res, ins[j], range(ins[j].addr, ins[j].addr + n), arrive, X, din,
+                          ready, base=bs + j) is not None for j in range(TILE)))
+        if bs is None:
             return None
-        snap, least = res.snapshot(), None
-        for bd in bases:  # the 16 output streams
-            res.skip, res._hints = 1, True
-            code = []
+        code: list[Emitted] = []
+
+        def outputs(bd: int) -> bool:
+            code.clear()
             for i in range(TILE):
                 c = sch.write_flow(res, outs[i], range(outs[i].addr, outs[i].addr + n), leave,
                                    X, dout, bd + i)
                 if c is None:
-                    break
-                code += c
-            else:
-                break
-            least = res.skip if least is None else min(least, res.skip)
-            res.restore(snap)
-        else:
-            res.skip, res._hints = least or 1, True
+                    return False
+                code.extend(c)
+            return True
+
+        bd = res.first_fit(bases, outputs)
+        if bd is None:
             return None
         for j in range(TILE):
             c = sch.read_code(res, ins[j], range(ins[j].addr, ins[j].addr + n), arrive, X, din,

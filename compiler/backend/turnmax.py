@@ -90,7 +90,7 @@ def lanes_max_turn(sch, alloc, m: Placement, shape, ready: int, what: str,
     mx, t = _max_tree(sch, alloc, [(p, t_turn) for p in ts], sl_shape, what)
     # 4. over the superlanes
     units = None if cols is None else -(-cols // TILE)
-    mx, t = lanes_max(sch, alloc, mx, sl_shape, t, what, cols=units, unit=TILE, turn=False)
+    mx, t = lanes_max(sch, alloc, mx, sl_shape, t, what, cols=units, unit=TILE)
     # 5. row j of each block: lane j of every superlane, in all its lanes
     out, a = alloc.try_alloc(m.dtype, shape, g, avoid=frozenset(mx.slices), soonest=True) \
         or alloc.alloc(m.dtype, shape, g, avoid=frozenset(mx.slices))
