@@ -14,8 +14,10 @@ from compiler.backend.gather_elements import gather_elements_as_selects
 from compiler.backend.modulo import lower_mod
 from compiler.backend.ops import (
     GELU,
+    NORM_ABSMAX_ROWS,
     QMAX,
     apart,
+    gelu_absmax_bound,
     lower_cast,
     lower_clip,
     lower_data_movement,
@@ -803,8 +805,17 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out], clean[out] = lower_clip(graph, sch, alloc, nd, place, new, start, what,
                                            clean, spread_scalar, lambda v: ready.get(v, 0))
         elif op == "Gelu":
-            ready[out] = lower_sequence(sch, alloc, place[ins[0]], new, out, start, what,
+            x = place[ins[0]]
+            # few rows (latency-bound) quantized for a MatMul: the scale's bound found from x
+            # beside the Gelu's passes, not from its output after them
+            bound = precision in QUANTIZED and x.rows <= NORM_ABSMAX_ROWS and clean.get(
+                ins[0], False) and _feeds_quantized(graph, out)
+            if bound:
+                m, t_m = gelu_absmax_bound(graph, sch, alloc, place, x, start, what)
+            ready[out] = lower_sequence(sch, alloc, x, new, out, start, what,
                                    GELU[str(nd["attrs"].get("approximate", "none"))])
+            if bound:
+                alloc.derive(place[out], ("absmax",), [m], (m, t_m, True))  # floored
             clean[out] = clean.get(ins[0], False)
         elif op == "ReduceMax":
             ready[out] = lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what,

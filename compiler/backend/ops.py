@@ -749,7 +749,7 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         t_max = binary(sch, alloc, ["mul"], d_max, inv, y_max, max(t_dmax, t_inv, a),
                        what + " row max")
         alloc.release(d_max, t_max)
-        alloc.derive(src, ("absmax",), [y_max], (y_max, t_max))
+        alloc.derive(src, ("absmax",), [y_max], (y_max, t_max, False))  # not floored
     if d is not x:
         temps.append(d)
     for p in temps:
@@ -1072,17 +1072,23 @@ def _block(shape: tuple, full: tuple) -> int:
 COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
-def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placement, int]:
+def row_absmax(sch, alloc, x: Placement, ready: int, what: str, floor: float | None = None,
+               signed: bool = False) -> tuple[Placement, int]:
     """max |x| of every row, in every lane of one vector per row: the row's vectors folded
     by VXM chains |v| then max with the running result (a few folds side by side, joined
-    pairwise, when the row has many vectors), then lanes_max."""
+    pairwise, when the row has many vectors), then lanes_max. With `floor`, the result is
+    max(max |x|, floor): a link of the first |v| chain. With `signed` (rows of more than one
+    vector, a floor), max x instead of max |x|."""
     arch = sch.arch
     g = len(x.slices)
     shape = (x.rows, arch.lanes)
     vpr = x.vpr
-    if 1 < vpr and x.rows == 1:  # latency-bound: |x| in one pass, then a max tree
+    if signed and (floor is None or vpr == 1):
+        raise CompileError(f"{what}: a signed row max needs a floor and a row of vectors")
+    if 1 < vpr and x.rows == 1 and not signed:  # latency-bound: |x| in one pass, a max tree
         a_x, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices))
-        t = lower.elementwise(sch, ["abs"], x, None, None, a_x, max(ready, a), what + " row max")
+        t = lower.elementwise(sch, ["abs"] if floor is None else ["abs", "max"], x, None,
+                              floor, a_x, max(ready, a), what + " row max")
         cols = [(Placement(a_x.dtype, shape, 1, arch.lanes, 1, a_x.slices, a_x.addr + c), t)
                 for c in range(vpr)]
         m, t = _max_tree(sch, alloc, cols, shape, what + " row max", keep=[p for p, _ in cols])
@@ -1095,8 +1101,10 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placeme
         for c in range(f, vpr, folds):
             nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices) | frozenset(
                 m.slices if m is not None else ()))
-            t = lower.elementwise(sch, ["abs"] if m is None else ["abs", "max"], x, m, None,
-                                  nxt, max(t, a), what + " row max",
+            ops = ["max"] if signed else \
+                ["abs"] if m is None and floor is None else ["abs", "max"]
+            t = lower.elementwise(sch, ops, x, m, floor if m is None else None, nxt,
+                                  max(t, a), what + " row max",
                                   x_of=lambda v, c=c: v * vpr + c,
                                   y_mode="row" if m is None else "col")
             if m is not None:
@@ -1104,6 +1112,36 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str) -> tuple[Placeme
             m = nxt
         parts.append((m, t))
     m, t = _max_tree(sch, alloc, parts, shape, what + " row max")  # join the folds
+    return lanes_max(sch, alloc, m, shape, t, what + " row max")
+
+
+# gelu(v) <= v for v >= 0, and gelu(v) >= -0.1701 for v < 0 (the exact and the tanh GELU
+# have their minima -0.16997 and -0.17004 near v = -0.75)
+GELU_FLOOR = 0.171
+
+
+def gelu_absmax_bound(graph, sch, alloc, place, x: Placement, ready: int, what: str
+                      ) -> tuple[Placement, int]:
+    """An upper bound of max |gelu(x)| of every row of x (pad lanes zero), found from x while
+    the Gelu's own passes run: max(max x, GELU_FLOOR), in every lane of one vector per row.
+    Quantizing by it instead of the exact absmax costs log2(max x / gelu(max x)) bits of the
+    row's step: 0.25 at max x = 1, under 0.01 from max x = 3. One row: a max tree over the
+    row's vectors and a constant vector of the floor, then lanes_max; more rows: folds."""
+    arch = sch.arch
+    shape = (x.rows, arch.lanes)
+    if x.rows > 1 and x.vpr > 1:
+        return row_absmax(sch, alloc, x, ready, what, floor=GELU_FLOOR, signed=True)
+    name = f"__floor_{GELU_FLOOR!r}_{x.dtype}_{x.rows}"
+    if name not in graph.consts:
+        graph.add_const(name, np.full(shape, GELU_FLOOR, numpy_dtype(x.dtype)), kind="const")
+    low = place[name]
+    if x.rows == 1:
+        items = [(Placement(x.dtype, shape, 1, arch.lanes, 1, x.slices, x.addr + c), ready)
+                 for c in range(x.vpr)]
+    else:  # rows of one vector each: x itself
+        items = [(x, ready)]
+    m, t = _max_tree(sch, alloc, items + [(low, 0)], shape, what + " row max",
+                     keep=[p for p, _ in items] + [low])
     return lanes_max(sch, alloc, m, shape, t, what + " row max")
 
 
@@ -1171,6 +1209,8 @@ ACT_COPIES = 1
 ACT_COPY_ROWS = 32
 
 
+# a row's absmax is at least this before 1/absmax scales it (an all-zero row stays finite)
+ABSMAX_FLOOR = 1e-30
 # quantized MXM types: the largest magnitude a scaled value takes (int8: 127, symmetric;
 # fp8 e4m3fn: its largest finite value)
 QMAX = {"int8": 127.0, "fp8_e4m3": 448.0}
@@ -1213,13 +1253,22 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     key = ("quantized", qdtype, x.shape, x.dtype)
     got = alloc.derived_value(x, key)
     if got is None:
-        found = alloc.derived_value(x, ("absmax",))  # from the norm that made x
-        m, t = found if found is not None else row_absmax(sch, alloc, x, ready, what)
+        found = alloc.derived_value(x, ("absmax",))  # from the norm that made x, or a Gelu
+        if found is not None:
+            m, t, floored = found
+        else:  # few rows (latency-bound): the floor rides the |x| pass
+            floored = x.rows <= NORM_ABSMAX_ROWS
+            m, t = row_absmax(sch, alloc, x, ready, what,
+                              floor=ABSMAX_FLOOR if floored else None)
         t = max(t, ready)
-        m2, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
-        t = lower.elementwise(sch, ["max"], m, None, 1e-30, m2, max(t, a), what + " scale")
-        if found is None:
-            alloc.release(m, t)
+        if floored:
+            m2 = m
+        else:
+            m2, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m.slices))
+            t = lower.elementwise(sch, ["max"], m, None, ABSMAX_FLOOR, m2, max(t, a),
+                                  what + " scale")
+            if found is None:
+                alloc.release(m, t)
         r, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
         t_m2 = t
         t = lower.elementwise(sch, ["recip", "mul"], m2, None, qmax, r, max(t, a),
@@ -1228,7 +1277,8 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
         sx, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(m2.slices))
         t_sx = lower.elementwise(sch, ["mul"], m2, None, 1.0 / qmax, sx, max(t_m2, a),
                                  what + " scale")
-        alloc.release(m2, max(t, t_sx))
+        if m2 is not m or found is None:
+            alloc.release(m2, max(t, t_sx))
         xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices) | frozenset(r.slices))
         t = binary(sch, alloc, ["mul"], x, r, xs, max(t, a), what + " quantize", y_mode="col")
         alloc.release(r, t)
