@@ -172,6 +172,12 @@ _IR_FLOAT = {"fp16": "float16", "bf16": "bfloat16"}
 _ONNX_CAST_TO = {"float16": 10, "bfloat16": 16}  # onnx.TensorProto element types
 
 
+def _rows(graph: Graph, v: str) -> int:
+    """The rows of v viewed as (rows, last dim)."""
+    shape = graph.values[v].shape
+    return math.prod(shape[:-1]) if shape else 1
+
+
 def _feeds_quantized(graph: Graph, v: str) -> bool:
     """Does v feed only MatMuls with constant weights, as their activation (each quantizes v
     by its row absmax under the int8 and fp8 policies)?"""
@@ -632,6 +638,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         sch.begin_op(name, op)
         start = max([ready.get(i, 0) for i in ins if i] + [0])
         alloc.now = start
+        # few rows (latency-bound): small temporaries near the VXM
+        alloc.near = all(_rows(graph, o) <= NORM_ABSMAX_ROWS for o in outs if o)
         empty = {v for v in list(ins) + list(outs) if v and graph.values[v].size == 0}
         if empty:
             if all(graph.values[o].size == 0 for o in outs if o):  # nothing to compute

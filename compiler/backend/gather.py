@@ -95,8 +95,8 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
         (t1, i1, p1), (t2, _, p2) = parts[0], parts[1]
         s2, a2 = alloc.alloc(md, z.shape, len(p1.slices),
                              avoid=frozenset(p1.slices) | frozenset(p2.slices))
-        tt = lower.elementwise(sch, ["add"], p1, p2, None, s2, max(t1, t2, a2),
-                               what + " chunks")
+        # (binary: two sums can share a slice, as each avoided only its own operands)
+        tt = binary(sch, alloc, ["add"], p1, p2, s2, max(t1, t2, a2), what + " chunks")
         alloc.release(p1, tt)
         alloc.release(p2, tt)
         parts = parts[2:] + [(tt, i1, s2)]
