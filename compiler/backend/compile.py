@@ -743,12 +743,14 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 if bias is None:
                     y, nb = new(out, start)
                     ready[out] = lower_matmul_quant(sch, alloc, x, tiled[(wname, qd)][0],
-                                                    w_scale, y, max(start, nb), what, zero)
+                                                    w_scale, y, max(start, nb), what, zero,
+                                                    clean.get(ins[0], False))
                 else:
                     tmp_ty = graph.values[out]
                     tmp, nb = alloc.alloc("fp32", tuple(tmp_ty.shape), 4)
                     t1 = lower_matmul_quant(sch, alloc, x, tiled[(wname, qd)][0], w_scale,
-                                            tmp, max(start, nb), what, zero)
+                                            tmp, max(start, nb), what, zero,
+                                            clean.get(ins[0], False))
                     ready[out] = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what)
             else:
                 ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,

@@ -222,12 +222,16 @@ class Tiled:
 
 def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, ready: int,
            what: str, plane: int | None = None, zero: Placement | None = None,
-           copies: tuple[Placement, ...] = ()) -> int:
+           copies: tuple[Placement, ...] = (), pad_zero: bool = False) -> int:
     """y[M, N] = x[M, K] @ w[K, N] on the MXM, each 320-column tile of y on the plane that is
     free first (or on `plane`); returns when y is in SRAM. With `zero` (a zero vector of w's
     type), a last K tile shorter than 320 rows also loads zero rows for the rest, so lanes of x
-    past column K never meet stale weights. `copies` (of x, in other slices) let the
-    activations of several tiles stream at once: one slice reads one vector per cycle."""
+    past column K never meet stale weights. With `pad_zero` (x's lanes past K are zero and w
+    is integer: every stale row, whatever its bytes, adds 0) only the last cycle's gaps are.
+    `copies` (of x, in other slices) let the activations of several tiles stream at once:
+    one slice reads one vector per cycle."""
+    if pad_zero and w.dtype != "int8":
+        raise CompileError(f"internal: {what}: stale weight rows left in place for {w.dtype}")
     arch = sch.arch
     lanes = arch.lanes
     M, K, N = x.rows, x.cols, w.cols
@@ -288,10 +292,10 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             n1 = -(-rk // R)  # real rows, R per cycle; zeros fill the last cycle's gaps
             # and the rows past rk that an earlier load may have left nonzero (the load
             # buffer keeps rows a load does not write): x's lanes past K meet zero weights
-            total = max(n1 * R, stale if zeros else rk)
+            total = n1 * R if pad_zero else max(n1 * R, stale if zeros else rk)
             if total > rk and not zeros:
                 raise CompileError(f"internal: {what}: a short weight tile needs zero rows")
-            stale = rk
+            stale = max(stale, total) if pad_zero else rk
             pad = [[i for i in range(n1) if rk <= i * R + j < total] for j in range(R)]
             lw = _lw_job(sch, q, P, to_mxm, plan, pad, zeros, n1, w_ready, 0)
             rest = total - n1 * R  # then the zero rows, as many per cycle as copies allow
