@@ -293,10 +293,12 @@ def _vector_products(graph: Graph) -> None:
 
 def _fold_score_scale(graph: Graph) -> None:
     """Div (or Mul) by a constant scalar c of a MatMul of computed operands (attention's
-    scores Q @ K^T / sqrt(d)), where the left operand is a constant-weight MatMul (with or
-    without bias) through Reshapes and Transposes read by nothing else: c moves into that
-    MatMul's weight and bias, W / c and b / c, as inference engines fold the attention scale
-    into the query projection. One pass over the scores fewer."""
+    scores Q @ K^T / sqrt(d)), or of the ReduceSum of their products (_vector_products),
+    where the left operand is a constant-weight MatMul (with or without bias) through
+    Reshapes and Transposes, and maybe a Split of its last axis (a fused QKV projection),
+    read by nothing else: c moves into that MatMul's weight and bias (the query's columns of
+    them), W / c and b / c, as inference engines fold the attention scale into the query
+    projection. One pass over the scores fewer."""
     for name in graph.topo_order():
         nd = graph.node(name)
         if nd["op"] not in ("Div", "Mul") or len(nd["inputs"]) != 2:
@@ -308,15 +310,22 @@ def _fold_score_scale(graph: Graph) -> None:
         mm = graph.producer(s)
         if c_arr is None or c_arr.size != 1 or not np.isfinite(c_arr).all() \
                 or float(c_arr.reshape(-1)[0]) == 0 or mm is None \
-                or graph.node(mm)["op"] != "MatMul" or graph.num_uses(s) != 1 \
-                or graph.values[s].dtype != "float32" \
-                or tuple(graph.values[nd["outputs"][0]].shape) != tuple(graph.values[s].shape) \
-                or any(graph.is_const(v) for v in graph.node(mm)["inputs"][:2]):
+                or graph.num_uses(s) != 1 or graph.values[s].dtype != "float32" \
+                or tuple(graph.values[nd["outputs"][0]].shape) != tuple(graph.values[s].shape):
             continue
-        v = graph.node(mm)["inputs"][0]
+        v = _query_side(graph, mm)
+        if v is None:
+            continue
         while graph.num_uses(v) == 1 and graph.producer(v) is not None \
                 and graph.node(graph.producer(v))["op"] in ("Reshape", "Transpose"):
             v = graph.node(graph.producer(v))["inputs"][0]
+        cols = None  # through a Split of the last axis: the query's columns of the projection
+        sp = graph.producer(v)
+        if sp is not None and graph.node(sp)["op"] == "Split" and graph.num_uses(v) == 1:
+            cols = _split_columns(graph, sp, v)
+            if cols is None:
+                continue
+            v = graph.node(sp)["inputs"][0]
         proj = graph.producer(v)
         if proj is None or graph.num_uses(v) != 1 or v in graph.outputs:
             continue
@@ -330,15 +339,54 @@ def _fold_score_scale(graph: Graph) -> None:
                        else float(c_arr.reshape(-1)[0]))
         for j, w in enumerate(pins[1:], start=1):
             arr = graph.const_array(w)
+            if arr is not None:
+                arr = arr.astype(np.float32)  # a copy
+                lo, hi = cols if cols is not None else (0, arr.shape[-1])
+                arr[..., lo:hi] = (arr[..., lo:hi] * k).astype(np.float32)
             graph.set_input(proj, j, graph.add_const(
-                graph.fresh_name(f"{w}_scaled"), None if arr is None else
-                (arr.astype(np.float32) * k).astype(np.float32), ty=graph.values[w],
+                graph.fresh_name(f"{w}_scaled"), arr, ty=graph.values[w],
                 kind=graph.consts[w].kind))
         out = nd["outputs"][0]
         graph.remove_node(name)
         if not graph.forward(out, s):
             raise CompileError(f"internal: folding the scale of {name!r} lost {out!r}")
     graph.prune()
+
+
+def _query_side(graph: Graph, mm: str) -> str | None:
+    """The left operand of a product of two computed operands (the query of attention's
+    scores): a MatMul's, or that of the Mul a ReduceSum sums (_vector_products' form); None
+    for anything else."""
+    nd = graph.node(mm)
+    if nd["op"] == "ReduceSum":
+        prod = nd["inputs"][0]
+        mul = graph.producer(prod)
+        if mul is None or graph.num_uses(prod) != 1 or graph.node(mul)["op"] != "Mul":
+            return None
+        nd = graph.node(mul)
+    elif nd["op"] != "MatMul":
+        return None
+    ins = nd["inputs"][:2]
+    return None if any(graph.is_const(v) for v in ins) else ins[0]
+
+
+def _split_columns(graph: Graph, sp: str, v: str) -> tuple[int, int] | None:
+    """The columns [lo, hi) of the Split's input that its output v holds, when it splits the
+    last axis (else None)."""
+    nd = graph.node(sp)
+    x = nd["inputs"][0]
+    rank = len(graph.values[x].shape)
+    if rank == 0 or int(nd["attrs"].get("axis", 0)) % rank != rank - 1:
+        return None
+    lo = 0
+    for o in nd["outputs"]:
+        n = graph.values[o].shape[-1] if o else None
+        if n is None:
+            return None
+        if o == v:
+            return lo, lo + n
+        lo += n
+    return None
 
 
 def _mask_into_softmax(graph: Graph) -> None:
