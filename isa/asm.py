@@ -13,7 +13,7 @@ Operand kinds:
   dtype    an element type name (isa.dtypes).
   int      decimal or 0x hexadecimal; negative only for signed fields.
   chain    up to four ALU op names joined by ':' (`sub:exp`); op i fills bits 6i..6i+5 of `ops`
-           and a 0 code ends the chain.
+           and a 0 code ends the chain. One link may be `cvt.TYPE` (code 63, TYPE in dtype2).
 
 Canonical text (what `disassemble_instruction` prints): operands positionally up to the first
 one that has a default; from there on `name=value`, left out when it holds the default. Rows of
@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from isa.dtypes import DTYPE_BY_CODE, DTYPE_BY_NAME
 from isa.encoding import decode, encode
 from isa.fields import FIELDS
-from isa.table import ALU_BY_CODE, ALU_BY_NAME, BY_MNEMONIC, CHAIN_MAX, CHAIN_OP_BITS, Instr
+from isa.table import (
+    ALU_BY_CODE,
+    ALU_BY_NAME,
+    BY_MNEMONIC,
+    CHAIN_CVT,
+    CHAIN_MAX,
+    CHAIN_OP_BITS,
+    Instr,
+)
 from lpusim.errors import AsmError, IsaError
 
 GROUP_WIDTHS = (1, 2, 4)
@@ -105,11 +113,31 @@ def _check(row: Instr, values: dict[str, int]) -> None:
                 raise _Problem(op.name, "the chain is empty")
             if any(codes[n:]):
                 raise _Problem(op.name, "ALU op codes follow the 0 that ends the chain")
-            for c in codes[:n]:
+            cvt = [i for i in range(n) if codes[i] == CHAIN_CVT]
+            if len(cvt) > 1:
+                raise _Problem(op.name, "a chain converts once (one cvt link)")
+            if not cvt and values.get("dtype2", 0):
+                raise _Problem(op.name, "dtype2 is set only by a cvt link")
+            dt2 = DTYPE_BY_CODE.get(values.get("dtype2", 0))
+            if cvt and dt2 is None:
+                raise _Problem(op.name, f"dtype code {values.get('dtype2')} is not a dtype")
+            sides = set()
+            for i, c in enumerate(codes[:n]):
+                if c == CHAIN_CVT:
+                    continue
                 a = ALU_BY_CODE.get(c)
                 if a is None:
                     raise _Problem(op.name, f"ALU op code {c} is not an ALU op")
-                _check_alu_type(a, dt, op.name)
+                after = bool(cvt) and i > cvt[0]
+                _check_alu_type(a, dt2 if after else dt, op.name)
+                if a.arity == 2:
+                    sides.add(after)
+            if len(sides) > 1:
+                raise _Problem(op.name, "the binary links lie on both sides of the cvt (B has "
+                                        "one type)")
+            if True in sides and values.get("flag", 0):
+                raise _Problem(op.name, "an immediate B operand serves links before the cvt "
+                                        "only")
     if row.alu is not None:
         _check_alu_type(row.alu, dt, "dtype")
 
@@ -308,6 +336,14 @@ def _parse_operand(
             raise bad(f"1 to {CHAIN_MAX} ALU ops joined by ':'")
         ops = 0
         for i, n in enumerate(names):
+            if n.startswith("cvt."):  # a conversion link: its type goes to dtype2
+                d = DTYPE_BY_NAME.get(n[4:])
+                if d is None:
+                    raise bad(f"a conversion link cvt.TYPE with a dtype "
+                              f"({', '.join(DTYPE_BY_NAME)})")
+                ops |= CHAIN_CVT << (CHAIN_OP_BITS * i)
+                values["dtype2"] = d.code
+                continue
             a = ALU_BY_NAME.get(n)
             if a is None:
                 close = difflib.get_close_matches(n, list(ALU_BY_NAME), n=1)
@@ -367,7 +403,8 @@ def _fmt_operand(row: Instr, op, values: dict[str, int]) -> str:
             return "#" + _fmt_float_bits(bits)
         return f"#{bits - (1 << _IMM_BITS) if bits >> (_IMM_BITS - 1) else bits}"
     codes = _chain_codes(values["ops"])
-    return ":".join(ALU_BY_CODE[c].name for c in codes if c)
+    return ":".join(f"cvt.{DTYPE_BY_CODE[values.get('dtype2', 0)].name}" if c == CHAIN_CVT
+                    else ALU_BY_CODE[c].name for c in codes if c)
 
 
 def _is_default(op, values: dict[str, int]) -> bool:

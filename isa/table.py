@@ -47,7 +47,7 @@ class Operand:
         if self.kind == "streamb":
             return (self.name, f"{self.name}_dir", f"{self.name}_g", "imm", "flag")
         if self.kind == "chain":
-            return ("ops",)
+            return ("ops", "dtype2")  # dtype2: the type a cvt link converts to
         return (self.name,)
 
 
@@ -101,6 +101,9 @@ ALU_BY_NAME: dict[str, AluOp] = {a.name: a for a in ALU_OPS}
 ALU_BY_CODE: dict[int, AluOp] = {a.code: a for a in ALU_OPS}
 CHAIN_MAX = 4
 CHAIN_OP_BITS = 6
+# a link of a chain that is no ALU op: cvt.TYPE converts the running value to TYPE (the
+# instruction's dtype2); links after it compute in TYPE
+CHAIN_CVT = (1 << CHAIN_OP_BITS) - 1
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,10 @@ _ROWS: list[Instr] = [
            Operand("src2", "streamb", None, "B operand of binary ops: stream group or #imm"),
            _COUNT, Operand("ops", "chain", None, "ALU ops joined by ':'")),
           "vxm_alu", ("src", "src2"), ("dst",),
-          "v = x; for op in ops: v = op(v) or op(v, B); z = v (latency: sum over the ops)"),
+          "v = x; for op in ops: v = op(v) or op(v, B); z = v (latency: sum over the ops). "
+          "One link may be cvt.TYPE: v = convert(v) to TYPE (as vxm.cvt; its latency "
+          "vxm_convert); the links after it, and z, are of TYPE. B is of the type of the "
+          "binary links, which all lie on one side of the cvt; an immediate B before it"),
 ]
 
 for _a in ALU_OPS:
@@ -292,7 +298,7 @@ def validate_table() -> None:
             if s not in names:
                 raise IsaError(f"{row.mnemonic}: stream operand {s} is not an operand")
     for a in ALU_OPS:
-        if not 0 < a.code < (1 << CHAIN_OP_BITS):
+        if not 0 < a.code < (1 << CHAIN_OP_BITS) or a.code == CHAIN_CVT:
             raise IsaError(f"ALU op {a.name}: code does not fit a chain slot")
     if FIELDS["ops"].width != CHAIN_MAX * CHAIN_OP_BITS:
         raise IsaError("the ops field must hold CHAIN_MAX ALU op codes")

@@ -74,7 +74,8 @@ def _event(dec: Decoded, k: int, i: int, phase: int) -> str:
             else:
                 parts.append(_streams(row, "src", gin))
         if "src2" in ins.reads and int(row[C["flag"]]) == 0 and _reads_b(row):
-            parts.append(_streams(row, "src2", 2 if op == oc.OP_MEM_SCATTER else gin))
+            parts.append(_streams(row, "src2", 2 if op == oc.OP_MEM_SCATTER
+                                  else int(row[C["r2_n"]])))
         return "read " + " ".join(parts) if parts else "issue"
     if op in (oc.OP_MEM_WRITE,):
         return f"write SRAM[{int(row[C['addr']]) + i * int(row[C['stride']])}]"
@@ -100,7 +101,7 @@ def _reads_b(row) -> bool:
         return ALU_BY_CODE[op - oc.VXM_ALU_BASE].arity == 2
     if op == oc.OP_VXM_CHAIN:
         codes = [(int(row[C["ops"]]) >> (6 * s)) & 63 for s in range(4)]
-        return any(c and ALU_BY_CODE[c].arity == 2 for c in codes)
+        return any(c in ALU_BY_CODE and ALU_BY_CODE[c].arity == 2 for c in codes)
     return False
 
 

@@ -157,10 +157,11 @@ class Gen:
         d = str(r.choice(DTYPES))
         w = WIDTH[d]
         n = int(r.integers(1, 5))
-        kind = r.choice(["op", "chain", "cvt"], p=[0.4, 0.4, 0.2])
+        kind = r.choice(["op", "chain", "cvt", "cvtchain"], p=[0.3, 0.3, 0.15, 0.25])
         ok = [a for a in ALU_BY_NAME.values() if a.kind == "any" or IS_FLOAT[d]]
         d_out = d
-        if kind == "cvt":
+        post: list = []  # a cvtchain's links after its cvt link (in d_out)
+        if kind in ("cvt", "cvtchain"):
             d_out = str(r.choice(DTYPES))
             ops = []
             lat = LAT["vxm_convert"]
@@ -168,29 +169,48 @@ class Gen:
             k = 1 if kind == "op" else int(r.integers(1, 5))
             ops = [ok[int(i)] for i in r.integers(0, len(ok), size=k)]
             lat = sum(LAT[a.latency] for a in ops)
-        binary = any(a.arity == 2 for a in ops)
-        use_imm = binary and r.random() < 0.4
+        if kind == "cvtchain":  # binary links on one side of the cvt: B is of that side's type
+            ok2 = [a for a in ALU_BY_NAME.values() if a.kind == "any" or IS_FLOAT[d_out]]
+            after = r.random() < 0.5
+            k1 = int(r.integers(0, 3))
+            k2 = int(r.integers(0, 4 - k1))
+            ops = [ok[int(i)] for i in r.integers(0, len(ok), size=k1)]
+            post = [ok2[int(i)] for i in r.integers(0, len(ok2), size=k2)]
+            unary = [a for a in ALU_BY_NAME.values() if a.arity == 1]
+            ops = [a if not after or a.arity == 1 else unary[0] for a in ops]
+            post = [a if after or a.arity == 1 else unary[0] for a in post]
+            lat += sum(LAT[a.latency] for a in ops + post)
+        binary = any(a.arity == 2 for a in ops + post)
+        b_dt = d_out if any(a.arity == 2 for a in post) else d
+        wb = WIDTH[b_dt]
+        use_imm = binary and not post and r.random() < 0.4
         wo = WIDTH[d_out]
         xs = self.slices(w)
-        ys = self.slices(w, xs) if binary and not use_imm else []
+        ys = self.slices(wb, xs) if binary and not use_imm else []
         zs = self.slices(wo, xs + ys)
         sx, sy = w * int(r.integers(0, 32 // w)), None
         if ys:
-            sy = w * int(r.choice([i for i in range(32 // w) if w * i != sx]))
+            sy = wb * int(r.choice([i for i in range(32 // wb)
+                                    if not (wb * i < sx + w and sx < wb * i + wb)]))
         sz = wo * int(r.integers(0, 32 // wo))
         ax = self.tensor_in(d, n, xs)
-        ay = self.tensor_in(d, n, ys) if ys else None
+        ay = self.tensor_in(b_dt, n, ys) if ys else None
         az = self.tensor_out(d_out, n, zs)
         T = self.now + LAT["mem_read"] + max(VXM_POS - mem_w_pos(j) for j in xs + ys)
         self.reads(xs, ax, n, "E", sx, T, VXM_POS)
         if ys:
             self.reads(ys, ay, n, "E", sy, T, VXM_POS)
-        alu = int(r.integers(0, 16 - max(len(ops), 1) + 1))
+        links = len(ops) + (1 + len(post) if kind == "cvtchain" else 0)
+        alu = int(r.integers(0, 16 - max(links, 1) + 1))
         g = lambda s, ww: f"{s}/{ww}" if ww > 1 else f"{s}"  # noqa: E731
         x = "E" + g(sx, w)
         z = "W" + g(sz, wo)
-        b = self.imm(d) if use_imm else ("E" + g(sy, w) if ys else None)
-        if kind == "cvt":
+        b = self.imm(d) if use_imm else ("E" + g(sy, wb) if ys else None)
+        if kind == "cvtchain":
+            names = [a.name for a in ops] + [f"cvt.{d_out}"] + [a.name for a in post]
+            bb = b if b is not None else "#0"
+            text = f"vxm.chain {d}, {z}, {x}, {bb}, count={n}, ops={':'.join(names)}"
+        elif kind == "cvt":
             text = f"vxm.cvt {d}, {d_out}, {z}, {x}, count={n}"
         elif kind == "op" and r.random() < 0.7:
             a = ops[0]
@@ -456,3 +476,41 @@ def test_mxm_nan_payload_engines_agree():
     x = np.zeros((1, 320), np.float16)
     x[0, :2] = np.array([0x7E01, 0x7F00], np.uint16).view(np.float16)
     compare(text, {"w": w, "x": x})
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_cvt_links_in_a_chain(engine):
+    """A chain's cvt link: quantize (fp32 x times a stream, then to int8, saturating) and
+    dequantize (int32 to fp32, then times a stream) in one pass each, as the compiler emits
+    them; the same values as vxm.mul and vxm.cvt one after the other."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, LANES)) * 60).astype(np.float32)
+    s = rng.random((2, LANES)).astype(np.float32) * 3
+    a = rng.integers(-(1 << 30), 1 << 30, (2, LANES)).astype(np.int32)
+    text = "\n".join([
+        ".arch tsp-v1",
+        ".tensor x input fp32 [2,320] slices=MEM_W0,MEM_W1,MEM_W2,MEM_W3 addr=0",
+        ".tensor s input fp32 [2,320] slices=MEM_W4,MEM_W5,MEM_W6,MEM_W7 addr=0",
+        ".tensor a input int32 [2,320] slices=MEM_W8,MEM_W9,MEM_W10,MEM_W11 addr=0",
+        ".tensor q output int8 [2,320] slices=MEM_W12 addr=0",
+        ".tensor y output fp32 [2,320] slices=MEM_W13,MEM_W14,MEM_W15,MEM_W16 addr=0",
+        *(f".queue MEM_W{j}\n@{20 - LAT['mem_read'] - (VXM_POS - mem_w_pos(j))} "
+          f"mem.read E{j % 4}, 0, count=2" for j in range(4)),
+        *(f".queue MEM_W{j}\n@{20 - LAT['mem_read'] - (VXM_POS - mem_w_pos(j))} "
+          f"mem.read E{4 + j % 4}, 0, count=2" for j in range(4, 8)),
+        *(f".queue MEM_W{j}\n@{40 - LAT['mem_read'] - (VXM_POS - mem_w_pos(j))} "
+          f"mem.read E{8 + j % 4}, 0, count=2" for j in range(8, 12)),
+        *(f".queue MEM_W{j}\n@{40 - LAT['mem_read'] - (VXM_POS - mem_w_pos(j))} "
+          f"mem.read E{4 + j % 4}, 0, count=2" for j in range(4, 8)),
+        ".queue VXM0",
+        "@20 vxm.chain fp32, W0, E0/4, E4/4, count=2, ops=mul:cvt.int8",
+        ".queue VXM4",
+        "@40 vxm.chain int32, W4/4, E8/4, E4/4, count=2, ops=cvt.fp32:mul",
+        f".queue MEM_W12\n@{20 + LAT['vxm_alu'] + LAT['vxm_convert'] + VXM_POS - mem_w_pos(12)} "
+        "mem.write W0, 0, count=2",
+        *(f".queue MEM_W{j}\n@{40 + LAT['vxm_alu'] + LAT['vxm_convert'] + VXM_POS - mem_w_pos(j)}"
+          f" mem.write W{4 + (j - 13)}, 0, count=2" for j in range(13, 17)),
+    ])
+    out = simulate(assemble(text), {"x": x, "s": s, "a": a}, engine=engine).outputs
+    np.testing.assert_array_equal(out["q"], np.clip(np.rint(x * s), -128, 127).astype(np.int8))
+    np.testing.assert_array_equal(out["y"], a.astype(np.float32) * s)

@@ -9,6 +9,8 @@ COLUMNS = (
     # the streams an instruction reads (two groups) and writes, as (direction, first stream,
     # number of streams, step between streams); n = 0 where there is none
     "r1_dir", "r1_s", "r1_n", "r1_step", "r2_dir", "r2_s", "r2_n", "w_dir", "w_s", "w_n", "w_step",
+    # the element type of a VXM op's B operand (a chain's after a cvt link: dtype2)
+    "b_dt",
 )  # fmt: skip
 C = {name: i for i, name in enumerate(COLUMNS)}
 NCOL = len(COLUMNS)

@@ -18,7 +18,7 @@ from numba import njit
 
 from isa.dtypes import DTYPE_BY_CODE
 from isa.fields import FIELDS
-from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_OP_BITS
+from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_CVT, CHAIN_OP_BITS
 from lpusim.errors import HazardError, ProgramFormatError
 from lpusim.sim import opcodes as oc
 from lpusim.sim.columns import COLUMNS, NCOL, C
@@ -114,6 +114,8 @@ def _opcode_tables(arch):
     for code, a in ALU_BY_CODE.items():
         alu_lat[code] = arch.lat(a.latency)
         alu_ok[code] = True
+    alu_lat[CHAIN_CVT] = arch.lat("vxm_convert")  # a chain's conversion link
+    alu_ok[CHAIN_CVT] = True
     return unit, lat, alu_lat, alu_ok
 
 
@@ -444,7 +446,7 @@ def _field_tables():
 
 
 _DERIVED = ("interval", "lat", "nops", "g_in", "g_out", "r1_dir", "r1_s", "r1_n", "r1_step",
-            "r2_dir", "r2_s", "r2_n", "w_dir", "w_s", "w_n", "w_step")  # every one, every row
+            "r2_dir", "r2_s", "r2_n", "w_dir", "w_s", "w_n", "w_step", "b_dt")  # every row
 
 
 @functools.cache

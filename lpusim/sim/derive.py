@@ -10,7 +10,7 @@ from numba import njit
 
 from isa.dtypes import DTYPE_BY_CODE
 from isa.fields import FIELDS
-from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_MAX, CHAIN_OP_BITS
+from isa.table import ALU_BY_CODE, BY_OPCODE, CHAIN_CVT, CHAIN_MAX, CHAIN_OP_BITS
 from lpusim.errors import HazardError, ProgramFormatError
 from lpusim.sim import opcodes as oc
 from lpusim.sim.columns import C
@@ -47,6 +47,8 @@ _G_IN, _G_OUT = C["g_in"], C["g_out"]
 _R1_DIR, _R1_S, _R1_N, _R1_STEP = C["r1_dir"], C["r1_s"], C["r1_n"], C["r1_step"]
 _R2_DIR, _R2_S, _R2_N = C["r2_dir"], C["r2_s"], C["r2_n"]
 _W_DIR, _W_S, _W_N, _W_STEP = C["w_dir"], C["w_s"], C["w_n"], C["w_step"]
+_B_DT = C["b_dt"]
+_CHAIN_CVT = CHAIN_CVT
 _READ, _WRITE, _GATHER, _SCATTER = (oc.OP_MEM_READ, oc.OP_MEM_WRITE, oc.OP_MEM_GATHER,
                                     oc.OP_MEM_SCATTER)
 _LW, _IW, _ABC, _ACC = oc.OP_MXM_LW, oc.OP_MXM_IW, oc.OP_MXM_ABC, oc.OP_MXM_ACC
@@ -78,6 +80,8 @@ _CHECKS = (
         ("unknown", "unknown ALU op code in chain"),
         ("empty", "empty chain"))),
     ("float_only", "this ALU op needs a floating-point dtype", None),
+    ("chain_cvt", "a chain converts once (one cvt link), dtype2 set by it alone; its binary "
+                  "links lie on one side of it, an immediate B before it", None),
     ("chain_fit", "a chain of that length does not fit from this ALU (ALUs 0..{alus})", None),
     ("src2_width", "src2 group width must equal the element width", None),
     ("sram_bounds", "addresses {addr}..{last} outside the slice (0..{words})", "sram-bounds"),
@@ -112,6 +116,7 @@ _CK_SCATTER_MAP = _CK["scatter_map"]
 _CK_SRC_WIDTH = _CK["src_width"]
 _CK_DST_WIDTH = _CK["dst_width"]
 _CK_FLOAT_ONLY = _CK["float_only"]
+_CK_CHAIN_CVT = _CK["chain_cvt"]
 _CK_CHAIN_FIT = _CK["chain_fit"]
 _CK_SRC2_WIDTH = _CK["src2_width"]
 _CK_SRAM_BOUNDS = _CK["sram_bounds"]
@@ -184,16 +189,18 @@ def derive_block(cols, k0, k1, best, lat_of, alu_lat, alu_ok, alu_arity, alu_flo
         elem = vxm or sxm_el
         if elem and gsrc != g_dt:
             _mark(best, _CK_SRC_WIDTH, k, t0)
-        out_w = width[min(cols[_DTYPE2, k], 7)] if op == _CVT else g_dt
-        if elem and gdst != out_w:
-            _mark(best, _CK_DST_WIDTH, k, t0)
-        # ALU ops and chains
+        # ALU ops and chains (a chain's cvt link changes the type of the links after it)
         chain = op == _CHAIN
         nops = 1 if op >= _ALU_BASE else 0
         chain_lat = 0
         binary_any = False
+        binary_before = False
+        binary_after = False
         float_only = False
         ended = False
+        cvts = 0
+        link_dt = dt
+        dt2 = min(cols[_DTYPE2, k], 7)
         ops = cols[_OPS, k]
         for slot in range(CHAIN_MAX):
             code = (ops >> (CHAIN_OP_BITS * slot)) & ((1 << CHAIN_OP_BITS) - 1) if chain else 0
@@ -211,18 +218,36 @@ def derive_block(cols, k0, k1, best, lat_of, alu_lat, alu_ok, alu_arity, alu_flo
             if chain and present:
                 nops += 1
                 chain_lat += alu_lat[code]
+            if chain and code == _CHAIN_CVT:
+                cvts += 1
+                link_dt = dt2
+                continue
             if present and alu_arity[code] == 2:
                 binary_any = True
-            if present and alu_float[code]:
+                if cvts:
+                    binary_after = True
+                else:
+                    binary_before = True
+            if present and alu_float[code] and not is_float[link_dt]:
                 float_only = True
         if chain:
             lat = chain_lat
+        if chain and (cvts > 1 or (cvts == 0 and cols[_DTYPE2, k] != 0)
+                      or (binary_before and binary_after) or (binary_after and flag != 0)):
+            _mark(best, _CK_CHAIN_CVT, k, t0)
+        if chain and cvts and cols[_DTYPE2, k] >= 8:
+            _mark(best, _CK_DTYPE2, k, t0)
+        b_dt = dt2 if binary_after else dt
+        cols[_B_DT, k] = b_dt
+        out_w = width[dt2] if op == _CVT or (chain and cvts > 0) else g_dt
+        if elem and gdst != out_w:
+            _mark(best, _CK_DST_WIDTH, k, t0)
         cols[_NOPS, k] = nops
-        if vxm and float_only and not is_float[dt]:
+        if vxm and float_only:
             _mark(best, _CK_FLOAT_ONLY, k, t0)
         if vxm and cols[_UIDX, k] + max(nops, 1) > alus:
             _mark(best, _CK_CHAIN_FIT, k, t0)
-        if binary_any and flag == 0 and gsrc2 != g_dt:
+        if binary_any and flag == 0 and gsrc2 != width[b_dt]:
             _mark(best, _CK_SRC2_WIDTH, k, t0)
         if vxm and not binary_any and op != _CVT:
             flag = 0  # unary ops read no B operand
@@ -295,7 +320,7 @@ def derive_block(cols, k0, k1, best, lat_of, alu_lat, alu_ok, alu_arity, alu_flo
         cols[_R2_DIR, k] = cols[_SRC2_DIR, k]
         cols[_R2_S, k] = src2
         if vxm and binary_any and flag == 0:
-            cols[_R2_N, k] = g_in
+            cols[_R2_N, k] = width[b_dt]
         elif op == _SCATTER:
             cols[_R2_N, k] = 2
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from isa.table import CHAIN_CVT
 from lpusim.sim import numerics as nm
 from lpusim.sim import opcodes as oc
 from lpusim.sim.decode import C
@@ -31,6 +32,7 @@ _FLAG, _OPS, _LBASE, _NOPS, _GIN, _GOUT = (C["flag"], C["ops"], C["link_base"], 
                                            C["g_in"], C["g_out"])
 _R1D, _R1S, _R1N, _R1K = C["r1_dir"], C["r1_s"], C["r1_n"], C["r1_step"]
 _R2D, _R2S, _R2N = C["r2_dir"], C["r2_s"], C["r2_n"]
+_BDT = C["b_dt"]
 _WD, _WS, _WN, _WK = C["w_dir"], C["w_s"], C["w_n"], C["w_step"]
 
 MEM_READ, MEM_WRITE, MEM_GATHER, MEM_SCATTER = (oc.OP_MEM_READ, oc.OP_MEM_WRITE,
@@ -483,16 +485,17 @@ def _vxm_compute(cols, k, op, tmp, xf, xi, yf, yi, zf, zi, out, lanes):
         nm.convert(dt, dt2, xf, xi, zf, zi)
         nm.pack(zf, zi, dt2, out[:cols[_GOUT, k]])
         return
+    bdt = cols[_BDT, k]  # B's type: a chain's binary links may follow its cvt link
     if cols[_R2N, k] > 0:
-        nm.unpack(tmp[R2_ROW:R2_ROW + cols[_GIN, k]], dt, yf, yi)
+        nm.unpack(tmp[R2_ROW:R2_ROW + cols[_R2N, k]], bdt, yf, yi)
     else:  # immediate B operand: fp32 bits, or int32 wrapped to the element width
         bits = np.int64(cols[_IMM, k]) & 0xFFFFFFFF
         fb = np.zeros(1, np.uint32)
         fb[0] = np.uint32(bits)
         fval = fb.view(np.float32)[0]
         ival = bits - (1 << 32) if bits >= (1 << 31) else bits
-        if not _is_float(dt):
-            width = 8 if dt == 0 else (16 if dt == 1 else 32)
+        if not _is_float(bdt):
+            width = 8 if bdt == 0 else (16 if bdt == 1 else 32)
             half = np.int64(1) << (width - 1)
             ival = ((ival + half) % (half * 2)) - half
         for lane in range(lanes):
@@ -509,5 +512,12 @@ def _vxm_compute(cols, k, op, tmp, xf, xi, yf, yi, zf, zi, out, lanes):
                 for lane in range(lanes):
                     xf[lane] = zf[lane]
                     xi[lane] = zi[lane]
-            nm.alu(c, dt, xf, xi, yf, yi, zf, zi)
+            if c == CHAIN_CVT:  # to dtype2, rounded to it (through its stream bytes)
+                dt2 = cols[_DT2, k]
+                nm.convert(dt, dt2, xf, xi, zf, zi)
+                nm.pack(zf, zi, dt2, out[:cols[_GOUT, k]])
+                nm.unpack(out[:cols[_GOUT, k]], dt2, zf, zi)
+                dt = dt2
+            else:
+                nm.alu(c, dt, xf, xi, yf, yi, zf, zi)
     nm.pack(zf, zi, dt, out[:cols[_GOUT, k]])

@@ -158,7 +158,7 @@ class _Machine:
             y = None
             if op != oc.OP_VXM_CVT and int(r[C["flag"]]) == 0 and self._binary(r):
                 y = self.read_streams(k, chip, int(r[C["src2_dir"]]), int(r[C["src2"]]),
-                                      int(r[C["g_in"]]), pos, t)
+                                      int(r[C["r2_n"]]), pos, t)
             n = max(int(r[C["nops"]]), 1)
             for alu in range(u, u + n):
                 if self.alu_busy.get((chip, alu)) == t:
@@ -324,10 +324,10 @@ class _Machine:
         if op >= oc.VXM_ALU_BASE:
             return ALU_BY_CODE[op - oc.VXM_ALU_BASE].arity == 2
         codes = [(int(r[C["ops"]]) >> (CHAIN_OP_BITS * s)) & 63 for s in range(CHAIN_MAX)]
-        return any(c and ALU_BY_CODE[c].arity == 2 for c in codes)
+        return any(c in ALU_BY_CODE and ALU_BY_CODE[c].arity == 2 for c in codes)
 
     def _vxm(self, r, x, y):
-        from isa.table import CHAIN_MAX, CHAIN_OP_BITS
+        from isa.table import CHAIN_CVT, CHAIN_MAX, CHAIN_OP_BITS
 
         op, dt = int(r[C["op"]]), int(r[C["dtype"]])
         L = self.lanes
@@ -337,14 +337,15 @@ class _Machine:
             zf, zi = np.zeros(L, np.float32), np.zeros(L, np.int64)
             nm.convert(dt, dt2, xf, xi, zf, zi)
             return _pack(zf, zi, dt2)
+        bdt = int(r[C["b_dt"]])  # B's type: a chain's binary links may follow its cvt link
         if y is not None:
-            yf, yi = _unpack(y, dt)
+            yf, yi = _unpack(y, bdt)
         else:  # immediate B operand (fp32 bits or int32), or unused
             bits = int(r[C["imm"]]) & 0xFFFFFFFF
             yf = np.full(L, np.array([bits], np.uint32).view(np.float32)[0], np.float32)
             yi = np.full(L, bits - (1 << 32) if bits >= 1 << 31 else bits, np.int64)
-            if not _is_float(dt):
-                yi = _wrap(yi, dt)
+            if not _is_float(bdt):
+                yi = _wrap(yi, bdt)
         codes = [op - oc.VXM_ALU_BASE] if op >= oc.VXM_ALU_BASE else \
             [(int(r[C["ops"]]) >> (CHAIN_OP_BITS * s)) & 63 for s in range(CHAIN_MAX)]
         vf, vi = xf, xi
@@ -352,7 +353,13 @@ class _Machine:
             if code == 0:
                 break
             zf, zi = np.zeros(L, np.float32), np.zeros(L, np.int64)
-            nm.alu(code, dt, vf, vi, yf, yi, zf, zi)
+            if code == CHAIN_CVT:  # to dtype2, rounded to it
+                dt2 = int(r[C["dtype2"]])
+                nm.convert(dt, dt2, vf, vi, zf, zi)
+                zf, zi = _unpack(_pack(zf, zi, dt2), dt2)
+                dt = dt2
+            else:
+                nm.alu(code, dt, vf, vi, yf, yi, zf, zi)
             vf, vi = zf, zi
         return _pack(vf, vi, dt)
 
