@@ -21,7 +21,7 @@ from compiler.backend.placement import Placement
 from compiler.backend.resources import shifted
 from compiler.backend.schedule import Emitted, Scheduler
 from compiler.errors import CompileError
-from isa.table import ALU_BY_NAME
+from isa.table import ALU_BY_NAME, CHAIN_CVT
 
 UNARY = {"Relu": "relu", "Neg": "neg", "Abs": "abs", "Exp": "exp", "Tanh": "tanh",
          "Sqrt": "sqrt", "Reciprocal": "recip", "Log": "log", "Erf": "erf", "Sigmoid": "sigmoid",
@@ -91,8 +91,9 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     arch = sch.arch
     V = arch.vxm_position
     g = len(x.slices)
-    lat = arch.lat("vxm_convert") if ops == ["cvt"] else \
-        sum(arch.lat(ALU_BY_NAME[o].latency) for o in ops)
+    # "cvt" converts to z's type: alone a vxm.cvt, in a chain its cvt link
+    lat = sum(arch.lat("vxm_convert") if o == "cvt" else arch.lat(ALU_BY_NAME[o].latency)
+              for o in ops)
     done = ready
     dx, dz = sch.toward(x, V), sch.away(V, z)
     dy = sch.toward(y, V) if y is not None else None
@@ -154,7 +155,7 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
             f = dict(dtype=_dt(x), dst=bz, dst_dir=dz, dst_g=_log2(len(z.slices)), src=bx,
                      src_dir=dx, src_g=_log2(g), count=n)
             if y is not None:
-                f.update(src2=by, src2_dir=dy, src2_g=_log2(g))
+                f.update(src2=by, src2_dir=dy, src2_g=_log2(len(y.slices)))
             elif y_is_x:
                 f.update(src2=bx, src2_dir=dx, src2_g=_log2(g))
             elif imm is not None:
@@ -169,7 +170,10 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
                         f.pop(k, None)
             else:
                 mn = "vxm.chain"
-                f["ops"] = sum(ALU_BY_NAME[o].code << (6 * i) for i, o in enumerate(ops))
+                f["ops"] = sum((CHAIN_CVT if o == "cvt" else ALU_BY_NAME[o].code) << (6 * i)
+                               for i, o in enumerate(ops))
+                if "cvt" in ops:
+                    f["dtype2"] = _dt(z)
             return rx + ry + code + [Emitted(q, T, mn, f)]
 
         T = sch.place(ready, build, what)

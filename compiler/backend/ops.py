@@ -1279,25 +1279,26 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
                                  what + " scale")
         if m2 is not m or found is None:
             alloc.release(m2, max(t, t_sx))
-        xs, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices) | frozenset(r.slices))
-        t = binary(sch, alloc, ["mul"], x, r, xs, max(t, a), what + " quantize", y_mode="col")
-        alloc.release(r, t)
+        # x_q = q(x * r): one chain, its last link the conversion
+        rp, t_r, cp = apart(sch, alloc, r, x, t, what + " quantize")
+        busy = frozenset(x.slices) | frozenset(rp.slices)
         # many rows at the MXM's full rate (a vector per cycle): copies in other slices, so
         # that several tiles' activations stream at once (a slice reads one vector a cycle)
         n_q = 1 + (ACT_COPIES if x.rows >= ACT_COPY_ROWS and arch.mxm_rate_of(qdtype) >= 1
                    else 0)
-        q0, a = alloc.alloc(qdtype, x.shape, 1, avoid=frozenset(xs.slices))
+        q0, a = alloc.alloc(qdtype, x.shape, 1, avoid=busy)
         qs = [q0]
         for _ in range(n_q - 1):  # on q0's side: written from the same streams as they pass
             got = alloc.try_alloc(qdtype, x.shape, 1, only=_side_of(sch, q0),
-                                  avoid=frozenset(xs.slices) | frozenset(
-                                      s for p in qs for s in p.slices))
+                                  avoid=busy | frozenset(s for p in qs for s in p.slices))
             if got is not None:
                 qs.append(got[0])
                 a = max(a, got[1])
-        t = lower.elementwise(sch, ["cvt"], xs, None, None, q0, max(t, a), what + " quantize",
-                              z_also=tuple(qs[1:]))
-        alloc.release(xs, t)
+        t = lower.elementwise(sch, ["mul", "cvt"], x, rp, None, q0, max(t, t_r, a),
+                              what + " quantize", y_mode="col", z_also=tuple(qs[1:]))
+        if cp is not None:
+            alloc.release(cp, t)
+        alloc.release(r, t)
         got = (qs[0], tuple(qs[1:]), sx, t, t_sx)
         alloc.derive(x, key, qs + [sx], got)
     xq, copies, sx, t, t_sx = got
@@ -1318,14 +1319,10 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     # at seq 128 measured 1,214,868 with the zero rows and 1,253,765 without
     t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero(qdtype), copies=copies,
                      pad_zero=x_clean and qdtype == "int8" and x.rows <= NORM_ABSMAX_ROWS)
-    if acc_dtype != y.dtype:
-        yf, a = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(acc.slices) | frozenset(S.slices))
-        t = lower.elementwise(sch, ["cvt"], acc, None, None, yf, max(t, a), what + " dequantize")
-        alloc.release(acc, t)
-    else:
-        yf = acc
-    t = binary(sch, alloc, ["mul"], yf, S, y, max(t, t_s), what + " dequantize")
-    alloc.release(yf, t)
+    # y = float(acc) * S: one chain (int32 accumulators: a cvt link first)
+    t = binary(sch, alloc, ["cvt", "mul"] if acc_dtype != y.dtype else ["mul"], acc, S, y,
+               max(t, t_s), what + " dequantize")
+    alloc.release(acc, t)
     alloc.release(S, t)
     return t
 
