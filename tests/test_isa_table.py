@@ -12,7 +12,7 @@ from isa.asm import assemble_instruction, disassemble_instruction
 from isa.dtypes import DTYPES
 from isa.encoding import decode, encode
 from isa.fields import FIELDS
-from isa.table import ALU_OPS, CHAIN_OP_BITS, INSTRUCTIONS, Instr, Operand
+from isa.table import ALU_BY_NAME, ALU_OPS, CHAIN_CVT, CHAIN_OP_BITS, INSTRUCTIONS, Instr, Operand
 from lpusim.errors import AsmError, IsaError
 
 SAMPLES_PER_ROW = 40
@@ -178,3 +178,59 @@ def test_validate_table_catches_a_bad_latency_class(monkeypatch) -> None:
     )
     with pytest.raises(IsaError, match="unknown latency class"):
         _validate_with(monkeypatch, [*INSTRUCTIONS, row])
+
+
+@pytest.mark.parametrize("text", [
+    "vxm.chain fp32, E8, E0/4, E4/4, ops=mul:cvt.int8",
+    "vxm.chain int32, E8/4, E0/4, E4/4, count=3, ops=cvt.fp32:mul",
+    "vxm.chain fp32, E8/2, E0/4, #0.5, ops=mul:cvt.fp16:exp",
+    "vxm.chain int8, E8/4, E0, E4/4, ops=cvt.fp32:max:min",
+])
+def test_conversion_links_round_trip(text: str) -> None:
+    word = assemble_instruction(text)
+    assert disassemble_instruction(word) == text
+    links = text.split("ops=")[1].split(":")
+    at = next(i for i, n in enumerate(links) if n.startswith("cvt."))
+    values = decode(word)[1]
+    assert (values["ops"] >> (CHAIN_OP_BITS * at)) & ((1 << CHAIN_OP_BITS) - 1) == CHAIN_CVT
+    assert values["dtype2"] == next(d.code for d in DTYPES if d.name == links[at][4:])
+
+
+@pytest.mark.parametrize("ops, message", [
+    ("mul:cvt.int8:add", "binary links lie on both sides"),
+    ("cvt.int8:cvt.fp32", "converts once"),
+    ("cvt.int9", "a conversion link cvt.TYPE"),
+])
+def test_conversion_link_errors(ops: str, message: str) -> None:
+    text = f"vxm.chain fp32, E8/4, E0/4, E4/4, ops={ops}"
+    with pytest.raises(AsmError) as info:
+        assemble_instruction(text)
+    assert message in str(info.value)
+    assert info.value.column == text.index("ops=") + len("ops=") + 1  # at the chain
+
+
+def test_an_immediate_serves_links_before_the_conversion_only() -> None:
+    with pytest.raises(AsmError, match="before the cvt only"):
+        assemble_instruction("vxm.chain fp32, E8, E0/4, #2.0, ops=exp:cvt.int8:add")
+
+
+def test_dtype2_is_set_by_a_conversion_link_only() -> None:
+    word = encode("vxm.chain", dtype=5, dtype2=3, ops=ALU_BY_NAME["mul"].code)
+    with pytest.raises(IsaError, match="dtype2 is set only by a cvt link"):
+        disassemble_instruction(word)
+
+
+def test_the_simulator_refuses_a_bad_conversion_chain() -> None:
+    """Words the assembler would refuse, written directly: the decoder's static check."""
+    from lpusim.asm import assemble
+    from lpusim.errors import ProgramFormatError
+    from lpusim.simulator import simulate
+
+    mul, add = ALU_BY_NAME["mul"].code, ALU_BY_NAME["add"].code
+    for ops, dtype2, dst_g in ((mul | CHAIN_CVT << 6 | add << 12, 0, 0), (mul, 3, 2)):
+        p = assemble(".queue VXM0\n@5 vxm.chain fp32, W0, E0/4, E4/4, ops=mul:cvt.int8\n")
+        w = encode("vxm.chain", dtype=5, dtype2=dtype2, dst_dir=1, dst_g=dst_g, src_g=2, src2=4,
+                   src2_g=2, ops=ops, count=1)
+        p.chips[0].queues["VXM0"][-1] = (w & (1 << 64) - 1, w >> 64)
+        with pytest.raises(ProgramFormatError, match="a chain converts once"):
+            simulate(p, mode="timing")
