@@ -654,14 +654,22 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     # the values living in each placement (a reshape that keeps the last dim shares its
     # input's): the space is free when the last of them is dead
     owners: dict[tuple, set[str]] = {}
+    # per placement, the cycle by which every node that read it so far is done: the last
+    # reader in graph order need not be the last in time (an earlier one may wait longer)
+    read_until: dict[tuple, int] = {}
 
     def key(p: Placement) -> tuple:
         return (p.slices, p.addr)
 
     def finish(name: str, ins, outs) -> None:
         """After node `name`: register its outputs' placements and free the space of values
-        read for the last time (or never read), unless another live value shares it."""
+        read for the last time (or never read), unless another live value shares it, once
+        every node that read the space is done."""
         done = max([ready.get(o, 0) for o in outs if o] + [0])
+        for i in ins:
+            if i and i in place:
+                k = key(place[i])
+                read_until[k] = max(read_until.get(k, 0), done)
         for o in outs:
             if o and o in place and o not in graph.outputs:
                 owners.setdefault(key(place[o]), set()).add(o)
@@ -677,7 +685,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             vals.discard(v)
             if not vals and not _aliased(v, place, graph.outputs):
                 del owners[k]
-                alloc.release(place[v], done)
+                alloc.release(place[v], max(done, read_until.pop(k, 0)))
     fused: set[str] = set()  # nodes lowered together with the one before them
     for name in order:
         nd = graph.node(name)
