@@ -79,3 +79,29 @@ def test_int8_matmuls_of_one_input_share_its_quantization():
         alone = _model([h.make_node("MatMul", ["x", w], [out])], [_fp32("x", [40, 320])],
                        [_fp32(out, [40, n])], [i for i in inits if i.name == w])
         np.testing.assert_array_equal(got[out], _run(alone, {"x": x}, "int8")[out])
+
+
+@pytest.mark.parametrize("rows", [300, 100])
+def test_slow_sums_of_many_rows_run_on_several_planes(rows, monkeypatch):
+    """Softmax's row sums under int8 run on the MXM in fp16 (a quarter of its rate): from
+    SPLIT_ROWS rows on, in row blocks on several planes at once; the same numbers either way."""
+    from compiler.backend import lower
+
+    m = _model([h.make_node("Softmax", ["x"], ["y"], axis=-1)], [_fp32("x", [rows, 64])],
+               [_fp32("y", [rows, 64])])
+    x = RNG.standard_normal((rows, 64)).astype(np.float32)
+
+    def planes(program):
+        return sum(1 for q, words in program.chips[0].queues.items()
+                   if q.startswith("MXM") and len(words))
+
+    monkeypatch.setattr(ops, "SOFTMAX_BLOCK_VECTORS", 10_000)  # one block of rows
+    split = lpusim.compile_onnx(m, precision="int8")
+    monkeypatch.setattr(lower, "SPLIT_ROWS", 10_000)
+    whole = lpusim.compile_onnx(m, precision="int8")
+    assert (planes(split) > planes(whole)) == (rows >= 256)
+    a = lpusim.simulate(split, {"x": x}).outputs["y"]
+    b = lpusim.simulate(whole, {"x": x}).outputs["y"]
+    np.testing.assert_array_equal(a, b)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(a, e / e.sum(-1, keepdims=True), atol=2e-3)
