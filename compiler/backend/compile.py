@@ -291,6 +291,53 @@ def _vector_products(graph: Graph) -> None:
     graph.prune()
 
 
+def _transposed_heads(graph: Graph) -> None:
+    """Attention's K^T per head, written as exporters do: X [.., S, D] -> Reshape
+    [.., S, H, hd] -> Transposes to [.., H, hd, S]. The same values are X transposed to
+    [.., D, S] (one corner turn of X) and reshaped to [.., H, hd, S], which keeps the last axis:
+    a relabelling of rows, with no head split of X's lanes before the turn."""
+    for name in graph.topo_order():
+        if name not in graph.g.nodes:
+            continue
+        nd = graph.node(name)
+        if nd["op"] != "Transpose":
+            continue
+        chain, v = [name], nd["inputs"][0]
+        while graph.producer(v) is not None and graph.node(graph.producer(v))["op"] == \
+                "Transpose" and graph.num_uses(v) == 1 and len(chain) < 3:
+            chain.append(graph.producer(v))
+            v = graph.node(chain[-1])["inputs"][0]
+        r = graph.producer(v)
+        if r is None or graph.node(r)["op"] != "Reshape" or graph.num_uses(v) != 1:
+            continue
+        x = graph.node(r)["inputs"][0]
+        xs, rs = tuple(graph.values[x].shape), tuple(graph.values[v].shape)
+        n = len(rs)
+        if len(xs) < 2 or n != len(xs) + 1 or rs[:-2] != xs[:-1] or rs[-2] * rs[-1] != xs[-1] \
+                or graph.values[x].dtype != graph.values[v].dtype:
+            continue
+        perm = list(range(n))  # composite: output axis i is axis perm[i] of the Reshape's
+        for t in reversed(chain):
+            p = [int(q) % n for q in graph.node(t)["attrs"].get("perm", range(n - 1, -1, -1))]
+            perm = [perm[q] for q in p]
+        if perm != list(range(n - 3)) + [n - 2, n - 1, n - 3]:
+            continue
+        y = nd["outputs"][0]
+        yt = graph.values[y]
+        order = graph.node(r)["order"]
+        for t in chain:
+            graph.remove_node(t)
+        graph.remove_node(r)
+        xt_shape = xs[:-2] + (xs[-1], xs[-2])
+        xt = graph.fresh_name(f"{x}_transposed")
+        graph.add_node(graph.fresh_name(f"{name}_turn"), "Transpose", [x], [xt],
+                       {"perm": list(range(len(xs) - 2)) + [len(xs) - 1, len(xs) - 2]},
+                       types=[TensorType(graph.values[x].dtype, xt_shape)], order=order)
+        shp = graph.add_const(graph.fresh_name(f"{y}_shape"), np.array(yt.shape, np.int64))
+        graph.add_node(name, "Reshape", [xt, shp], [y], types=[yt], order=order + 0.1)
+    graph.prune()
+
+
 def _fold_score_scale(graph: Graph) -> None:
     """Div (or Mul) by a constant scalar c of a MatMul of computed operands (attention's
     scores Q @ K^T / sqrt(d)), or of the ReduceSum of their products (_vector_products),
@@ -472,6 +519,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _constant_outputs(graph)
     _fold_norm_affine(graph)
     _vector_products(graph)
+    _transposed_heads(graph)
     _fold_score_scale(graph)
     _mask_into_softmax(graph)
     ranges = integer_ranges(graph)
