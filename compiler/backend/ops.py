@@ -18,10 +18,12 @@ from isa.dtypes import numpy_dtype
 # Gelu as a sequence of VXM passes: (ALU ops, B operand: a float immediate, "x" for the op's
 # input, or None)
 _S2, _SPI = 1 / np.sqrt(2.0), np.sqrt(2 / np.pi)
+# 0.5 x (1 + e) as x (0.5 e + 0.5): the same number (scaling by 0.5 is exact and commutes
+# with rounding), and 0.5 e + 0.5 is one chain of two links with one immediate B
 GELU = {
-    "none": [(["mul"], _S2), (["erf"], None), (["add"], 1.0), (["mul"], "x"), (["mul"], 0.5)],
+    "none": [(["mul"], _S2), (["erf"], None), (["mul"], 0.5), (["add"], 0.5), (["mul"], "x")],
     "tanh": [(["mul"], "x"), (["mul"], "x"), (["mul"], 0.044715), (["add"], "x"),
-             (["mul"], _SPI), (["tanh"], None), (["add"], 1.0), (["mul"], "x"), (["mul"], 0.5)],
+             (["mul"], _SPI), (["tanh"], None), (["mul"], 0.5), (["add"], 0.5), (["mul"], "x")],
 }
 
 
@@ -135,10 +137,13 @@ def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: st
     y, a = new(out, start)
     done = start
     rows = -(-x.rows // blocks)
-    for r0 in range(0, x.rows, rows):
+    # copies of x its producer wrote (compile: a Gelu's input), read by the blocks in turn:
+    # a slice reads one vector a cycle, and every block reads its rows of x twice or more
+    srcs = [x] + list(alloc.derived_value(x, ("copies",)) or ())
+    for b, r0 in enumerate(range(0, x.rows, rows)):
         n = min(rows, x.rows - r0)
         yb = lower.row_block(y, r0, n)
-        done = max(done, _sequence_rows(sch, alloc, lower.row_block(x, r0, n),
+        done = max(done, _sequence_rows(sch, alloc, lower.row_block(srcs[b % len(srcs)], r0, n),
                                         lambda t, yb=yb: (yb, a), start, what, steps))
     return done
 
@@ -416,7 +421,7 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
     while w < span:
         k = min(k_max, -(-span // w))
         level: list[tuple[Placement, int]] = [(m, t)]
-        side = _side_of(sch, m) if near is not None else None
+        side = side_of(sch, m) if near is not None else None
         for j in range(1, k):  # on m's side: the SXM's trip to the VXM passes them
             rot, a = _temp_in(alloc, m.dtype, shape, g,
                               frozenset(s for p, _ in level for s in p.slices), side)
@@ -431,7 +436,7 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
             t = lower.elementwise(sch, ["copy"], m, None, None, out, max(t, a), what)
         else:
             rot, a2 = _temp_in(alloc, m.dtype, shape, g, frozenset(m.slices) | frozenset(
-                out.slices), _side_of(sch, m) if near is not None else None)
+                out.slices), side_of(sch, m) if near is not None else None)
             t = lower.sxm_rotate(sch, m, rot, (1 - span) * unit, max(t, a2), what)
             t = binary(sch, alloc, ["max"], m, rot, out, max(t, a), what)
             alloc.release(rot, t)
@@ -462,7 +467,7 @@ TURN_VECTORS = 64  # lanes_max of at least this many vectors goes through the co
 NEAR_VXM = 10  # slices within this many positions of the VXM hold VXM-to-VXM temporaries
 
 
-def _side_of(sch, p: Placement) -> frozenset[int]:
+def side_of(sch, p: Placement) -> frozenset[int]:
     """The slices on p's side of the VXM."""
     V = sch.arch.vxm_position
     west = sch.slice_pos[p.slices[0]] < V
@@ -1289,7 +1294,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
         q0, a = alloc.alloc(qdtype, x.shape, 1, avoid=busy)
         qs = [q0]
         for _ in range(n_q - 1):  # on q0's side: written from the same streams as they pass
-            got = alloc.try_alloc(qdtype, x.shape, 1, only=_side_of(sch, q0),
+            got = alloc.try_alloc(qdtype, x.shape, 1, only=side_of(sch, q0),
                                   avoid=busy | frozenset(s for p in qs for s in p.slices))
             if got is not None:
                 qs.append(got[0])

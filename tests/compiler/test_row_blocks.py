@@ -105,3 +105,25 @@ def test_slow_sums_of_many_rows_run_on_several_planes(rows, monkeypatch):
     np.testing.assert_array_equal(a, b)
     e = np.exp(x - x.max(-1, keepdims=True))
     np.testing.assert_allclose(a, e / e.sum(-1, keepdims=True), atol=2e-3)
+
+
+def test_a_gelu_input_is_written_once_per_row_block(monkeypatch):
+    """A quantized MatMul with bias feeding a Gelu of several row blocks writes copies of its
+    output as it goes (compile._copies_for), one per block, from the same streams; the
+    blocks read their rows from different slices. The same numbers without them."""
+    from compiler.backend import compile as backend
+
+    rows, k, n = 128, 64, 1300
+    w = (RNG.standard_normal((k, n)) / 8).astype(np.float32)
+    b = RNG.standard_normal(n).astype(np.float32)
+    m = _model([h.make_node("MatMul", ["x", "W"], ["p"]), h.make_node("Add", ["p", "b"], ["q"]),
+                h.make_node("Gelu", ["q"], ["y"])], [_fp32("x", [rows, k])],
+               [_fp32("y", [rows, n])],
+               [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")], opset=20)
+    x = RNG.standard_normal((rows, k)).astype(np.float32)
+    with_copies = lpusim.compile_onnx(m, precision="int8")
+    monkeypatch.setattr(backend, "_copies_for", lambda graph, v, lanes: 0)
+    without = lpusim.compile_onnx(m, precision="int8")
+    assert with_copies.instruction_count() > without.instruction_count()
+    np.testing.assert_array_equal(lpusim.simulate(with_copies, {"x": x}).outputs["y"],
+                                  lpusim.simulate(without, {"x": x}).outputs["y"])
