@@ -1485,17 +1485,21 @@ def lane_concat(sch, alloc, pieces, z: Placement, ready: int, what: str) -> int:
             xs = {i: ia for i, (_, ia, _, _) in enumerate(items)}
             ys = {i: ib for i, (_, _, ib, _) in enumerate(items)}
             t0 = max(tt for *_, tt in items)
+            # the two in one slice (space ran short, or one temporary): pb read from a copy
+            pb_read, t0, cpb = apart(sch, alloc, pb, pa, t0, what)
             if final:
                 zs = {zz: i for i, (zz, *_) in enumerate(items)}
                 t1 = lower.elementwise(
-                    sch, ["add"], pa, pb, None, z, t0, what, vectors=sorted(zs),
+                    sch, ["add"], pa, pb_read, None, z, t0, what, vectors=sorted(zs),
                     x_of=lambda v, zs=zs, xs=xs: xs[zs[v]], y_of=lambda v, zs=zs, ys=ys: ys[zs[v]])
                 done = max(done, t1)
             else:
                 acc, a = _apart_from(alloc, z, len(items), uses)
                 uses[acc] = [len(items), 0]
-                t1 = lower.elementwise(sch, ["add"], pa, pb, None, acc, max(t0, a), what,
+                t1 = lower.elementwise(sch, ["add"], pa, pb_read, None, acc, max(t0, a), what,
                                        x_of=xs.__getitem__, y_of=ys.__getitem__)
+            if cpb is not None:
+                alloc.release(cpb, t1)
             read(pa, len(items), t1)
             read(pb, len(items), t1)
             if final:
