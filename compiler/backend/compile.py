@@ -13,8 +13,8 @@ from compiler.backend.gather import lower_gather, table_chunks
 from compiler.backend.gather_elements import gather_elements_as_selects
 from compiler.backend.modulo import lower_mod
 from compiler.backend.ops import (
+    FEW_ROWS,
     GELU,
-    NORM_ABSMAX_ROWS,
     QMAX,
     SEQUENCE_BLOCK_VECTORS,
     SEQUENCE_BLOCKS,
@@ -746,7 +746,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         start = max([ready.get(i, 0) for i in ins if i] + [0])
         alloc.now = start
         # few rows (latency-bound): small temporaries near the VXM
-        alloc.near = all(_rows(graph, o) <= NORM_ABSMAX_ROWS for o in outs if o)
+        alloc.near = all(_rows(graph, o) <= FEW_ROWS for o in outs if o)
         empty = {v for v in list(ins) + list(outs) if v and graph.values[v].size == 0}
         if empty:
             if all(graph.values[o].size == 0 for o in outs if o):  # nothing to compute
@@ -926,7 +926,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             x = place[ins[0]]
             # few rows (latency-bound) quantized for a MatMul: the scale's bound found from x
             # beside the Gelu's passes, not from its output after them
-            bound = precision in QUANTIZED and x.rows <= NORM_ABSMAX_ROWS and clean.get(
+            bound = precision in QUANTIZED and x.rows <= FEW_ROWS and clean.get(
                 ins[0], False) and _feeds_quantized(graph, out)
             if bound:
                 m, t_m = gelu_absmax_bound(graph, sch, alloc, place, x, start, what)

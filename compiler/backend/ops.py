@@ -645,9 +645,12 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
 # vectors
 NORM_BLOCKS = 4
 NORM_BLOCK_VECTORS = 96
-# up to this many rows (latency-bound) a norm finds its quantizing MatMuls' absmax itself;
-# more rows are throughput-bound, and its max and -min are twice the work of max |y|
-NORM_ABSMAX_ROWS = 16
+# work over this many rows or fewer (a decode step) is latency-bound: it takes the forms
+# that shorten the path (and more work), measured slower on BERT-base's 128 rows
+FEW_ROWS = 16
+# up to this many rows a norm finds its quantizing MatMuls' absmax itself; more rows are
+# throughput-bound, and its max and -min are twice the work of max |y|
+NORM_ABSMAX_ROWS = FEW_ROWS
 
 
 def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bias, place,
@@ -1262,7 +1265,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
         if found is not None:
             m, t, floored = found
         else:  # few rows (latency-bound): the floor rides the |x| pass
-            floored = x.rows <= NORM_ABSMAX_ROWS
+            floored = x.rows <= FEW_ROWS
             m, t = row_absmax(sch, alloc, x, ready, what,
                               floor=ABSMAX_FLOOR if floored else None)
         t = max(t, ready)
@@ -1323,7 +1326,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     # Few rows only (latency-bound: GPT-2-small one token 117,580 -> 113,590 cycles); BERT-base
     # at seq 128 measured 1,214,868 with the zero rows and 1,253,765 without
     t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero(qdtype), copies=copies,
-                     pad_zero=x_clean and qdtype == "int8" and x.rows <= NORM_ABSMAX_ROWS)
+                     pad_zero=x_clean and qdtype == "int8" and x.rows <= FEW_ROWS)
     # y = float(acc) * S: one chain (int32 accumulators: a cvt link first)
     t = binary(sch, alloc, ["cvt", "mul"] if acc_dtype != y.dtype else ["mul"], acc, S, y,
                max(t, t_s), what + " dequantize")

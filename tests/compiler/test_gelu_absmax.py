@@ -69,7 +69,7 @@ def test_gelu_bound_is_accurate_and_sooner(approximate, rows, precision, monkeyp
     monkeypatch.setattr(backend, "_feeds_quantized", lambda graph, v: False)
     unfused = lpusim.compile_onnx(model, precision=precision)
     unfused_cycles = lpusim.simulate(unfused, mode="timing").report["cycles"]
-    if rows <= ops.NORM_ABSMAX_ROWS:
+    if rows <= ops.FEW_ROWS:
         assert fused.report["cycles"] < unfused_cycles
     else:  # throughput-bound: the MatMul finds the exact absmax
         assert fused.report["cycles"] == unfused_cycles
@@ -83,7 +83,7 @@ def test_the_bound_scales_the_quantization(rows, monkeypatch):
     x = _inputs(rows, seed=4)
     monkeypatch.setattr(ops, "GELU_FLOOR", 1e6)
     y = lpusim.run_onnx(model, {"x": x}, precision="int8").outputs["y"]
-    if rows <= ops.NORM_ABSMAX_ROWS:
+    if rows <= ops.FEW_ROWS:
         assert not y.any()
     else:
         assert np.abs(y).max() > 0.1

@@ -20,7 +20,7 @@ DATA = Path(__file__).resolve().parents[2] / "models" / "data"
 def test_models_compile_with_tensors_crowded_near_the_vxm(precision, tol, monkeypatch):
     monkeypatch.setattr(placement, "NEAR_POSITIONS", 4)
     monkeypatch.setattr(placement, "NEAR_VECTORS", 64)
-    monkeypatch.setattr(backend, "NORM_ABSMAX_ROWS", 1000)  # every node counts as few rows
+    monkeypatch.setattr(backend, "FEW_ROWS", 1000)  # every node counts as few rows
     res = lpusim.run_onnx(DATA / "hf-bert.onnx", dims={"batch": 1, "seq": 33},
                           precision=precision)
     for err in res.report["errors"].values():
