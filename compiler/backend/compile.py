@@ -13,6 +13,7 @@ from compiler.backend.gather import lower_gather, table_chunks
 from compiler.backend.gather_elements import gather_elements_as_selects
 from compiler.backend.modulo import lower_mod
 from compiler.backend.ops import (
+    ABSMAX_FLOOR,
     FEW_ROWS,
     GELU,
     QMAX,
@@ -27,13 +28,16 @@ from compiler.backend.ops import (
     lower_expand,
     lower_matmul_quant,
     lower_norm,
+    lower_outer_product,
     lower_reduce,
     lower_reduce_max,
     lower_reshape,
     lower_sequence,
     lower_softmax,
+    lower_softmax_one,
     lower_trilu,
     quantize_weights,
+    row_absmax,
     row_index,
     side_of,
     spread_int,
@@ -701,6 +705,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 and len(graph.values[ins[0]].shape) >= 2:
             table_chunks(graph, arch, sch, alloc, ins[0], place, TABLE_DTYPE[precision])
     last_use = _last_uses(graph)
+    # {v: R}: R's row absmax is v's (one-key attention), found when v is ready
+    absmax_from = _one_key_outputs(graph) if precision in QUANTIZED else {}
+    pending_absmax: dict[str, tuple] = {}
     order = graph.topo_order()
     # the values living in each placement (a reshape that keeps the last dim shares its
     # input's): the space is free when the last of them is dead
@@ -716,6 +723,19 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         """After node `name`: register its outputs' placements and free the space of values
         read for the last time (or never read), unless another live value shares it, once
         every node that read the space is done."""
+        for o in outs:
+            if o in absmax_from and clean.get(o, False):  # a one-key attention's absmax
+                p = place[o]
+                few = p.rows <= FEW_ROWS and p.dtype == "fp32"  # (the floor is 0 in fp16)
+                m, t = row_absmax(sch, alloc, p, ready[o], f"absmax of {o!r}",
+                                  floor=ABSMAX_FLOOR if few else None)
+                if p.dtype != "fp32":  # exact: every fp16 value is an fp32 value
+                    m32, a = alloc.alloc("fp32", m.shape, 4, avoid=frozenset(m.slices))
+                    t = lower.elementwise(sch, ["cvt"], m, None, None, m32, max(t, a),
+                                          f"absmax of {o!r}")
+                    alloc.release(m, t)
+                    m = m32
+                pending_absmax[absmax_from[o]] = (m, t, few)
         done = max([ready.get(o, 0) for o in outs if o] + [0])
         for i in ins:
             if i and i in place:
@@ -835,6 +855,14 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                    "hold inf or NaN (it comes from an op like Reciprocal or "
                                    "Log); masking them is not lowered yet")
             clean[out] = True
+            if not graph.is_const(ins[1]) and ins[0] in spread \
+                    and _outer_product(graph, ins, out):
+                ready[out] = lower_outer_product(sch, alloc, x, place[ins[1]], new(out, start),
+                                                 graph.values[ins[0]].shape[-2],
+                                                 max(start, ready.get(ins[1], 0)), what)
+                clean[out] = clean.get(ins[1], False)
+                finish(name, ins, outs)
+                continue
             if not graph.is_const(ins[1]):
                 ready[out] = _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype,
                                                  precision, start, what, new, place, zero,
@@ -846,6 +874,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             if precision in QUANTIZED:
                 wname, qd = ins[1], QUANTIZED[precision]
                 quant_weight(wname, qd, what)
+                if ins[0] in pending_absmax:
+                    m, t_m, floored = pending_absmax.pop(ins[0])
+                    alloc.derive(x, ("absmax",), [m], (m, t_m, floored))
                 w_scale = place[f"{wname}@{qd}.scale"]
                 if bias is None:
                     y, nb = new(out, start)
@@ -894,6 +925,29 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                     clean, spread, sum_dtype,
                                     absmax=precision in QUANTIZED and _feeds_quantized(graph, out))
             clean[out] = True
+        elif op in ("Softmax", "LogSoftmax") and graph.values[ins[0]].shape[-1:] == (1,) \
+                and place[ins[0]].dtype in ("fp32", "fp16") \
+                and (ins[0] in spread or clean.get(ins[0], False)) \
+                and (len(ins) < 2 or not ins[1] or clean.get(ins[1], False)):
+            # over one element: exp(v - v); a spread x (and mask) gives a spread result
+            mask, t_mask = None, 0
+            if len(ins) > 1 and ins[1]:
+                m_name = ins[1]
+                m_arr = graph.const_array(m_name) if graph.is_const(m_name) else None
+                if ins[0] in spread and m_arr is not None:  # its value in every lane
+                    m_name = f"__spread_{m_name}"
+                    if m_name not in graph.consts:
+                        graph.add_const(m_name, np.full(
+                            (1, arch.lanes), m_arr.reshape(-1)[0],
+                            numpy_dtype(place[ins[0]].dtype)), kind="const")
+                elif ins[0] in spread:
+                    m_name = spread_scalar(m_name)
+                mask, t_mask = place[m_name], ready.get(m_name, 0)
+            ready[out] = lower_softmax_one(sch, alloc, nd, place[ins[0]], mask, new, start,
+                                           what, t_mask)
+            clean[out] = True
+            if ins[0] in spread:
+                spread.add(out)
         elif op in ("Softmax", "LogSoftmax"):
             ready[out] = lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                        clean, sum_dtype,
@@ -992,6 +1046,75 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     meta["ops"] = [list(o) for o in sch.ops]
     meta["op_tags"] = [tags]
     return Program(arch.config, [chip], tensors, meta)
+
+
+def _outer_product(graph: Graph, ins, out: str) -> bool:
+    """A MatMul A [.., M, 1] @ B [.., 1, N] of computed operands with the same leading
+    (batch) dimensions and float types: every product is one multiplication, no sum."""
+    at, bt, yt = graph.values[ins[0]], graph.values[ins[1]], graph.values[out]
+    return len(at.shape) >= 2 and len(at.shape) == len(bt.shape) and at.shape[-1] == 1 \
+        and bt.shape[-2] == 1 and tuple(at.shape[:-2]) == tuple(bt.shape[:-2]) \
+        and at.dtype == yt.dtype and at.dtype in _FLOATS and bt.dtype in _FLOATS
+
+
+_FLOATS = ("float32", "float16", "bfloat16")
+
+
+def _one_key_outputs(graph: Graph) -> dict[str, str]:
+    """Attention against one key, as exporters write it for one query and no past: P =
+    Softmax over one element (1, or NaN for a non-finite score), y = P @ V4 [b, H, 1, hd],
+    R = y through Reshapes and Transposes that keep the batch axis first, with one row of D
+    values per batch, read only by quantized MatMuls; V4 = v through such moves (and the
+    v one row of D values per batch. R's row b holds the
+    values of v's row b (of fp32 or fp16, the rounding of _round_before_moves), each times 1
+    (or NaN): its absmax is v's, which is found while the scores are computed, not after.
+    Returns {v: R}."""
+    found: dict[str, str] = {}
+
+    def moves(v: str, b: int, D: int, forward: bool) -> str | None:
+        """Follow single-use moves from v (forward: to readers), each value [b, ...] with D
+        values per batch, Transposes keeping axis 0; the last value reached, or None."""
+        while True:
+            ty = graph.values[v]
+            if not ty.shape or ty.shape[0] != b or int(np.prod(ty.shape[1:])) != D:
+                return None
+            if forward:
+                users = graph.consumers(v)
+                if len(users) != 1 or v in graph.outputs:
+                    return v
+                nd = graph.node(users[0])
+            else:
+                p = graph.producer(v)
+                if p is None or graph.num_uses(v) != 1:
+                    return v
+                nd = graph.node(p)
+            rank = len(graph.values[nd["inputs"][0]].shape)
+            if nd["op"] not in ("Reshape", "Transpose") or (
+                    nd["op"] == "Transpose" and _perm(nd, rank)[0] != 0):
+                return v
+            v = nd["outputs"][0] if forward else nd["inputs"][0]
+
+    for name in graph.topo_order():
+        nd = graph.node(name)
+        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]) \
+                or not _outer_product(graph, nd["inputs"], nd["outputs"][0]):
+            continue
+        p_val, v4, y = nd["inputs"][0], nd["inputs"][1], nd["outputs"][0]
+        sm = graph.producer(p_val)
+        ps = graph.values[p_val].shape
+        if sm is None or graph.node(sm)["op"] != "Softmax" or len(ps) < 3 or ps[-2] != 1:
+            continue
+        b = ps[0]
+        D = int(np.prod(graph.values[y].shape[1:]))
+        r = moves(y, b, D, True)
+        v = moves(v4, b, D, False)
+        if r is None or v is None or _rows(graph, r) != b or _rows(graph, v) != b \
+                or graph.values[r].dtype != "float32" \
+                or graph.values[v].dtype not in ("float32", "float16") \
+                or not _feeds_quantized(graph, r):
+            continue
+        found[v] = r
+    return found
 
 
 def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, start, what, new,

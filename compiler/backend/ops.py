@@ -69,22 +69,22 @@ def apart(sch, alloc, y: Placement, x: Placement, ready: int, what: str):
 
 
 def binary(sch, alloc, ops, x: Placement, y: Placement, z: Placement, ready: int, what: str,
-           y_mode: str = "row", y_of=None) -> int:
+           y_mode: str = "row", y_of=None, x_of=None) -> int:
     """z = ops(x, y) on the VXM with y in slices apart from x's (copied there if need be) and
     z apart from both (else through a temporary: a slice cannot stream reads and writes of
-    one bank at once)."""
+    one bank at once). y_mode, y_of and x_of as for lower.elementwise."""
     py, t, cp = apart(sch, alloc, y, x, ready, what)
     if set(z.slices) & (set(x.slices) | set(py.slices)):
         tmp, a = alloc.alloc(z.dtype, z.shape, len(z.slices),
                              avoid=frozenset(x.slices) | frozenset(py.slices)
                              | frozenset(z.slices))
         t = lower.elementwise(sch, ops, x, py, None, tmp, max(ready, t, a), what,
-                              y_mode=y_mode, y_of=y_of)
+                              y_mode=y_mode, y_of=y_of, x_of=x_of)
         t = lower.elementwise(sch, ["copy"], tmp, None, None, z, t, what)
         alloc.release(tmp, t)
     else:
         t = lower.elementwise(sch, ops, x, py, None, z, max(ready, t), what, y_mode=y_mode,
-                              y_of=y_of)
+                              y_of=y_of, x_of=x_of)
     if cp is not None:
         alloc.release(cp, t)
     return t
@@ -266,6 +266,46 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
             alloc.release(mb, t_b)
         done = max(done, t_b)
     return done
+
+
+def lower_softmax_one(sch, alloc, nd, x: Placement, mask: Placement | None, new, start: int,
+                      what: str, mask_ready: int = 0) -> int:
+    """Softmax (LogSoftmax) over a last axis of one element: exp(v - v) (v - v), one VXM
+    chain. That is the definition's exp(v - max) / sum with max = v and sum = exp(0): 1 (0)
+    for a finite v, NaN for an infinite or NaN one, with no row max and no row sum. v = x, or
+    x + mask (compile._mask_into_softmax: one value for every row, in every lane of its
+    vector when x is a spread value, so that the result is one too)."""
+    tail = ["sub", "exp"] if nd["op"] == "Softmax" else ["sub"]
+    v, t = x, start
+    if mask is not None:
+        v, a = alloc.alloc(x.dtype, x.shape, len(x.slices), avoid=frozenset(x.slices))
+        t = binary(sch, alloc, ["add"], x, mask, v, max(start, mask_ready, a), what + " mask")
+    y, a = new(nd["outputs"][0], t)
+    if set(y.slices) & set(v.slices):  # a slice cannot stream reads and writes at once
+        tmp, a2 = alloc.alloc(x.dtype, x.shape, len(x.slices),
+                              avoid=frozenset(v.slices) | frozenset(y.slices))
+        t = lower.elementwise(sch, tail, v, None, None, tmp, max(t, a2), what, y_is_x=True)
+        t = lower.elementwise(sch, ["copy"], tmp, None, None, y, max(t, a), what)
+        alloc.release(tmp, t)
+    else:
+        t = lower.elementwise(sch, tail, v, None, None, y, max(t, a), what, y_is_x=True)
+    if v is not x:
+        alloc.release(v, t)
+    return t
+
+
+def lower_outer_product(sch, alloc, a: Placement, b: Placement, zn, m: int, ready: int,
+                        what: str) -> int:
+    """A [.., M, 1] @ B [.., 1, N] (compile._outer_product) with A a spread value (its one
+    column in every lane of one vector per row): row (i, r) of the result is A's row (i, r)
+    times B's row i, one VXM pass; B of another float type is converted in the same chain.
+    On the MXM, B's single rows would be weights, one install each, for one column of A.
+    zn: the result's placement and the cycle from which it may be written."""
+    z, after = zn
+    vpr = z.vpr
+    ops = ["mul"] if b.dtype == z.dtype else ["cvt", "mul"]
+    return binary(sch, alloc, ops, b, a, z, max(ready, after), what,
+                  x_of=lambda v: (v // vpr // m) * vpr + v % vpr, y_of=lambda v: v // vpr)
 
 
 # Softmax over many rows runs in up to SOFTMAX_BLOCKS blocks of at least this many vectors

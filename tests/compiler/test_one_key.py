@@ -1,0 +1,153 @@
+"""Attention against one key: a Softmax (LogSoftmax) over one element is exp(v - v) (v - v),
+one VXM chain that keeps the definition's NaN for an infinite or NaN v; and P [.., M, 1] @
+V [.., 1, N] of a spread P (a row sum's result) is one VXM multiplication, no MXM pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import lpusim
+from compiler.backend import ops
+
+NEG = float(np.finfo(np.float32).min)
+
+
+def _softmax_model(op: str, shape, elem=T.FLOAT):
+    g = h.make_graph([h.make_node(op, ["x"], ["y"], axis=-1)], "g",
+                     [h.make_tensor_value_info("x", elem, shape)],
+                     [h.make_tensor_value_info("y", elem, shape)])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 23)])
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("elem,npt", [(T.FLOAT, np.float32), (T.FLOAT16, np.float16)])
+def test_one_element_softmax_keeps_nan(op, elem, npt):
+    x = np.array([[0.5], [-3e4], [np.inf], [-np.inf], [np.nan], [7.0]], npt).reshape(2, 3, 1)
+    r = lpusim.run_onnx(_softmax_model(op, [2, 3, 1], elem), {"x": x},
+                        precision="fp32" if elem == T.FLOAT else "fp16")
+    y = r.outputs["y"].reshape(-1)
+    finite = np.isfinite(x.reshape(-1))
+    want = np.where(finite, 1.0 if op == "Softmax" else 0.0, np.nan)
+    np.testing.assert_array_equal(y, want.astype(npt))
+
+
+def _attention_model(m: int, with_mask: bool, log: bool = False):
+    """scores = ReduceSum(q * k) (a spread value), [+ mask], Softmax, @ v."""
+    nodes = [h.make_node("Mul", ["q", "k"], ["qk"]),
+             h.make_node("ReduceSum", ["qk", "axes"], ["s"], keepdims=1)]
+    s = "s"
+    if with_mask:
+        nodes.append(h.make_node("Add", ["s", "mask"], ["sm"]))
+        s = "sm"
+    nodes += [h.make_node("LogSoftmax" if log else "Softmax", [s], ["p"], axis=-1),
+              h.make_node("MatMul", ["p", "v"], ["y"])]
+    inits = [h.make_tensor("axes", T.INT64, [1], [-1])]
+    if with_mask:
+        inits.append(h.make_tensor("mask", T.FLOAT, [1, 1, 1, 1], [0.0]))
+    g = h.make_graph(nodes, "g",
+                     [h.make_tensor_value_info("q", T.FLOAT, [2, 3, m, 24]),
+                      h.make_tensor_value_info("k", T.FLOAT, [2, 3, 1, 24]),
+                      h.make_tensor_value_info("v", T.FLOAT, [2, 3, 1, 40])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2, 3, m, 40])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 23)])
+
+
+def _count(monkeypatch, name):
+    calls = []
+    real = getattr(ops, name)
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    import compiler.backend.compile as compile_mod
+    monkeypatch.setattr(compile_mod, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_one_key_attention_matches_numpy(monkeypatch, m, with_mask, precision):
+    soft = _count(monkeypatch, "lower_softmax_one")
+    outer = _count(monkeypatch, "lower_outer_product")
+    rng = np.random.default_rng(m)
+    q = rng.standard_normal((2, 3, m, 24)).astype(np.float32)
+    k = rng.standard_normal((2, 3, 1, 24)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 1, 40)).astype(np.float32)
+    q[1, 2, 0, 0] = np.inf  # one NaN score: its row of y is NaN, and no other
+    r = lpusim.run_onnx(_attention_model(m, with_mask), {"q": q, "k": k, "v": v},
+                        precision=precision)
+    want = np.broadcast_to(v, (2, 3, m, 40)).copy()
+    want[1, 2, 0] = np.nan
+    np.testing.assert_array_equal(r.outputs["y"], want)
+    assert soft and outer  # the one-key forms were taken
+
+
+def test_one_key_log_softmax_product():
+    """LogSoftmax over one key is 0: the product is zero (the sign of a zero aside)."""
+    rng = np.random.default_rng(3)
+    ins = {"q": rng.standard_normal((2, 3, 4, 24)).astype(np.float32),
+           "k": rng.standard_normal((2, 3, 1, 24)).astype(np.float32),
+           "v": rng.standard_normal((2, 3, 1, 40)).astype(np.float32)}
+    y = lpusim.run_onnx(_attention_model(4, True, log=True), ins).outputs["y"]
+    assert np.all(y == 0)
+
+
+def test_masked_one_key_with_lowest_mask():
+    """A mask of the lowest float: v = s + mask is finite unless s is very negative; every
+    lane of the spread result agrees with lane 0, so each row of y is all V or all NaN."""
+    model = _attention_model(1, True)
+    for init in model.graph.initializer:
+        if init.name == "mask":
+            init.CopyFrom(h.make_tensor("mask", T.FLOAT, [1, 1, 1, 1], [NEG]))
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((2, 3, 1, 24)).astype(np.float32)
+    k = rng.standard_normal((2, 3, 1, 24)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 1, 40)).astype(np.float32)
+    q[0, 1, 0, :] = -1e37  # s + lowest overflows to -inf: that row is NaN
+    k[0, 1, 0, :] = 1.0
+    r = lpusim.run_onnx(model, {"q": q, "k": k, "v": v})
+    want = v.copy()
+    want[0, 1] = np.nan
+    np.testing.assert_array_equal(r.outputs["y"], want)
+
+
+@pytest.mark.parametrize("name", ["hf-gpt2", "tiny-bert"])
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_one_key_absmax_from_v_is_exact(monkeypatch, name, precision):
+    """One query, no past: the out-projection's row absmax is V's, found early; the outputs
+    are bit for bit those of the absmax found from the attention's output."""
+    import compiler.backend.compile as compile_mod
+
+    path = f"models/data/{name}.onnx"
+    dims = {"batch": 1, "seq": 1}
+    found = []
+    real = compile_mod._one_key_outputs
+    monkeypatch.setattr(compile_mod, "_one_key_outputs",
+                        lambda g: found.append(real(g)) or found[-1])
+    early = lpusim.run_onnx(path, dims=dims, precision=precision)
+    monkeypatch.setattr(compile_mod, "_one_key_outputs", lambda g: {})
+    late = lpusim.run_onnx(path, dims=dims, precision=precision)
+    assert found and len(found[0]) == 2  # both layers
+    for k, v in late.outputs.items():
+        np.testing.assert_array_equal(early.outputs[k], v)
+
+
+def test_one_key_absmax_needs_one_key():
+    """Eight keys: the attention's output is a mix of V's rows, not one of them."""
+    import compiler.backend.compile as compile_mod
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import default_pipeline, run_pipeline
+    from models.presets import build_preset
+
+    for seq, want in ((1, 2), (8, 0)):
+        g = run_pipeline(import_onnx(build_preset("tiny-gpt2", batch=1, seq=seq), {}),
+                         default_pipeline()).copy()
+        for f in (compile_mod.canonical_products, compile_mod.last_axis_forms,
+                  compile_mod._vector_products, compile_mod._transposed_heads,
+                  compile_mod._fold_score_scale, compile_mod._mask_into_softmax):
+            f(g)
+        assert len(compile_mod._one_key_outputs(g)) == want
