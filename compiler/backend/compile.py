@@ -32,6 +32,7 @@ from compiler.backend.ops import (
     lower_reduce,
     lower_reduce_max,
     lower_reshape,
+    lower_segment_sum,
     lower_sequence,
     lower_softmax,
     lower_softmax_one,
@@ -75,7 +76,8 @@ REDUCES = {"ReduceMean": "mean", "ReduceSum": "sum"}
 LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAINS)
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
                            | {"Gelu", "Softmax", "LogSoftmax", "Clip", "Gather", "Cast", "Where",
-                              "Expand", "ReduceMax", "Trilu", "Mod", "Sin", "Cos"}
+                              "Expand", "ReduceMax", "Trilu", "Mod", "Sin", "Cos",
+                              "SegmentSum", "SoftmaxOne"}
                            | MOVES))
 # stream width of a weight load from tiled weights (rows per cycle = LW_STREAMS / dtype bytes)
 LW_STREAMS = 16
@@ -529,6 +531,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _transposed_heads(graph)
     _fold_score_scale(graph)
     _mask_into_softmax(graph)
+    _one_key_merged(graph)
     ranges = integer_ranges(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "
@@ -570,10 +573,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[v] = 0
             return p
 
-        def tiled(self, v: str, md: str):
+        def tiled(self, v: str, md: str, sparse: bool = False):
             """Constant [K, N] v as MXM weight tiles of machine dtype md (loaded many rows
-            per cycle, and before the activations are ready)."""
-            return tiled_weight(v, md)
+            per cycle, and before the activations are ready); `sparse`: no tiles of zeros."""
+            return tiled_weight(v, md, sparse=sparse)
 
     place: dict[str, Placement] = _Places()
     index_ranges: dict[str, tuple[int, int]] = {}  # graph inputs used as Gather indices
@@ -581,10 +584,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     # MatMul weights in MXM tiles: (value, machine dtype) -> (tiles, data, tensor kind)
     tiled: dict[tuple[str, str], tuple[lower.Tiled, np.ndarray | None, str]] = {}
 
-    def tiled_weight(v: str, md: str, data: np.ndarray | None = None):
+    def tiled_weight(v: str, md: str, data: np.ndarray | None = None, sparse: bool = False):
         """Constant [K, N] weight v stored as MXM tiles of machine dtype md (data: the values
-        to store, when not v's own, e.g. int8 quantized)."""
+        to store, when not v's own, e.g. int8 quantized). `sparse`: tiles of zeros are left
+        out (lower.matmul skips them), but for one per column of tiles with nothing else."""
         if (v, md) not in tiled:
+            arr = data if data is not None else graph.const_array(v)
             ty = graph.values[v]
             if len(ty.shape) != 2:
                 return as_type(v, md)
@@ -596,13 +601,16 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             for kt in range(-(-K // L)):
                 for nt in range(-(-N // L)):
                     rk, cn = min(L, K - kt * L), min(L, N - nt * L)
+                    if sparse and arr is not None and not np.any(
+                            arr[kt * L:kt * L + rk, nt * L:nt * L + cn]) and np.any(
+                            arr[:, nt * L:nt * L + cn]):
+                        continue
                     parts: list[Placement] = []
                     for j in range(min(R, rk)):  # rows j, j + R, ... in their own slices
                         p, _ = alloc.alloc(md, (len(range(j, rk, R)), cn), g, resident=True,
                                            avoid=frozenset(s for q in parts for s in q.slices))
                         parts.append(p)
                     tiles[(kt, nt)] = tuple(parts)
-            arr = data if data is not None else graph.const_array(v)
             kind = "weight" if graph.consts[v].kind == "weight" else "const"
             tiled[(v, md)] = (lower.Tiled(md, K, N, tiles), arr, kind)
         return tiled[(v, md)][0]
@@ -925,7 +933,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                     clean, spread, sum_dtype,
                                     absmax=precision in QUANTIZED and _feeds_quantized(graph, out))
             clean[out] = True
-        elif op in ("Softmax", "LogSoftmax") and graph.values[ins[0]].shape[-1:] == (1,) \
+        elif op == "SegmentSum":
+            ready[out] = lower_segment_sum(graph, sch, alloc, nd, place, new, start, what, zero,
+                                           clean)
+            clean[out] = True
+        elif op == "SoftmaxOne" or op in ("Softmax", "LogSoftmax") \
+                and graph.values[ins[0]].shape[-1:] == (1,) \
                 and place[ins[0]].dtype in ("fp32", "fp16") \
                 and (ins[0] in spread or clean.get(ins[0], False)) \
                 and (len(ins) < 2 or not ins[1] or clean.get(ins[1], False)):
@@ -934,13 +947,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             if len(ins) > 1 and ins[1]:
                 m_name = ins[1]
                 m_arr = graph.const_array(m_name) if graph.is_const(m_name) else None
-                if ins[0] in spread and m_arr is not None:  # its value in every lane
+                if (ins[0] in spread or op == "SoftmaxOne") and m_arr is not None:  # all lanes
                     m_name = f"__spread_{m_name}"
                     if m_name not in graph.consts:
                         graph.add_const(m_name, np.full(
                             (1, arch.lanes), m_arr.reshape(-1)[0],
                             numpy_dtype(place[ins[0]].dtype)), kind="const")
-                elif ins[0] in spread:
+                elif ins[0] in spread or op == "SoftmaxOne":
                     m_name = spread_scalar(m_name)
                 mask, t_mask = place[m_name], ready.get(m_name, 0)
             ready[out] = lower_softmax_one(sch, alloc, nd, place[ins[0]], mask, new, start,
@@ -1060,15 +1073,183 @@ def _outer_product(graph: Graph, ins, out: str) -> bool:
 _FLOATS = ("float32", "float16", "bfloat16")
 
 
+def _move_chain(graph: Graph, v: str, forward: bool) -> tuple[str, list[str]]:
+    """From v, the single-use Reshapes and Transposes that follow it (forward: to the last
+    value reached) or lead to it (backward: from the first); returns (that value, the nodes
+    in data order)."""
+    nodes: list[str] = []
+    while True:
+        if forward:
+            users = graph.consumers(v)
+            if len(users) != 1 or v in graph.outputs or graph.node(users[0])["op"] not in (
+                    "Reshape", "Transpose"):
+                return v, nodes
+            nodes.append(users[0])
+            v = graph.node(users[0])["outputs"][0]
+        else:
+            p = graph.producer(v)
+            if p is None or graph.num_uses(v) != 1 or v in graph.outputs \
+                    or graph.node(p)["op"] not in ("Reshape", "Transpose"):
+                return v, nodes[::-1]
+            nodes.append(p)
+            v = graph.node(p)["inputs"][0]
+
+
+def _index_map(graph: Graph, src: str, nodes: list[str]) -> np.ndarray:
+    """The flat index in src of every element of the value the moves `nodes` make from it."""
+    a = np.arange(graph.values[src].size, dtype=np.int64).reshape(graph.values[src].shape)
+    for n in nodes:
+        nd = graph.node(n)
+        if nd["op"] == "Reshape":
+            a = a.reshape(graph.values[nd["outputs"][0]].shape)
+        else:
+            a = a.transpose(_perm(nd, a.ndim))
+    return a
+
+
+def _one_key_merged(graph: Graph) -> None:
+    """Attention against one key (one query, no past), as exporters write it: q, k, v [.., D]
+    split into heads by moves (Q4, V4 [.., H, 1, hd]; K4 the same, or K^T [.., H, hd, 1]),
+    S = ReduceSum(Q4 * K4) (from _vector_products) or Q4 @ K^T, maybe times or over a constant
+    scale, P = Softmax(S [+ mask]) over one element, y = P @ V4, and y merged back by moves
+    into R [.., D] read (maybe through Reshapes that keep D) only by MatMuls with constant
+    weights. Rewritten on the merged layout, with no head split and no merge:
+        s = SegmentSum(q * k)   (every lane: the sum over its head's lanes, one MXM pass
+                                 against a block-diagonal matrix of ones) [* or / the scale]
+        p = SoftmaxOne(s [, mask])   (exp(v - v): 1, or NaN for a non-finite score)
+        R = p * v
+    The same numbers: a head's sum adds the same products (the other heads' lanes meet zero
+    weights), 1 * v is v. One difference: a non-finite product in one head makes the sums of
+    the heads sharing its 320-lane tile NaN (0 * inf), where the reference has NaN in that
+    head's lanes only; every MatMul reading R adds all of a row's lanes, so its outputs are
+    NaN in that row either way. The head maps are checked on index arrays, not assumed."""
+    for name in graph.topo_order():
+        if name not in graph.g.nodes:
+            continue
+        nd = graph.node(name)
+        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]) \
+                or not _outer_product(graph, nd["inputs"], nd["outputs"][0]):
+            continue
+        p_val, v4, y = nd["inputs"][0], nd["inputs"][1], nd["outputs"][0]
+        sm = graph.producer(p_val)
+        if sm is None or graph.node(sm)["op"] != "Softmax" or graph.num_uses(p_val) != 1 \
+                or p_val in graph.outputs:
+            continue
+        s4, scale = graph.node(sm)["inputs"][0], None
+        sp = graph.producer(s4)
+        if sp is not None and graph.node(sp)["op"] in ("Mul", "Div") \
+                and graph.num_uses(s4) == 1 and s4 not in graph.outputs:
+            a, b = graph.node(sp)["inputs"][:2]
+            if graph.node(sp)["op"] == "Mul" and graph.is_const(a):
+                a, b = b, a
+            if graph.is_const(b) and graph.values[b].size == 1 and not graph.is_const(a) \
+                    and graph.values[b].dtype == "float32":
+                scale, s4 = (graph.node(sp)["op"], b, sp), a
+        rs = graph.producer(s4)
+        if rs is None or graph.num_uses(s4) != 1 or s4 in graph.outputs:
+            continue
+        shape4 = tuple(graph.values[y].shape)
+        first = rs  # the first node of the scores
+        if graph.node(rs)["op"] == "ReduceSum":  # _vector_products' Mul and ReduceSum
+            prod = graph.node(rs)["inputs"][0]
+            mul = graph.producer(prod)
+            rank = len(graph.values[prod].shape)
+            axes = graph.node(rs)["inputs"][1] if len(graph.node(rs)["inputs"]) > 1 else ""
+            if mul is None or graph.node(mul)["op"] != "Mul" or graph.num_uses(prod) != 1 \
+                    or not axes or not graph.is_const(axes) \
+                    or [int(a) % rank for a in graph.const_array(axes).reshape(-1)] \
+                    != [rank - 1] or not int(graph.node(rs)["attrs"].get("keepdims", 1)) \
+                    or tuple(graph.values[prod].shape) != shape4:
+                continue
+            q4, k4 = graph.node(mul)["inputs"][:2]
+            score_nodes, first = [mul, rs], mul
+            k_shape = shape4
+        elif graph.node(rs)["op"] == "MatMul" and not any(
+                graph.is_const(x) for x in graph.node(rs)["inputs"][:2]):  # Q4 @ K^T [.., hd, 1]
+            q4, k4 = graph.node(rs)["inputs"][:2]
+            score_nodes = [rs]
+            k_shape = shape4[:-2] + (shape4[-1], 1)
+        else:
+            continue
+        if tuple(graph.values[q4].shape) != shape4 or tuple(graph.values[v4].shape) != shape4 \
+                or tuple(graph.values[k4].shape) != k_shape or q4 == k4:
+            continue
+        (q, qn), (k, kn), (v, vn) = (_move_chain(graph, x, False) for x in (q4, k4, v4))
+        r, rn = _move_chain(graph, y, True)
+        shape = tuple(graph.values[q].shape)
+        # R: the first value after y of q's shape; the moves after it only relabel rows
+        cut = next((i for i in range(1, len(rn) + 1)
+                    if tuple(graph.values[graph.node(rn[i - 1])["outputs"][0]].shape) == shape),
+                   None)
+        if cut is None or not qn or not kn or not vn or not shape:
+            continue
+        rn = rn[:cut]
+        r = graph.node(rn[-1])["outputs"][0]
+        if any(tuple(graph.values[x].shape) != shape or graph.values[x].dtype != "float32"
+               for x in (q, k, v, r)) or _quantized_reader(graph, r) is None:
+            continue
+        mq, mk, mv = (_index_map(graph, x, ns) for x, ns in ((q, qn), (k, kn), (v, vn)))
+        mk = mk.reshape(shape4)
+        ry = _index_map(graph, y, rn).reshape(-1)  # R's element e is y's element ry[e]
+        if not (np.array_equal(mq, mk) and np.array_equal(mq, mv)) \
+                or not np.array_equal(mv.reshape(-1)[ry], np.arange(ry.size)):
+            continue
+        D = shape[-1]
+        seg = (ry // shape4[-1]).reshape(-1, D)  # the score (head) of each element of R
+        rows = [set(row.tolist()) for row in seg]
+        canon = [np.unique(row, return_inverse=True)[1] for row in seg]
+        if sum(len(x) for x in rows) != len(set().union(*rows)) \
+                or any(not np.array_equal(c, canon[0]) for c in canon):
+            continue  # a head spans two rows, or the rows' heads lie differently
+        orders = [graph.node(n)["order"] for n in (first, rs, sm, name)]
+        mask = graph.node(sm)["inputs"][1] if len(graph.node(sm)["inputs"]) > 1 else ""
+        for n in qn + kn + vn + score_nodes + ([scale[2]] if scale else []) + [sm, name] + rn:
+            if n in graph.g.nodes:
+                graph.remove_node(n)
+        ty = TensorType("float32", shape)
+        t = graph.fresh_name(f"{r}_qk")
+        graph.add_node(graph.fresh_name(f"{name}_qk"), "Mul", [q, k], [t], types=[ty],
+                       order=orders[0])
+        ids = graph.add_const(graph.fresh_name(f"{r}_heads"), canon[0].astype(np.int64))
+        sv = graph.fresh_name(f"{r}_scores")
+        graph.add_node(graph.fresh_name(f"{name}_scores"), "SegmentSum", [t, ids], [sv],
+                       types=[ty], order=orders[1])
+        if scale is not None:  # the scores' scale, as the graph applies it
+            sv2 = graph.fresh_name(f"{r}_scaled")
+            graph.add_node(graph.fresh_name(f"{name}_scale"), scale[0], [sv, scale[1]], [sv2],
+                           types=[ty], order=orders[1] + 0.5)
+            sv = sv2
+        pv = graph.fresh_name(f"{r}_probs")
+        graph.add_node(graph.fresh_name(f"{name}_probs"), "SoftmaxOne",
+                       [sv] + ([mask] if mask else []), [pv], types=[ty], order=orders[2])
+        graph.add_node(graph.fresh_name(f"{name}_out"), "Mul", [pv, v], [r], types=[ty],
+                       order=orders[3])
+    graph.prune()
+
+
+def _quantized_reader(graph: Graph, v: str) -> str | None:
+    """v, or the value single-use Reshapes that keep the last dimension make of it, read only
+    by MatMuls with constant weights (_feeds_quantized: each adds all of a row's lanes into
+    every output); None if there is no such value."""
+    while not _feeds_quantized(graph, v):
+        users = graph.consumers(v)
+        if len(users) != 1 or v in graph.outputs or graph.node(users[0])["op"] != "Reshape":
+            return None
+        out = graph.node(users[0])["outputs"][0]
+        if graph.values[out].shape[-1:] != graph.values[v].shape[-1:]:
+            return None
+        v = out
+    return v
+
+
 def _one_key_outputs(graph: Graph) -> dict[str, str]:
     """Attention against one key, as exporters write it for one query and no past: P =
     Softmax over one element (1, or NaN for a non-finite score), y = P @ V4 [b, H, 1, hd],
     R = y through Reshapes and Transposes that keep the batch axis first, with one row of D
-    values per batch, read only by quantized MatMuls; V4 = v through such moves (and the
-    v one row of D values per batch. R's row b holds the
-    values of v's row b (of fp32 or fp16, the rounding of _round_before_moves), each times 1
-    (or NaN): its absmax is v's, which is found while the scores are computed, not after.
-    Returns {v: R}."""
+    values per batch, read only by quantized MatMuls; V4 = v through such moves, v one row of
+    D values per batch (of fp32 or fp16, the rounding of _round_before_moves). R's row b holds
+    the values of v's row b, each times 1 (or NaN): its absmax is v's, which is found while
+    the scores are computed, not after. Also R = p * v of _one_key_merged. Returns {v: R}."""
     found: dict[str, str] = {}
 
     def moves(v: str, b: int, D: int, forward: bool) -> str | None:
@@ -1096,6 +1277,16 @@ def _one_key_outputs(graph: Graph) -> dict[str, str]:
 
     for name in graph.topo_order():
         nd = graph.node(name)
+        ins = nd["inputs"]
+        if nd["op"] == "Mul" and graph.producer(ins[0]) is not None \
+                and graph.node(graph.producer(ins[0]))["op"] == "SoftmaxOne":
+            # _one_key_merged's R = p * v: p's lanes are 1 (or NaN)
+            r, v = nd["outputs"][0], ins[1]
+            end = _quantized_reader(graph, r)
+            if end is not None and graph.values[v].shape == graph.values[r].shape \
+                    and graph.values[v].dtype in ("float32", "float16"):
+                found[v] = end
+            continue
         if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]) \
                 or not _outer_product(graph, nd["inputs"], nd["outputs"][0]):
             continue

@@ -270,7 +270,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
     done = ready
     for nt in range(nt_n):
         if plane is None:  # of the planes on the weights' side, the one free first
-            ps = [p for kt in range(kt_n) for p in w.tiles[(kt, nt)]] \
+            ps = [p for kt in range(kt_n) for p in w.tiles.get((kt, nt), ())] \
                 if isinstance(w, Tiled) else [w]
             V = arch.vxm_position
             west = 2 * sum(sch.slice_pos[p.slices[0]] < V for p in ps) >= len(ps)
@@ -292,7 +292,9 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         t_free, array_busy_until = max(w_ready, t_free), max(w_ready, array_busy_until)
         acc_free = max(ready, acc_free)
         last_abc_in = None
-        for kt in range(kt_n):
+        # a Tiled matrix may leave out tiles of zeros (not for a whole column of tiles)
+        kts = [kt for kt in range(kt_n) if not isinstance(w, Tiled) or (kt, nt) in w.tiles]
+        for kt in kts:
             rk = min(lanes, K - kt * lanes)
             zeros = [] if zero is None else (list(zero) if isinstance(zero, (list, tuple))
                                              else [zero])
@@ -335,7 +337,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             t_iw = sch.place(earliest_iw, iw, f"{what} install")
             t_free = t_iw + 1
             iw_clear = t_free + arch.lat("mxm_install")
-            flag = 1 if kt > 0 else 0
+            flag = 1 if kt != kts[0] else 0  # the first accumulates onto nothing
 
             def abc(res, T, kt=kt, flag=flag, q=q, P=P, to_mxm=to_mxm):
                 arrive = range(T, T + M * iv, iv)

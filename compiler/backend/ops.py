@@ -275,7 +275,7 @@ def lower_softmax_one(sch, alloc, nd, x: Placement, mask: Placement | None, new,
     for a finite v, NaN for an infinite or NaN one, with no row max and no row sum. v = x, or
     x + mask (compile._mask_into_softmax: one value for every row, in every lane of its
     vector when x is a spread value, so that the result is one too)."""
-    tail = ["sub", "exp"] if nd["op"] == "Softmax" else ["sub"]
+    tail = ["sub"] if nd["op"] == "LogSoftmax" else ["sub", "exp"]
     v, t = x, start
     if mask is not None:
         v, a = alloc.alloc(x.dtype, x.shape, len(x.slices), avoid=frozenset(x.slices))
@@ -594,6 +594,28 @@ def lower_reduce(graph, arch, sch, alloc, nd, place, new, start, what, zero, cle
     if tmp is not None:
         alloc.release(tmp, t)
     return t
+
+
+def lower_segment_sum(graph, sch, alloc, nd, place, new, start, what, zero, clean) -> int:
+    """SegmentSum(x, ids) (compile._one_key_merged): every lane of a row := the sum of the
+    row's lanes with its id (ids: one per column). One MXM pass against the [cols, cols]
+    matrix with a 1 where two columns share an id (block diagonal for contiguous segments; its
+    tiles of zeros are not loaded)."""
+    x_name, ids_name = nd["inputs"][:2]
+    x = place[x_name]
+    if not clean.get(x_name, False) and x.cols % sch.arch.lanes:
+        raise CompileError(f"{what}: the input's lanes past its last column may hold inf or "
+                           "NaN; masking them is not lowered yet")
+    ids = graph.const_array(ids_name).reshape(-1)
+    if ids.size != x.cols:
+        raise CompileError(f"{what}: {ids.size} segment ids for {x.cols} columns")
+    name = f"__segments_{ids_name}_{x.dtype}"
+    if name not in graph.consts:
+        graph.add_const(name, np.equal.outer(ids, ids).astype(numpy_dtype(x.dtype)),
+                        kind="const")
+    w = place.tiled(name, x.dtype, sparse=True)
+    y, a = new(nd["outputs"][0], start)
+    return lower.matmul(sch, x, w, y, max(start, a), what, zero=zero(x.dtype))
 
 
 def lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what, clean) -> int:

@@ -151,3 +151,83 @@ def test_one_key_absmax_needs_one_key():
                   compile_mod._fold_score_scale, compile_mod._mask_into_softmax):
             f(g)
         assert len(compile_mod._one_key_outputs(g)) == want
+
+
+def _heads_model(v_interleaved: bool = False, scale: bool = True):
+    """q, k, v [1, 1, 8] split into 2 heads of 4, one key, the output projected by a constant
+    weight (the form _one_key_merged rewrites); with `v_interleaved`, V's heads take every
+    other column instead, so they do not line up with Q's and K's."""
+    def heads(x, out, interleaved=False):
+        if interleaved:
+            return [h.make_node("Reshape", [x, "s4x2"], [out + "a"]),
+                    h.make_node("Transpose", [out + "a"], [out + "b"], perm=[0, 1, 3, 2]),
+                    h.make_node("Transpose", [out + "b"], [out], perm=[0, 2, 1, 3])]
+        return [h.make_node("Reshape", [x, "s2x4"], [out + "a"]),
+                h.make_node("Transpose", [out + "a"], [out], perm=[0, 2, 1, 3])]
+    nodes = heads("q", "q4") + heads("v", "v4", v_interleaved) + [
+        h.make_node("Reshape", ["k", "s2x4"], ["k4a"]),
+        h.make_node("Transpose", ["k4a"], ["kt"], perm=[0, 2, 3, 1]),
+        h.make_node("MatMul", ["q4", "kt"], ["s0"])]
+    nodes += [h.make_node("Mul", ["s0", "c"], ["s"])] if scale else \
+        [h.make_node("Identity", ["s0"], ["s"])]
+    nodes += [h.make_node("Softmax", ["s"], ["p"], axis=-1),
+              h.make_node("MatMul", ["p", "v4"], ["y4"]),
+              h.make_node("Transpose", ["y4"], ["y3"], perm=[0, 2, 1, 3]),
+              h.make_node("Reshape", ["y3", "s8"], ["y"]),
+              h.make_node("MatMul", ["y", "w"], ["out"])]
+    rng = np.random.default_rng(5)
+    inits = [h.make_tensor("s2x4", T.INT64, [4], [1, 1, 2, 4]),
+             h.make_tensor("s4x2", T.INT64, [4], [1, 1, 4, 2]),
+             h.make_tensor("s8", T.INT64, [3], [1, 1, 8]),
+             h.make_tensor("c", T.FLOAT, [], [0.5]),
+             h.make_tensor("w", T.FLOAT, [8, 6], rng.standard_normal(48).tolist())]
+    vi = [h.make_tensor_value_info(n, T.FLOAT, [1, 1, 8]) for n in "qkv"]
+    g = h.make_graph(nodes, "g", vi, [h.make_tensor_value_info("out", T.FLOAT, [1, 1, 6])],
+                     inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def _ops_after_rewrite(model):
+    import compiler.backend.compile as compile_mod
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import default_pipeline, run_pipeline
+
+    g = run_pipeline(import_onnx(model, {}), default_pipeline()).copy()
+    for f in (compile_mod.canonical_products, compile_mod.last_axis_forms,
+              compile_mod._vector_products, compile_mod._transposed_heads,
+              compile_mod._fold_score_scale, compile_mod._mask_into_softmax,
+              compile_mod._one_key_merged):
+        f(g)
+    return sorted(g.node(n)["op"] for n in g.topo_order())
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_one_key_merged_rewrite_matches_numpy(scale):
+    model = _heads_model(scale=scale)
+    ops_ = _ops_after_rewrite(model)
+    assert "SegmentSum" in ops_ and "SoftmaxOne" in ops_ and "Transpose" not in ops_
+    rng = np.random.default_rng(6)
+    ins = {n: rng.standard_normal((1, 1, 8)).astype(np.float32) for n in "qkv"}
+    w = next(np.array(t.float_data, np.float32).reshape(8, 6)
+             for t in model.graph.initializer if t.name == "w")
+    for precision, tol in (("fp32", 1e-6), ("int8", 5e-2)):
+        got = lpusim.run_onnx(model, ins, precision=precision).outputs["out"]
+        want = ins["v"].astype(np.float64) @ w
+        assert np.abs(got - want).max() <= tol * np.abs(want).max()
+    # a non-finite score in head 1: the reference's output row is NaN (the projection adds
+    # every head's lanes), and so is the rewritten one's
+    ins["q"][0, 0, 5] = np.inf
+    got = lpusim.run_onnx(model, ins).outputs["out"]
+    assert np.isnan(got).all()
+
+
+def test_one_key_merged_needs_heads_that_line_up():
+    model = _heads_model(v_interleaved=True)
+    assert "SegmentSum" not in _ops_after_rewrite(model)
+    rng = np.random.default_rng(7)
+    ins = {n: rng.standard_normal((1, 1, 8)).astype(np.float32) for n in "qkv"}
+    w = next(np.array(t.float_data, np.float32).reshape(8, 6)
+             for t in model.graph.initializer if t.name == "w")
+    v = ins["v"].reshape(4, 2).T.reshape(1, 1, 8)  # V's columns in its head order
+    got = lpusim.run_onnx(model, ins).outputs["out"]
+    np.testing.assert_allclose(got, v.astype(np.float64) @ w, rtol=1e-5, atol=1e-6)
