@@ -38,7 +38,13 @@ def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     return (math.prod(shape[:-1]) if len(shape) > 1 else 1), shape[-1]
 
 
-# groups tried past the first that fits, looking for space free by `now`
+# groups tried past the first that fits, looking for space free by `now`. The few-row nodes of
+# a decode step (Allocator.wide) try them all: space free only later makes the writes wait for
+# the old tensor's last reads, a false dependency on the critical path (GPT-2-small's
+# one-token step: 93,388 -> 89,319 cycles; a LayerNorm's first pass had waited 780 cycles for
+# its temporary). In a prefill program the few-row nodes (a mask, a pooler) keep the
+# look-ahead: trying all groups for BERT-base's mask moved every later placement, and the
+# model took 1,074,888 cycles instead of 1,045,600
 _LOOK_AHEAD = 2
 # with Allocator.near set, tensors of at most NEAR_VECTORS vectors per byte go to the slices
 # within NEAR_POSITIONS of the VXM when they have room (measured on GPT-2-small's one-token
@@ -75,6 +81,8 @@ class Allocator:
         self.near_slices = frozenset(s for s in slices
                                      if abs(arch.mem_slice_position(s) - V) <= NEAR_POSITIONS)
         self.near = False
+        # with near: look at every group for space free by now (see _find)
+        self.wide = False
         # runs of consecutive slices on one side of the VXM: a group never straddles the
         # middle of the chip (its byte planes must stream towards any unit the same way)
         west = [arch.mem_slice_position(s) < arch.vxm_position for s in slices]
@@ -116,23 +124,41 @@ class Allocator:
         rows, cols = rows_cols(shape)
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
-        if self.near and only is None and not resident and bank is None \
-                and n <= NEAR_VECTORS:
-            got = self.try_alloc(dtype, shape, nbytes, avoid, only=self.near_slices,
-                                 soonest=soonest)
-            if got is not None:
-                return got
         if n > self.words:
             raise CompileError(f"a tensor of shape {list(shape)} ({dtype}) takes {n:,} vectors "
                                f"per byte, more than one MEM slice holds ({self.words:,}); "
                                "tensors spread over several slices are not lowered yet")
         groups = [run[i:i + nbytes] for run in self.runs
                   for i in range(0, len(run) - nbytes + 1, nbytes)]
-        first = None  # (j, addr, after) of the first group that fits
-        for j in range(len(groups)):
-            if first is not None and j > first[0] + _LOOK_AHEAD and not soonest:
+        got = None
+        if self.near and only is None and not resident and bank is None \
+                and n <= NEAR_VECTORS:
+            got = self._find(groups, n, avoid, self.near_slices, resident, bank, soonest)
+        if got is None:
+            got = self._find(groups, n, avoid, only, resident, bank, soonest)
+        if got is None:
+            return None
+        j, addr, after = got
+        grp = groups[j]
+        for s in grp:
+            self._take(s, addr, addr + n)
+        self.cursor = (j + 1) % len(groups)
+        return Placement(dtype, shape, rows, cols, vpr, tuple(grp), addr), after
+
+    def _find(self, groups, n: int, avoid, only, resident: bool, bank, soonest: bool):
+        """(group index, address, first free cycle) for n vectors: the first group from the
+        cursor free by now, looking _LOOK_AHEAD groups past the first that fits, else that
+        first one; with `soonest`, of all groups, else the soonest free. Latency-bound work
+        (`wide` and `near` set) looks at all groups for one free by now, else the soonest:
+        space free only later would make its writes wait for the old tensor's last reads."""
+        wide = soonest or (self.wide and self.near)
+        best = None  # (j, addr, after, k of the first that fits)
+        for k in range(len(groups)):
+            if best is not None and k > best[3] + _LOOK_AHEAD and not (
+                    soonest or (wide and best[2] > self.now)):
                 break
-            grp = groups[(self.cursor + j) % len(groups)]
+            j = (self.cursor + k) % len(groups)
+            grp = groups[j]
             if avoid & set(grp) or (only is not None and not set(grp) <= only):
                 continue
             got = self._common(grp, n, resident, bank)
@@ -140,18 +166,12 @@ class Allocator:
                 continue
             addr, after, free_now = got
             if free_now:
-                first = (j, addr, after)
-                break
-            if first is None or (soonest and after < first[2]):
-                first = (j, addr, after)
-        if first is not None:
-            j, addr, after = first
-            grp = groups[(self.cursor + j) % len(groups)]
-            for s in grp:
-                self._take(s, addr, addr + n)
-            self.cursor = (self.cursor + j + 1) % len(groups)
-            return Placement(dtype, shape, rows, cols, vpr, tuple(grp), addr), after
-        return None
+                return j, addr, after
+            if best is None:
+                best = (j, addr, after, k)
+            elif wide and after < best[2]:
+                best = (j, addr, after, best[3])
+        return None if best is None else best[:3]
 
     def derive(self, src: Placement, key, placements: list[Placement], value) -> None:
         """Remember `value` computed from src (held in `placements`) until src is released;
