@@ -187,6 +187,224 @@ def _rows(graph: Graph, v: str) -> int:
     return math.prod(shape[:-1]) if shape else 1
 
 
+def _projection_of(graph: Graph, v: str):
+    """v as columns of a projection: (MatMul(Bias) node, first column, columns) when v is its
+    output, or a last-axis Split of it (through Reshapes that keep the last dimension), with
+    constant weights (and bias); else None."""
+    cols = graph.values[v].shape[-1]
+    first = 0
+    p = graph.producer(v)
+    if p is not None and graph.node(p)["op"] == "Split":
+        nd = graph.node(p)
+        x = nd["inputs"][0]
+        rank = len(graph.values[x].shape)
+        if int(nd["attrs"].get("axis", 0)) % rank != rank - 1:
+            return None
+        sizes = [graph.values[o].shape[-1] if o else None for o in nd["outputs"]]
+        if len(nd["inputs"]) > 1 and nd["inputs"][1]:
+            if not graph.is_const(nd["inputs"][1]):
+                return None
+            sizes = [int(a) for a in graph.const_array(nd["inputs"][1]).reshape(-1)]
+        if None in sizes:
+            return None
+        first = sum(sizes[:nd["outputs"].index(v)])
+        v = x
+        while (p := graph.producer(v)) is not None and graph.node(p)["op"] == "Reshape" \
+                and graph.values[graph.node(p)["inputs"][0]].shape[-1:] \
+                == graph.values[v].shape[-1:]:
+            v = graph.node(p)["inputs"][0]
+        p = graph.producer(v)
+    if p is None or graph.node(p)["op"] not in lower.MATMULS:
+        return None
+    ins = graph.node(p)["inputs"]
+    if not graph.is_const(ins[1]) or len(graph.values[ins[1]].shape) != 2 \
+            or (len(ins) > 2 and ins[2] and not graph.is_const(ins[2])):
+        return None
+    return p, first, cols
+
+
+def _one_key_fused_projection(graph: Graph) -> None:
+    """After _one_key_merged: R = SoftmaxOne(s [, mask]) * v with v = x @ Wv + bv (columns of a
+    projection) and O = R @ Wo + bo (R's only reader, maybe through Reshapes that keep the
+    last dimension). Every lane of p is 1, or NaN when some head's score is not finite, so
+        O = x @ (Wv Wo) + (bv Wo + bo) + g,   g = ReduceSum(s - s over every lane)
+    (g: 0, or NaN in the row): the out-projection reads x, the projection's own input, and
+    no longer waits for v, v's absmax and the attention. Wv Wo is a constant of the same
+    size as Wo. The numbers differ by rounding (the products are summed in another order;
+    under int8, x and Wv Wo are quantized instead of v and Wo)."""
+    for name in graph.topo_order():
+        if name not in graph.g.nodes:
+            continue
+        nd = graph.node(name)
+        if nd["op"] != "Mul":
+            continue
+        pv, v = nd["inputs"][:2]
+        sm = graph.producer(pv)
+        if sm is None or graph.node(sm)["op"] != "SoftmaxOne" or graph.num_uses(pv) != 1:
+            continue
+        r = nd["outputs"][0]
+        end = _quantized_reader(graph, r)
+        if end is None or len(graph.consumers(end)) != 1:
+            continue
+        out_node = graph.consumers(end)[0]
+        onode = graph.node(out_node)
+        proj = _projection_of(graph, v)
+        if proj is None or graph.values[onode["outputs"][0]].dtype != "float32":
+            continue
+        p, first, cols = proj
+        pins = graph.node(p)["inputs"]
+        x = pins[0]
+        wo_name = onode["inputs"][1]
+        wos = graph.values[wo_name].shape
+        bo_name = onode["inputs"][2] if onode["op"] == "MatMulBias" \
+            and len(onode["inputs"]) > 2 else ""
+        xs = tuple(graph.values[x].shape)
+        o = onode["outputs"][0]
+        os_ = tuple(graph.values[o].shape)
+        if len(wos) != 2 or wos[0] != cols or int(np.prod(xs[:-1])) != int(np.prod(os_[:-1])) \
+                or (bo_name and not graph.is_const(bo_name)):
+            continue
+        arrays = [graph.const_array(a) for a in (pins[1], wo_name)] + \
+            [graph.const_array(a) for a in (pins[2] if len(pins) > 2 else "", bo_name) if a]
+        if any(a is None for a in arrays):  # shape-only weights (timing): shapes only
+            fw = fb = None
+        else:
+            w = graph.const_array(pins[1]).astype(np.float64)[:, first:first + cols]
+            bv = graph.const_array(pins[2]).reshape(-1).astype(np.float64)[
+                first:first + cols] if len(pins) > 2 and pins[2] else np.zeros(cols)
+            wo = graph.const_array(wo_name).astype(np.float64)
+            bo = graph.const_array(bo_name).reshape(-1).astype(np.float64) if bo_name \
+                else np.zeros(wos[1])
+            fw, fb = (w @ wo).astype(np.float32), (bv @ wo + bo).astype(np.float32)
+        wvo = graph.add_const(graph.fresh_name(f"{wo_name}_fused_v"), fw, kind="weight",
+                              ty=TensorType("float32", (xs[-1], wos[1])))
+        cvo = graph.add_const(graph.fresh_name(f"{wo_name}_fused_v_bias"), fb, kind="weight",
+                              ty=TensorType("float32", (wos[1],)))
+        s_in = graph.node(sm)["inputs"]
+        order = onode["order"]
+        graph.remove_node(out_node)
+        ty = TensorType("float32", xs[:-1] + (wos[1],))
+        mm = graph.fresh_name(f"{o}_fused")
+        graph.add_node(graph.fresh_name(f"{out_node}_fused"), "MatMulBias", [x, wvo, cvo],
+                       [mm], types=[ty], order=graph.node(p)["order"] + 0.5)
+        g = graph.fresh_name(f"{o}_nan")
+        sty = graph.values[s_in[0]]
+        graph.add_node(graph.fresh_name(f"{out_node}_nan"), "SoftmaxOne", s_in, [g],
+                       {"log": 1}, types=[sty], order=graph.node(sm)["order"])
+        gs = graph.fresh_name(f"{o}_nan_sum")
+        axes = graph.add_const(graph.fresh_name(f"{o}_nan_axes"),
+                               np.array([len(sty.shape) - 1], np.int64))
+        graph.add_node(graph.fresh_name(f"{out_node}_nan_sum"), "ReduceSum", [g, axes], [gs],
+                       {"keepdims": 1}, types=[TensorType("float32", sty.shape[:-1] + (1,))],
+                       order=graph.node(sm)["order"] + 0.5)
+        if tuple(ty.shape) == os_:
+            graph.add_node(graph.fresh_name(f"{out_node}_guard"), "Add", [mm, gs], [o],
+                           types=[graph.values[o]], order=order)
+        else:  # the projection's rows laid out as the out-projection's
+            mm2 = graph.fresh_name(f"{o}_fused_rows")
+            shp = graph.add_const(graph.fresh_name(f"{o}_shape"), np.array(os_, np.int64))
+            graph.add_node(graph.fresh_name(f"{out_node}_rows"), "Reshape", [mm, shp], [mm2],
+                           types=[TensorType("float32", os_)], order=order - 0.5)
+            gs2 = graph.fresh_name(f"{o}_nan_rows")
+            gshp = graph.add_const(graph.fresh_name(f"{o}_nan_shape"),
+                                   np.array(os_[:-1] + (1,), np.int64))
+            graph.add_node(graph.fresh_name(f"{out_node}_nan_rows"), "Reshape", [gs, gshp],
+                           [gs2], types=[TensorType("float32", os_[:-1] + (1,))],
+                           order=order - 0.4)
+            graph.add_node(graph.fresh_name(f"{out_node}_guard"), "Add", [mm2, gs2], [o],
+                           types=[graph.values[o]], order=order)
+    graph.prune()
+
+
+def _drop_unread_split_columns(graph: Graph) -> None:
+    """A last-axis Split of a projection's output (x @ W [+ b], maybe through Reshapes that
+    keep the last dimension, each read only by the next) with outputs nothing reads: the
+    projection computes only the columns read (W's and b's other columns dropped), and the
+    Split splits those. E.g. a fused QKV projection whose V _one_key_fused_projection has
+    folded into the out-projection."""
+    for name in graph.topo_order():
+        if name not in graph.g.nodes:
+            continue
+        nd = graph.node(name)
+        if nd["op"] != "Split":
+            continue
+        outs = nd["outputs"]
+        read = [bool(o) and (bool(graph.consumers(o)) or o in graph.outputs) for o in outs]
+        if all(read) or not any(read):
+            continue
+        u = nd["inputs"][0]
+        rank = len(graph.values[u].shape)
+        if int(nd["attrs"].get("axis", 0)) % rank != rank - 1:
+            continue
+        if len(nd["inputs"]) > 1 and nd["inputs"][1]:
+            if not graph.is_const(nd["inputs"][1]):
+                continue
+            sizes = [int(a) for a in graph.const_array(nd["inputs"][1]).reshape(-1)]
+        elif all(outs):
+            sizes = [graph.values[o].shape[-1] for o in outs]
+        else:
+            continue
+        chain, v = [], u  # the Reshapes between the projection and the Split
+        while True:
+            if graph.num_uses(v) != 1 or v in graph.outputs:
+                break
+            p = graph.producer(v)
+            if p is None or graph.node(p)["op"] != "Reshape" \
+                    or graph.values[graph.node(p)["inputs"][0]].shape[-1:] \
+                    != graph.values[v].shape[-1:] \
+                    or not graph.is_const(graph.node(p)["inputs"][1]):
+                break
+            chain.append(p)
+            v = graph.node(p)["inputs"][0]
+        p = graph.producer(v)
+        if p is None or graph.node(p)["op"] not in lower.MATMULS or graph.num_uses(v) != 1 \
+                or v in graph.outputs or graph.num_uses(u) != 1:
+            continue
+        pins = graph.node(p)["inputs"]
+        if not graph.is_const(pins[1]) or len(graph.values[pins[1]].shape) != 2 \
+                or (len(pins) > 2 and pins[2] and not graph.is_const(pins[2])):
+            continue
+        starts = np.cumsum([0] + sizes[:-1])
+        keep = np.concatenate([np.arange(a, a + n) for a, n, r in zip(starts, sizes, read,
+                                                                       strict=True) if r])
+        n_new = int(keep.size)
+        w_arr = graph.const_array(pins[1])
+        w_new = graph.add_const(graph.fresh_name(f"{pins[1]}_cols"),
+                                None if w_arr is None else w_arr[:, keep],
+                                ty=TensorType(graph.values[pins[1]].dtype,
+                                              (graph.values[pins[1]].shape[0], n_new)),
+                                kind=graph.consts[pins[1]].kind)
+        graph.set_input(p, 1, w_new)
+        if len(pins) > 2 and pins[2]:
+            b_arr = graph.const_array(pins[2])
+            b_new = graph.add_const(graph.fresh_name(f"{pins[2]}_cols"),
+                                    None if b_arr is None else b_arr.reshape(-1)[keep],
+                                    ty=TensorType(graph.values[pins[2]].dtype, (n_new,)),
+                                    kind=graph.consts[pins[2]].kind)
+            graph.set_input(p, 2, b_new)
+        for val in [v] + [graph.node(c)["outputs"][0] for c in reversed(chain)]:
+            t = graph.values[val]
+            graph.values[val] = TensorType(t.dtype, tuple(t.shape[:-1]) + (n_new,))
+        for c in chain:
+            shape = [int(a) for a in graph.const_array(graph.node(c)["inputs"][1]).reshape(-1)]
+            out_shape = graph.values[graph.node(c)["outputs"][0]].shape
+            if shape[-1] != -1:
+                shape[-1] = n_new
+            if -1 in shape[:-1] or len(shape) != len(out_shape):
+                shape = list(out_shape)
+            graph.set_input(c, 1, graph.add_const(graph.fresh_name(f"{c}_shape"),
+                                                  np.array(shape, np.int64)))
+        kept = [o for o, r in zip(outs, read, strict=True) if r]
+        new_sizes = graph.add_const(graph.fresh_name(f"{name}_sizes"),
+                                    np.array([n for n, r in zip(sizes, read, strict=True) if r],
+                                             np.int64))
+        attrs, order = dict(nd["attrs"]), nd["order"]
+        types = [graph.values[o] for o in kept]
+        graph.remove_node(name)
+        graph.add_node(name, "Split", [u, new_sizes], kept, attrs, types=types, order=order)
+    graph.prune()
+
+
 def _feeds_quantized(graph: Graph, v: str) -> bool:
     """Does v feed only MatMuls with constant weights, as their activation (each quantizes v
     by its row absmax under the int8 and fp8 policies)?"""
@@ -532,6 +750,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _fold_score_scale(graph)
     _mask_into_softmax(graph)
     _one_key_merged(graph)
+    _one_key_fused_projection(graph)
+    _drop_unread_split_columns(graph)
     ranges = integer_ranges(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "

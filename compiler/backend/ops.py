@@ -275,7 +275,7 @@ def lower_softmax_one(sch, alloc, nd, x: Placement, mask: Placement | None, new,
     for a finite v, NaN for an infinite or NaN one, with no row max and no row sum. v = x, or
     x + mask (compile._mask_into_softmax: one value for every row, in every lane of its
     vector when x is a spread value, so that the result is one too)."""
-    tail = ["sub"] if nd["op"] == "LogSoftmax" else ["sub", "exp"]
+    tail = ["sub"] if nd["op"] == "LogSoftmax" or nd["attrs"].get("log") else ["sub", "exp"]
     v, t = x, start
     if mask is not None:
         v, a = alloc.alloc(x.dtype, x.shape, len(x.slices), avoid=frozenset(x.slices))

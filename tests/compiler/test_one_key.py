@@ -126,6 +126,9 @@ def test_one_key_absmax_from_v_is_exact(monkeypatch, name, precision):
     dims = {"batch": 1, "seq": 1}
     found = []
     real = compile_mod._one_key_outputs
+    # with the out-projection folded onto the projection's input, no absmax of V is needed:
+    # this checks the form without it
+    monkeypatch.setattr(compile_mod, "_one_key_fused_projection", lambda g: None)
     monkeypatch.setattr(compile_mod, "_one_key_outputs",
                         lambda g: found.append(real(g)) or found[-1])
     early = lpusim.run_onnx(path, dims=dims, precision=precision)
@@ -187,7 +190,57 @@ def _heads_model(v_interleaved: bool = False, scale: bool = True):
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
 
 
-def _ops_after_rewrite(model):
+def _projected_model():
+    """x [1, 1, 8] -> one fused QKV projection (with bias) -> Split -> 2 heads of 4, one key ->
+    an out-projection with bias: the form _one_key_fused_projection folds."""
+    rng = np.random.default_rng(8)
+    nodes = [h.make_node("MatMul", ["x", "wqkv"], ["qkv0"]),
+             h.make_node("Add", ["qkv0", "bqkv"], ["qkv"]),
+             h.make_node("Split", ["qkv", "sizes"], ["q", "k", "v"], axis=-1)]
+    for a in "qkv":
+        nodes += [h.make_node("Reshape", [a, "s2x4"], [a + "4a"]),
+                  h.make_node("Transpose", [a + "4a"], [a + "4"], perm=[0, 2, 1, 3])]
+    nodes += [h.make_node("Transpose", ["k4"], ["kt"], perm=[0, 1, 3, 2]),
+              h.make_node("MatMul", ["q4", "kt"], ["s0"]),
+              h.make_node("Div", ["s0", "c"], ["s"]),
+              h.make_node("Softmax", ["s"], ["p"], axis=-1),
+              h.make_node("MatMul", ["p", "v4"], ["y4"]),
+              h.make_node("Transpose", ["y4"], ["y3"], perm=[0, 2, 1, 3]),
+              h.make_node("Reshape", ["y3", "s8"], ["y"]),
+              h.make_node("MatMul", ["y", "wo"], ["o0"]),
+              h.make_node("Add", ["o0", "bo"], ["out"])]
+    arrays = {"wqkv": rng.standard_normal((8, 24)), "bqkv": rng.standard_normal(24),
+              "wo": rng.standard_normal((8, 6)), "bo": rng.standard_normal(6)}
+    inits = [h.make_tensor(k, T.FLOAT, list(a.shape), a.reshape(-1).tolist())
+             for k, a in arrays.items()]
+    inits += [h.make_tensor("sizes", T.INT64, [3], [8, 8, 8]),
+              h.make_tensor("s2x4", T.INT64, [4], [1, 1, 2, 4]),
+              h.make_tensor("s8", T.INT64, [3], [1, 1, 8]),
+              h.make_tensor("c", T.FLOAT, [], [2.0])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 8])],
+                     [h.make_tensor_value_info("out", T.FLOAT, [1, 1, 6])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), arrays
+
+
+def test_one_key_out_projection_folded_onto_the_input():
+    import compiler.backend.compile as compile_mod
+
+    model, a = _projected_model()
+    ops_ = _ops_after_rewrite(model, compile_mod._one_key_fused_projection,
+                              compile_mod._drop_unread_split_columns)
+    assert "Transpose" not in ops_ and ops_.count("MatMulBias") == 2 and "SegmentSum" in ops_
+    x = np.random.default_rng(9).standard_normal((1, 1, 8)).astype(np.float32)
+    v = x.astype(np.float64) @ a["wqkv"][:, 16:] + a["bqkv"][16:]
+    want = v @ a["wo"] + a["bo"]
+    for precision, tol in (("fp32", 1e-5), ("int8", 5e-2)):
+        got = lpusim.run_onnx(model, {"x": x}, precision=precision).outputs["out"]
+        assert np.abs(got - want).max() <= tol * np.abs(want).max()
+    # scores that overflow to inf: the reference's row is NaN, and so is the folded one's
+    got = lpusim.run_onnx(model, {"x": x * np.float32(1e20)}).outputs["out"]
+    assert np.isnan(got).all()
+
+
+def _ops_after_rewrite(model, *more):
     import compiler.backend.compile as compile_mod
     from compiler.frontend import import_onnx
     from compiler.pipeline import default_pipeline, run_pipeline
@@ -196,7 +249,7 @@ def _ops_after_rewrite(model):
     for f in (compile_mod.canonical_products, compile_mod.last_axis_forms,
               compile_mod._vector_products, compile_mod._transposed_heads,
               compile_mod._fold_score_scale, compile_mod._mask_into_softmax,
-              compile_mod._one_key_merged):
+              compile_mod._one_key_merged, *more):
         f(g)
     return sorted(g.node(n)["op"] for n in g.topo_order())
 
