@@ -298,22 +298,113 @@ def _one_key_fused_projection(graph: Graph) -> None:
                        {"keepdims": 1}, types=[TensorType("float32", sty.shape[:-1] + (1,))],
                        order=graph.node(sm)["order"] + 0.5)
         if tuple(ty.shape) == os_:
-            graph.add_node(graph.fresh_name(f"{out_node}_guard"), "Add", [mm, gs], [o],
+            graph.add_node(graph.fresh_name(f"{out_node}_fused_out"), "Identity", [mm], [o],
                            types=[graph.values[o]], order=order)
         else:  # the projection's rows laid out as the out-projection's
-            mm2 = graph.fresh_name(f"{o}_fused_rows")
             shp = graph.add_const(graph.fresh_name(f"{o}_shape"), np.array(os_, np.int64))
-            graph.add_node(graph.fresh_name(f"{out_node}_rows"), "Reshape", [mm, shp], [mm2],
-                           types=[TensorType("float32", os_)], order=order - 0.5)
-            gs2 = graph.fresh_name(f"{o}_nan_rows")
-            gshp = graph.add_const(graph.fresh_name(f"{o}_nan_shape"),
-                                   np.array(os_[:-1] + (1,), np.int64))
-            graph.add_node(graph.fresh_name(f"{out_node}_nan_rows"), "Reshape", [gs, gshp],
-                           [gs2], types=[TensorType("float32", os_[:-1] + (1,))],
-                           order=order - 0.4)
-            graph.add_node(graph.fresh_name(f"{out_node}_guard"), "Add", [mm2, gs2], [o],
-                           types=[graph.values[o]], order=order)
+            graph.add_node(graph.fresh_name(f"{out_node}_rows"), "Reshape", [mm, shp], [o],
+                           types=[TensorType("float32", os_)], order=order)
+        _add_row_guard(graph, o, gs)
     graph.prune()
+
+
+# ops that map each row to a row; those in _ROW_NAN make a row all NaN where an operand's is
+_ROW_NAN = {"LayerNormalization", "RMSNormalization", "Gelu", "Silu", "Add", "Sub", "Mul", "Div",
+            "Tanh", "Sigmoid", "Erf", "Sqrt", "Reciprocal", "Neg", "Identity", "Reshape"}
+_ROWWISE = _ROW_NAN | {"Relu", "Abs", "Exp", "Log", "Pow", "Max", "Min", "Softmax",
+                       "LogSoftmax"}
+
+
+def _row_op(graph: Graph, n: str, rows: int, nan: bool) -> bool:
+    """Does node n compute each of `rows` rows (of its last dimension) from the same row of
+    its operands (or from one row of them all)? With `nan`: and give an all-NaN row where an
+    operand has one? (A MatMul with constant weights adds all of a row's lanes into each
+    output; NaN * 0 is NaN; Softmax is over the last axis here, see last_axis_forms.)"""
+    nd = graph.node(n)
+    outs = [o for o in nd["outputs"] if o]
+    if len(outs) != 1 or _rows(graph, outs[0]) != rows \
+            or graph.values[outs[0]].dtype != "float32":
+        return False
+    if nd["op"] in lower.MATMULS:
+        return graph.is_const(nd["inputs"][1]) and not graph.is_const(nd["inputs"][0])
+    if nd["op"] == "Reshape":
+        return graph.values[nd["inputs"][0]].shape[-1:] == graph.values[outs[0]].shape[-1:]
+    return nd["op"] in (_ROW_NAN if nan else _ROWWISE) and all(
+        _rows(graph, i) in (1, rows) and (graph.values[i].shape[-1:] in ((1,), graph.values[
+            outs[0]].shape[-1:]) or nd["op"] in NORMS) for i in nd["inputs"][:2] if i)
+
+
+def _add_row_guard(graph: Graph, v: str, g: str, steps: int = 4) -> None:
+    """v's rows plus g (0, or NaN in a row: compile._one_key_fused_projection). Where every
+    path from v meets again in a node that reads v's NaN row and makes its own NaN (the
+    residual Add after a transformer block's MLP), through row-by-row work read by nothing
+    else (_row_op), g is added there instead: the same values at every node that outlives
+    the branch, and
+    g's computation (after the attention's scores) is off the path of the work between.
+    At most `steps` moves, the last past the first branch; never past a graph output."""
+    rows = _rows(graph, v)
+    t = v
+    for _ in range(steps):
+        if t in graph.outputs:
+            break
+        users = graph.consumers(t)
+        if not users:
+            break
+        # the first node after t that every path from t passes, reading t itself (so that a
+        # NaN row of t makes its row NaN), with the nodes between (row by row, read by
+        # nothing else)
+        order = graph.topo_order()
+        pos = {n: i for i, n in enumerate(order)}
+        reach: set[str] = set()
+        todo = list(users)
+        while todo and len(reach) < 64:
+            n = todo.pop()
+            if n in reach or not _row_op(graph, n, rows, False):
+                continue
+            reach.add(n)
+            for o in graph.node(n)["outputs"]:
+                if o:
+                    todo.extend(graph.consumers(o))
+        join = None
+        for a in sorted(reach, key=pos.get):
+            if a not in users or not _row_op(graph, a, rows, True):
+                continue
+            branch = {n for n in reach if pos[n] < pos[a] and _reaches(graph, n, a)}
+            if all(u in branch or u == a for u in users) and all(
+                    c in branch or c == a for n in branch for o in graph.node(n)["outputs"]
+                    if o for c in graph.consumers(o)) and not any(
+                    o in graph.outputs for n in branch for o in graph.node(n)["outputs"]):
+                join = a
+                break
+        if join is None:
+            break
+        t = graph.node(join)["outputs"][0]
+        if len(users) > 1:  # past a branch: its work is what g's is off the path of
+            break
+    nd = graph.node(graph.producer(t))
+    fin = graph.fresh_name(f"{t}_unguarded")
+    ty = graph.values[t]
+    name, order = graph.producer(t), nd["order"]
+    graph.remove_node(name)
+    graph.add_node(name, nd["op"], nd["inputs"], [fin if o == t else o for o in nd["outputs"]],
+                   nd["attrs"], domain=nd.get("domain", ""), types=[ty], order=order)
+    gt = g
+    if tuple(graph.values[g].shape) != tuple(ty.shape[:-1]) + (1,):
+        gt = graph.fresh_name(f"{g}_rows")
+        shp = graph.add_const(graph.fresh_name(f"{g}_shape"),
+                              np.array(tuple(ty.shape[:-1]) + (1,), np.int64))
+        graph.add_node(graph.fresh_name(f"{name}_guard_rows"), "Reshape", [g, shp], [gt],
+                       types=[TensorType("float32", tuple(ty.shape[:-1]) + (1,))],
+                       order=order + 0.4)
+    graph.add_node(graph.fresh_name(f"{name}_guard"), "Add", [fin, gt], [t], types=[ty],
+                   order=order + 0.5)
+
+
+def _reaches(graph: Graph, a: str, b: str) -> bool:
+    """Is there a path from node a to node b?"""
+    import networkx as nx
+
+    return nx.has_path(graph.g, a, b)
 
 
 def _drop_unread_split_columns(graph: Graph) -> None:

@@ -190,9 +190,10 @@ def _heads_model(v_interleaved: bool = False, scale: bool = True):
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
 
 
-def _projected_model():
+def _projected_model(mlp: bool = False):
     """x [1, 1, 8] -> one fused QKV projection (with bias) -> Split -> 2 heads of 4, one key ->
-    an out-projection with bias: the form _one_key_fused_projection folds."""
+    an out-projection with bias: the form _one_key_fused_projection folds. With `mlp`, a
+    pre-norm block follows: h = x + attn; out = h + relu(LayerNorm(h) @ w1) @ w2."""
     rng = np.random.default_rng(8)
     nodes = [h.make_node("MatMul", ["x", "wqkv"], ["qkv0"]),
              h.make_node("Add", ["qkv0", "bqkv"], ["qkv"]),
@@ -208,9 +209,19 @@ def _projected_model():
               h.make_node("Transpose", ["y4"], ["y3"], perm=[0, 2, 1, 3]),
               h.make_node("Reshape", ["y3", "s8"], ["y"]),
               h.make_node("MatMul", ["y", "wo"], ["o0"]),
-              h.make_node("Add", ["o0", "bo"], ["out"])]
+              h.make_node("Add", ["o0", "bo"], ["attn" if mlp else "out"])]
     arrays = {"wqkv": rng.standard_normal((8, 24)), "bqkv": rng.standard_normal(24),
-              "wo": rng.standard_normal((8, 6)), "bo": rng.standard_normal(6)}
+              "wo": rng.standard_normal((8, 8 if mlp else 6)),
+              "bo": rng.standard_normal(8 if mlp else 6)}
+    if mlp:
+        nodes += [h.make_node("Add", ["x", "attn"], ["h"]),
+                  h.make_node("LayerNormalization", ["h", "g1", "b1"], ["n"], axis=-1),
+                  h.make_node("MatMul", ["n", "w1"], ["f0"]),
+                  h.make_node("Relu", ["f0"], ["f1"]),
+                  h.make_node("MatMul", ["f1", "w2"], ["f2"]),
+                  h.make_node("Add", ["h", "f2"], ["out"])]
+        arrays.update(g1=rng.standard_normal(8), b1=rng.standard_normal(8),
+                      w1=rng.standard_normal((8, 16)), w2=rng.standard_normal((16, 8)))
     inits = [h.make_tensor(k, T.FLOAT, list(a.shape), a.reshape(-1).tolist())
              for k, a in arrays.items()]
     inits += [h.make_tensor("sizes", T.INT64, [3], [8, 8, 8]),
@@ -218,7 +229,8 @@ def _projected_model():
               h.make_tensor("s8", T.INT64, [3], [1, 1, 8]),
               h.make_tensor("c", T.FLOAT, [], [2.0])]
     g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 8])],
-                     [h.make_tensor_value_info("out", T.FLOAT, [1, 1, 6])], inits)
+                     [h.make_tensor_value_info("out", T.FLOAT, [1, 1, 8 if mlp else 6])],
+                     inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), arrays
 
 
@@ -284,3 +296,31 @@ def test_one_key_merged_needs_heads_that_line_up():
     v = ins["v"].reshape(4, 2).T.reshape(1, 1, 8)  # V's columns in its head order
     got = lpusim.run_onnx(model, ins).outputs["out"]
     np.testing.assert_allclose(got, v.astype(np.float64) @ w, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_guard_after_the_block():
+    """The NaN guard of a folded one-key attention is added after the block's MLP (where every
+    path from the attention's output meets again), not before it: the same outputs, NaN
+    rows included."""
+    import compiler.backend.compile as compile_mod
+    from compiler.frontend import import_onnx
+    from compiler.pipeline import default_pipeline, run_pipeline
+
+    model, a = _projected_model(mlp=True)
+    g = run_pipeline(import_onnx(model, {}), default_pipeline()).copy()
+    for f in (compile_mod.canonical_products, compile_mod.last_axis_forms,
+              compile_mod._vector_products, compile_mod._transposed_heads,
+              compile_mod._fold_score_scale, compile_mod._mask_into_softmax,
+              compile_mod._one_key_merged, compile_mod._one_key_fused_projection):
+        f(g)
+    guard = [n for n in g.topo_order() if n.endswith("_guard")]
+    assert len(guard) == 1 and g.node(guard[0])["outputs"] == ["out"]
+    x = np.random.default_rng(10).standard_normal((1, 1, 8)).astype(np.float32)
+    v = x.astype(np.float64) @ a["wqkv"][:, 16:] + a["bqkv"][16:]
+    hh = x + v @ a["wo"] + a["bo"]
+    mu, var = hh.mean(-1, keepdims=True), hh.var(-1, keepdims=True)
+    n = (hh - mu) / np.sqrt(var + 1e-5) * a["g1"] + a["b1"]
+    want = hh + np.maximum(n @ a["w1"], 0) @ a["w2"]
+    got = lpusim.run_onnx(model, {"x": x}).outputs["out"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.isnan(lpusim.run_onnx(model, {"x": x * np.float32(1e20)}).outputs["out"]).all()
