@@ -339,9 +339,9 @@ def _add_row_guard(graph: Graph, v: str, g: str, steps: int = 4) -> None:
     path from v meets again in a node that reads v's NaN row and makes its own NaN (the
     residual Add after a transformer block's MLP), through row-by-row work read by nothing
     else (_row_op), g is added there instead: the same values at every node that outlives
-    the branch, and
-    g's computation (after the attention's scores) is off the path of the work between.
-    At most `steps` moves, the last past the first branch; never past a graph output."""
+    the branch, and g's computation (after the attention's scores) is off the path of the
+    work between. At most `steps` moves, the last past the first branch; never past a graph
+    output."""
     rows = _rows(graph, v)
     t = v
     for _ in range(steps):

@@ -148,9 +148,9 @@ class Allocator:
     def _find(self, groups, n: int, avoid, only, resident: bool, bank, soonest: bool):
         """(group index, address, first free cycle) for n vectors: the first group from the
         cursor free by now, looking _LOOK_AHEAD groups past the first that fits, else that
-        first one; with `soonest`, of all groups, else the soonest free. Latency-bound work
-        (`wide` and `near` set) looks at all groups for one free by now, else the soonest:
-        space free only later would make its writes wait for the old tensor's last reads."""
+        first one. With `soonest`, and for latency-bound work (`wide` and `near` set), it
+        looks at all groups and, failing one free by now, takes the soonest free: space free
+        only later would make the writes wait for the old tensor's last reads."""
         wide = soonest or (self.wide and self.near)
         best = None  # (j, addr, after, k of the first that fits)
         for k in range(len(groups)):
