@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import networkx as nx
 import numpy as np
 
 from compiler.backend import lower
@@ -402,8 +403,6 @@ def _add_row_guard(graph: Graph, v: str, g: str, steps: int = 4) -> None:
 
 def _reaches(graph: Graph, a: str, b: str) -> bool:
     """Is there a path from node a to node b?"""
-    import networkx as nx
-
     return nx.has_path(graph.g, a, b)
 
 
@@ -900,10 +899,10 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         to store, when not v's own, e.g. int8 quantized). `sparse`: tiles of zeros are left
         out (lower.matmul skips them), but for one per column of tiles with nothing else."""
         if (v, md) not in tiled:
-            arr = data if data is not None else graph.const_array(v)
             ty = graph.values[v]
             if len(ty.shape) != 2:
                 return as_type(v, md)
+            arr = data if data is not None else graph.const_array(v)
             K, N = ty.shape
             L = arch.lanes
             g = dtype_info(md).nbytes
@@ -1252,12 +1251,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = lower_segment_sum(graph, sch, alloc, nd, place, new, start, what, zero,
                                            clean)
             clean[out] = True
-        elif op == "SoftmaxOne" or op in ("Softmax", "LogSoftmax") \
-                and graph.values[ins[0]].shape[-1:] == (1,) \
-                and place[ins[0]].dtype in ("fp32", "fp16") \
-                and (ins[0] in spread or clean.get(ins[0], False)) \
-                and (len(ins) < 2 or not ins[1] or clean.get(ins[1], False)):
+        elif op == "SoftmaxOne" or (
+                op in ("Softmax", "LogSoftmax") and graph.values[ins[0]].shape[-1:] == (1,)
+                and place[ins[0]].dtype in ("fp32", "fp16")
+                and (ins[0] in spread or clean.get(ins[0], False))
+                and (len(ins) < 2 or not ins[1] or clean.get(ins[1], False))):
             # over one element: exp(v - v); a spread x (and mask) gives a spread result
+            # (SoftmaxOne: _one_key_merged's, on a SegmentSum's result, always clean)
             mask, t_mask = None, 0
             if len(ins) > 1 and ins[1]:
                 m_name = ins[1]
@@ -1560,36 +1560,12 @@ def _quantized_reader(graph: Graph, v: str) -> str | None:
 def _one_key_outputs(graph: Graph) -> dict[str, str]:
     """Attention against one key, as exporters write it for one query and no past: P =
     Softmax over one element (1, or NaN for a non-finite score), y = P @ V4 [b, H, 1, hd],
-    R = y through Reshapes and Transposes that keep the batch axis first, with one row of D
-    values per batch, read only by quantized MatMuls; V4 = v through such moves, v one row of
-    D values per batch (of fp32 or fp16, the rounding of _round_before_moves). R's row b holds
-    the values of v's row b, each times 1 (or NaN): its absmax is v's, which is found while
-    the scores are computed, not after. Also R = p * v of _one_key_merged. Returns {v: R}."""
+    R = y through Reshapes and Transposes, read only by quantized MatMuls; V4 = v through
+    such moves (v of fp32 or fp16, the rounding of _round_before_moves), every row of R
+    holding the elements of the same row of v (checked on index arrays). R's row holds the
+    values of v's row, each times 1 (or NaN): its absmax is v's, which is found while the
+    scores are computed, not after. Also R = p * v of _one_key_merged. Returns {v: R}."""
     found: dict[str, str] = {}
-
-    def moves(v: str, b: int, D: int, forward: bool) -> str | None:
-        """Follow single-use moves from v (forward: to readers), each value [b, ...] with D
-        values per batch, Transposes keeping axis 0; the last value reached, or None."""
-        while True:
-            ty = graph.values[v]
-            if not ty.shape or ty.shape[0] != b or int(np.prod(ty.shape[1:])) != D:
-                return None
-            if forward:
-                users = graph.consumers(v)
-                if len(users) != 1 or v in graph.outputs:
-                    return v
-                nd = graph.node(users[0])
-            else:
-                p = graph.producer(v)
-                if p is None or graph.num_uses(v) != 1:
-                    return v
-                nd = graph.node(p)
-            rank = len(graph.values[nd["inputs"][0]].shape)
-            if nd["op"] not in ("Reshape", "Transpose") or (
-                    nd["op"] == "Transpose" and _perm(nd, rank)[0] != 0):
-                return v
-            v = nd["outputs"][0] if forward else nd["inputs"][0]
-
     for name in graph.topo_order():
         nd = graph.node(name)
         ins = nd["inputs"]
@@ -1610,16 +1586,19 @@ def _one_key_outputs(graph: Graph) -> dict[str, str]:
         ps = graph.values[p_val].shape
         if sm is None or graph.node(sm)["op"] != "Softmax" or len(ps) < 3 or ps[-2] != 1:
             continue
-        b = ps[0]
-        D = int(np.prod(graph.values[y].shape[1:]))
-        r = moves(y, b, D, True)
-        v = moves(v4, b, D, False)
-        if r is None or v is None or _rows(graph, r) != b or _rows(graph, v) != b \
+        r, rn = _move_chain(graph, y, True)
+        v, vn = _move_chain(graph, v4, False)
+        rows = _rows(graph, r)
+        if _rows(graph, v) != rows or graph.values[r].shape[-1] != graph.values[v].shape[-1] \
                 or graph.values[r].dtype != "float32" \
                 or graph.values[v].dtype not in ("float32", "float16") \
                 or not _feeds_quantized(graph, r):
             continue
-        found[v] = r
+        # every row of R holds the elements of the same row of v (checked on index arrays)
+        src = _index_map(graph, v, vn).reshape(-1)[_index_map(graph, y, rn).reshape(-1)]
+        if np.array_equal(src.reshape(rows, -1) // graph.values[v].shape[-1],
+                          np.repeat(np.arange(rows)[:, None], src.size // rows, axis=1)):
+            found[v] = r
     return found
 
 

@@ -117,9 +117,11 @@ def test_masked_one_key_with_lowest_mask():
 
 @pytest.mark.parametrize("name", ["hf-gpt2", "tiny-bert"])
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
-def test_one_key_absmax_from_v_is_exact(monkeypatch, name, precision):
+@pytest.mark.parametrize("merged", [True, False])
+def test_one_key_absmax_from_v_is_exact(monkeypatch, name, precision, merged):
     """One query, no past: the out-projection's row absmax is V's, found early; the outputs
-    are bit for bit those of the absmax found from the attention's output."""
+    are bit for bit those of the absmax found from the attention's output. `merged`: in
+    _one_key_merged's form (R = p * v), else in the exporter's (P @ V4, then moves)."""
     import compiler.backend.compile as compile_mod
 
     path = f"models/data/{name}.onnx"
@@ -129,6 +131,8 @@ def test_one_key_absmax_from_v_is_exact(monkeypatch, name, precision):
     # with the out-projection folded onto the projection's input, no absmax of V is needed:
     # this checks the form without it
     monkeypatch.setattr(compile_mod, "_one_key_fused_projection", lambda g: None)
+    if not merged:
+        monkeypatch.setattr(compile_mod, "_one_key_merged", lambda g: None)
     monkeypatch.setattr(compile_mod, "_one_key_outputs",
                         lambda g: found.append(real(g)) or found[-1])
     early = lpusim.run_onnx(path, dims=dims, precision=precision)
