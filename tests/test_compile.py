@@ -450,10 +450,12 @@ def test_gather_along_the_last_axis_with_runtime_indices():
 @pytest.mark.parametrize("shape,perm", [((5, 7), (1, 0)), ((2, 3, 33, 50), (0, 1, 3, 2)),
                                         ((2, 3, 1, 400), (0, 1, 3, 2)),
                                         ((2, 8, 4, 16), (0, 2, 3, 1)), ((3, 4, 5), (2, 0, 1)),
-                                        ((330, 20), (1, 0)), ((20, 700), (1, 0))])
+                                        ((330, 20), (1, 0)), ((20, 700), (1, 0)),
+                                        ((40, 96), (1, 0)), ((320, 320), (1, 0))])
 def test_transposes_that_move_the_last_axis(shape, perm):
     """K^T and friends through the SXM corner turn (skew, gather, unskew, transpose, copy
-    back), blocks of 320 included: exact."""
+    back), blocks of 320 included, in chunks of 5 column tiles (96 columns: 5 + 1), byte
+    planes on both hemispheres' SXMs: exact."""
     x = RNG.standard_normal(shape).astype(np.float32)
     m = model([h.make_node("Transpose", ["x"], ["y"], perm=list(perm))], [vi("x", list(shape))],
               [vi("y", [shape[p] for p in perm])])

@@ -33,6 +33,8 @@ from compiler.backend.schedule import Emitted
 from compiler.errors import CompileError
 
 TILE = 16
+# column tiles (of 16) per chunk of a block's gather, unskew, turn and copy back
+CHUNK = 5
 
 
 def lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start, what) -> int:
@@ -76,11 +78,13 @@ def lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start, what) -
     return t
 
 
-def _gather_map(sch, alloc, nr: int, nc: int) -> Placement:
+def _gather_map(sch, alloc, nr: int, nc: int, copy: int = 0) -> Placement:
     """The constant address map of step 2 for a block of nr rows and nc columns: vector
     16 * cb + j, tile t addresses Z row 16 * ((t - cb) mod tiles) + j (row 0 where that row
-    is past the block: those lanes of Y are past its last column)."""
-    key = f"__transpose_map_{nr}x{nc}"
+    is past the block: those lanes of Y are past its last column). Each byte plane gathers
+    through its own `copy`: a slice reads one vector per cycle, so planes sharing one map would
+    take turns."""
+    key = f"__transpose_map_{nr}x{nc}" + (f"_{copy}" if copy else "")
     if key not in sch.data:
         L = sch.arch.lanes
         tiles = L // TILE
@@ -91,7 +95,9 @@ def _gather_map(sch, alloc, nr: int, nc: int) -> Placement:
                 for t in range(tiles):
                     r = TILE * ((t - cb) % tiles) + j
                     m[cb * TILE + j, t * TILE:(t + 1) * TILE] = r if r < nr else 0
-        p, _ = alloc.alloc("int16", m.shape, 2, resident=True)
+        taken = frozenset(s for k, (q, _) in sch.data.items()
+                          if k.startswith(f"__transpose_map_{nr}x{nc}") for s in q.slices)
+        p, _ = alloc.alloc("int16", m.shape, 2, resident=True, avoid=taken)
         sch.data[key] = (p, m)
     return sch.data[key][0]
 
@@ -122,10 +128,10 @@ def transpose2d(sch, alloc, x: Placement, z: Placement, bt: int, R: int, C: int,
 def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
     L = sch.arch.lanes
     ntc = -(-nc // TILE)
-    amap = _gather_map(sch, alloc, nr, nc)
+    maps = [_gather_map(sch, alloc, nr, nc, b) for b in range(len(x.slices))]
     # 1. skew (every byte plane at once)
     zk, a = alloc.alloc(x.dtype, (nr, L), len(x.slices),
-                        avoid=frozenset(amap.slices) | frozenset(x.slices))
+                        avoid=frozenset(s for m in maps for s in m.slices) | frozenset(x.slices))
     t = max(ready, a)
     t_skew = t
     for k in range(-(-nr // TILE)):
@@ -134,56 +140,74 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
                                              rows, dict(shift=TILE * k), t, what))
     t = t_skew
     done = t
+    sides = _sides(sch.arch, alloc)
     for b in range(len(x.slices)):
-        # 2. gather, into one slice away from Z and the map
-        g, ag = alloc.alloc("int8", (ntc * TILE, L), 1,
-                            avoid=frozenset(zk.slices) | frozenset(amap.slices))
-        tb = gather_job(sch, zk.slices[b], zk.addr, amap, list(range(ntc * TILE)), g,
-                        list(range(ntc * TILE)), max(t, ag), what)
-        # 3. unskew into 16 slices (vector cb of slice j)
-        ins, a3 = _sixteen(alloc, (ntc, L), avoid=frozenset(g.slices))
-        tb = max(tb, a3)
-        t3 = tb
-        for cb in range(ntc):
-            t3 = max(t3, lower.sxm_unary(sch, "sxm.rotate", g, None,
-                                         list(range(cb * TILE, (cb + 1) * TILE)), None,
-                                         dict(shift=-TILE * cb), tb, what,
-                                         dests=[(ins[j], cb) for j in range(TILE)]))
-        alloc.release(g, t3)
-        # 4. corner turn into 16 slices (vector cb of slice i = row 16 cb + i of Y)
-        outs, a4 = _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in ins for s in p.slices)
-                            | frozenset(z.slices))
-        t4 = _corner_turn(sch, ins, outs, ntc, max(t3, a4), what)
-        for p in ins:
-            alloc.release(p, t4)
-        # 5. copy back to Y's plane b
+        # byte planes alternate between the hemispheres, so both SXMs unskew and turn at once
+        pref = sides[b % 2]
         yb = plane(z, b)
-        t5 = t4
-        for i in range(TILE):
-            cbs = [cb for cb in range(ntc) if cb * TILE + i < nc]
-            if not cbs:
-                continue
-            vecs = [zv[cb * TILE + i] for cb in cbs]
-            src = dict(zip(vecs, cbs, strict=True))
-            t5 = max(t5, lower.elementwise(sch, ["copy"], outs[i], None, None, yb, t4, what,
-                                           x_of=src.__getitem__, vectors=vecs))
-        for p in outs:
-            alloc.release(p, t5)
-        done = max(done, t5)
+        for c0 in range(0, ntc, CHUNK):
+            done = max(done, _chunk(sch, alloc, zk, maps[b], yb, zv, b, c0, min(ntc, c0 + CHUNK),
+                                    nc, pref, t, what))
     alloc.release(zk, done)
     return done
 
 
+def _chunk(sch, alloc, zk, amap, yb, zv, b, c0, c1, nc, pref, ready, what) -> int:
+    """Steps 2-5 for byte plane b of column tiles c0 .. c1 - 1 of a block: a chunk's gather,
+    unskew, corner turn and copy back follow the previous chunk's, stage by stage."""
+    L = sch.arch.lanes
+    k = c1 - c0
+    # 2. gather, into one slice away from Z and the map
+    avoid = frozenset(zk.slices) | frozenset(amap.slices)
+    got = alloc.try_alloc("int8", (k * TILE, L), 1, avoid=avoid, only=pref)
+    g, ag = got if got is not None else alloc.alloc("int8", (k * TILE, L), 1, avoid=avoid)
+    tb = gather_job(sch, zk.slices[b], zk.addr, amap, list(range(c0 * TILE, c1 * TILE)), g,
+                    list(range(k * TILE)), max(ready, ag), what)
+    # 3. unskew into 16 slices (vector cb - c0 of slice j)
+    first = 0 if g.slices[0] in _sides(sch.arch, alloc)[0] else 1
+    ins, a3 = _sixteen(alloc, (k, L), avoid=frozenset(g.slices), first=first)
+    tb = max(tb, a3)
+    t3 = tb
+    for cb in range(c0, c1):
+        t3 = max(t3, lower.sxm_unary(sch, "sxm.rotate", g, None,
+                                     list(range((cb - c0) * TILE, (cb - c0 + 1) * TILE)), None,
+                                     dict(shift=-TILE * cb), tb, what,
+                                     dests=[(ins[j], cb - c0) for j in range(TILE)]))
+    alloc.release(g, t3)
+    # 4. corner turn into 16 slices (vector cb - c0 of slice i = row 16 cb + i of Y)
+    outs, a4 = _sixteen(alloc, (k, L), avoid=frozenset(s for p in ins for s in p.slices)
+                        | frozenset(yb.slices), first=first)
+    t4 = _corner_turn(sch, ins, outs, k, max(t3, a4), what)
+    for p in ins:
+        alloc.release(p, t4)
+    # 5. copy back to Y's plane b
+    t5 = t4
+    for i in range(TILE):
+        cbs = [cb for cb in range(c0, c1) if cb * TILE + i < nc]
+        if not cbs:
+            continue
+        vecs = [zv[cb * TILE + i] for cb in cbs]
+        src = {v: cb - c0 for v, cb in zip(vecs, cbs, strict=True)}
+        t5 = max(t5, lower.elementwise(sch, ["copy"], outs[i], None, None, yb, t4, what,
+                                       x_of=src.__getitem__, vectors=vecs))
+    for p in outs:
+        alloc.release(p, t5)
+    return t5
+
+
+def _sides(arch, alloc) -> list[frozenset[int]]:
+    """The slices of the west and of the east hemisphere."""
+    return [frozenset(q.index for q in arch.queues if q.kind == "MEM" and q.hemisphere == h)
+            & frozenset(alloc.slices) for h in "WE"]
+
+
 def _sixteen(alloc, shape, avoid: frozenset[int] = frozenset(),
-             bank: int | None = None) -> tuple[list[Placement], int]:
+             bank: int | None = None, first: int = 0) -> tuple[list[Placement], int]:
     """16 one-byte placements in 16 different slices of one hemisphere (the corner turn reads
     them through that side's SXM), in `bank` if given, and the first cycle all may be
     written."""
-    arch = alloc.arch
-    sides = [frozenset(q.index for q in arch.queues if q.kind == "MEM" and q.hemisphere == h)
-             for h in "WE"]
-    for side in sides:
-        side &= frozenset(alloc.slices)
+    sides = _sides(alloc.arch, alloc)
+    for side in (sides[first], sides[1 - first]):
         got: list[Placement] = []
         after = 0
         for _ in range(TILE):
