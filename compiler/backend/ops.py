@@ -1384,11 +1384,12 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
                             what + " scale", x_of=lambda v: v % vpr, y_mode="col")
     if cp is not None:
         alloc.release(cp, t_s)
-    # x's pad lanes zero: so are x_q's, and int8 weight rows left from earlier tiles add 0.
-    # Few rows only (latency-bound: GPT-2-small one token 117,580 -> 113,590 cycles); BERT-base
-    # at seq 128 measured 1,214,868 with the zero rows and 1,253,765 without
+    # x's pad lanes zero: so are x_q's, and int8 weight rows left from earlier tiles add 0, so
+    # a short last K tile loads no zero rows (GPT-2-small one token 117,580 -> 113,590 cycles;
+    # BERT-base seq 128 1,048,067 -> 1,041,338, where a zero-row load of the FFN's third K tile
+    # waited 962 cycles for the zero vector's slice; outputs bit-identical)
     t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero(qdtype), copies=copies,
-                     pad_zero=x_clean and qdtype == "int8" and x.rows <= FEW_ROWS)
+                     pad_zero=x_clean and qdtype == "int8")
     # y = float(acc) * S: one chain (int32 accumulators: a cvt link first)
     t = binary(sch, alloc, ["cvt", "mul"] if acc_dtype != y.dtype else ["mul"], acc, S, y,
                max(t, t_s), what + " dequantize")

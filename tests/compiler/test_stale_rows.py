@@ -1,5 +1,5 @@
-"""A quantized MatMul over few rows whose activation has zero pad lanes leaves the int8 weight
-rows an earlier tile put in a plane's load buffer (lower.matmul with pad_zero): they meet
+"""A quantized MatMul whose activation has zero pad lanes leaves the int8 weight rows an
+earlier tile put in a plane's load buffer (lower.matmul with pad_zero): they meet
 only zero lanes of x, so they add 0, and the short last tile loads its own rows only."""
 
 from __future__ import annotations
@@ -49,16 +49,12 @@ def test_stale_rows_add_nothing(rows, monkeypatch):
         if i < len(ws) - 1:
             ref = np.maximum(ref, 0)
     assert np.abs(res.outputs[out] - ref).max() <= 5e-2 * np.abs(ref).max()
-    # the same program with every short tile's stale rows zeroed: more instructions where
-    # the rows are few (pad_zero), the same program where they are not
+    # the same program with every short tile's stale rows zeroed has more instructions
     left = lpusim.compile_onnx(model, precision="int8")
     matmul = lower.matmul
     monkeypatch.setattr(lower, "matmul", lambda *a, **k: matmul(*a, **{**k, "pad_zero": False}))
     zeroed = lpusim.compile_onnx(model, precision="int8")
-    if rows <= 16:
-        assert left.instruction_count() < zeroed.instruction_count()
-    else:
-        assert left.instruction_count() == zeroed.instruction_count()
+    assert left.instruction_count() < zeroed.instruction_count()
 
 
 def test_stale_rows_only_for_integer_weights():
