@@ -1076,10 +1076,6 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 del owners[k]
                 alloc.release(place[v], max(done, read_until.pop(k, 0)))
     fused: set[str] = set()  # nodes lowered together with the one before them
-    # a program whose MatMuls all stream few rows (a decode step) is latency-bound: its
-    # temporaries take space free by when they are written wherever it is (Allocator.wide)
-    alloc.wide = all(_rows(graph, graph.node(n)["inputs"][0]) <= FEW_ROWS
-                     for n in order if graph.node(n)["op"] in lower.MATMULS)
     for name in order:
         nd = graph.node(name)
         op, ins, outs = nd["op"], list(nd["inputs"]), nd["outputs"]

@@ -8,6 +8,7 @@ remembers, for a range it takes back, the cycle after which it may be written ag
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -38,13 +39,15 @@ def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
     return (math.prod(shape[:-1]) if len(shape) > 1 else 1), shape[-1]
 
 
-# groups tried past the first that fits, looking for space free by `now`. The few-row nodes of
-# a decode step (Allocator.wide) try them all: space free only later makes the writes wait for
-# the old tensor's last reads, a false dependency on the critical path (GPT-2-small's
-# one-token step: 93,388 -> 89,319 cycles; a LayerNorm's first pass had waited 780 cycles for
-# its temporary). In a prefill program the few-row nodes (a mask, a pooler) keep the
-# look-ahead: trying all groups for BERT-base's mask moved every later placement, and the
-# model took 1,074,888 cycles instead of 1,045,600
+# a tensor takes the first group from the cursor whose space is free by `now`, failing that the
+# group free soonest of all: space free only later makes the new tensor's writes wait for the
+# old one's last reads, a false dependency. Trying every group (rather than the first that fits
+# and two past it, the rule for programs with MatMuls of many rows until now): BERT-base int8
+# at seq 128 1,041,338 -> 971,845 cycles, where the third and fourth of Softmax's row blocks
+# had waited up to 13,000 cycles for temporaries; GPT-2-small's one-token step, which already
+# tried every group for its few-row nodes, is unchanged (71,968). Space never written counts as
+# free at cycle 0 but is taken only while constants keep room; when that is the best found,
+# the search stops _LOOK_AHEAD groups past the first that fits
 _LOOK_AHEAD = 2
 # with Allocator.near set, tensors of at most NEAR_VECTORS vectors per byte go to the slices
 # within NEAR_POSITIONS of the VXM when they have room (measured on GPT-2-small's one-token
@@ -81,8 +84,6 @@ class Allocator:
         self.near_slices = frozenset(s for s in slices
                                      if abs(arch.mem_slice_position(s) - V) <= NEAR_POSITIONS)
         self.near = False
-        # with near: look at every group for space free by now (see _find)
-        self.wide = False
         # runs of consecutive slices on one side of the VXM: a group never straddles the
         # middle of the chip (its byte planes must stream towards any unit the same way)
         west = [arch.mem_slice_position(s) < arch.vxm_position for s in slices]
@@ -115,12 +116,11 @@ class Allocator:
     def try_alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int,
                   avoid: frozenset[int] = frozenset(), resident: bool = False,
                   only: frozenset[int] | None = None, bank: int | None = None,
-                  soonest: bool = False) -> tuple[Placement, int] | None:
+                  ) -> tuple[Placement, int] | None:
         """alloc, or None where it would raise for want of space (a preference the caller
         can drop cheaply). With `bank`, the placement lies in that bank of its slices (a
         slice reads one bank while it writes the other: placements in different banks may
-        share slices in one cycle's reads and writes). With `soonest`, when no space is free
-        now, the space free soonest of all (not of the next few groups)."""
+        share slices in one cycle's reads and writes)."""
         rows, cols = rows_cols(shape)
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
@@ -133,9 +133,9 @@ class Allocator:
         got = None
         if self.near and only is None and not resident and bank is None \
                 and n <= NEAR_VECTORS:
-            got = self._find(groups, n, avoid, self.near_slices, resident, bank, soonest)
+            got = self._find(groups, n, avoid, self.near_slices, resident, bank)
         if got is None:
-            got = self._find(groups, n, avoid, only, resident, bank, soonest)
+            got = self._find(groups, n, avoid, only, resident, bank)
         if got is None:
             return None
         j, addr, after = got
@@ -145,17 +145,12 @@ class Allocator:
         self.cursor = (j + 1) % len(groups)
         return Placement(dtype, shape, rows, cols, vpr, tuple(grp), addr), after
 
-    def _find(self, groups, n: int, avoid, only, resident: bool, bank, soonest: bool):
+    def _find(self, groups, n: int, avoid, only, resident: bool, bank):
         """(group index, address, first free cycle) for n vectors: the first group from the
-        cursor free by now, looking _LOOK_AHEAD groups past the first that fits, else that
-        first one. With `soonest`, and for latency-bound work (`wide` and `near` set), it
-        looks at all groups and, failing one free by now, takes the soonest free: space free
-        only later would make the writes wait for the old tensor's last reads."""
-        wide = soonest or (self.wide and self.near)
+        cursor free by now, else the one free soonest (see _LOOK_AHEAD)."""
         best = None  # (j, addr, after, k of the first that fits)
         for k in range(len(groups)):
-            if best is not None and k > best[3] + _LOOK_AHEAD and not (
-                    soonest or (wide and best[2] > self.now)):
+            if best is not None and k > best[3] + _LOOK_AHEAD and best[2] <= self.now:
                 break
             j = (self.cursor + k) % len(groups)
             grp = groups[j]
@@ -169,7 +164,7 @@ class Allocator:
                 return j, addr, after
             if best is None:
                 best = (j, addr, after, k)
-            elif wide and after < best[2]:
+            elif after < best[2]:
                 best = (j, addr, after, best[3])
         return None if best is None else best[:3]
 
@@ -212,18 +207,24 @@ class Allocator:
             cands = sorted({max(a, lo) for s in grp for (a, e, _) in self.free[s]
                             if min(e, hi) - max(a, lo) >= n})
         first = None
+        # each slice's free ranges are sorted and disjoint: the one holding addr by bisection
+        segs = [self.free[s] for s in grp]
+        starts = [[a for a, _, _ in sg] for sg in segs]
         for addr in cands:
             after = 0
             pristine = False
             ok = True
-            for s in grp:
-                hit = [(a, e, f) for (a, e, f) in self.free[s] if a <= addr and addr + n <= e
-                       and not (resident and f)]
-                if not hit:
+            for sg, st in zip(segs, starts, strict=True):
+                i = bisect.bisect_right(st, addr) - 1
+                if i < 0:
                     ok = False
                     break
-                after = max(after, hit[0][2])
-                pristine = pristine or hit[0][2] == 0
+                _, e, f = sg[i]
+                if addr + n > e or (resident and f):
+                    ok = False
+                    break
+                after = max(after, f)
+                pristine = pristine or f == 0
             if ok:
                 if resident:
                     return addr, after, True

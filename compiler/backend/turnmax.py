@@ -49,8 +49,7 @@ def lanes_max_turn(sch, alloc, m: Placement, shape, ready: int, what: str,
     got: list[tuple[Placement, int]] = []
     taken = set(m.slices)
     for _ in range(TILE):
-        r = alloc.try_alloc(m.dtype, (nb, L), g, avoid=frozenset(taken), bank=1 - ROWS_BANK,
-                            soonest=True)
+        r = alloc.try_alloc(m.dtype, (nb, L), g, avoid=frozenset(taken), bank=1 - ROWS_BANK)
         if r is None:
             for p, _a in got:
                 alloc.release(p, 0)
@@ -92,8 +91,7 @@ def lanes_max_turn(sch, alloc, m: Placement, shape, ready: int, what: str,
     units = None if cols is None else -(-cols // TILE)
     mx, t = lanes_max(sch, alloc, mx, sl_shape, t, what, cols=units, unit=TILE)
     # 5. row j of each block: lane j of every superlane, in all its lanes
-    out, a = alloc.try_alloc(m.dtype, shape, g, avoid=frozenset(mx.slices), soonest=True) \
-        or alloc.alloc(m.dtype, shape, g, avoid=frozenset(mx.slices))
+    out, a = alloc.alloc(m.dtype, shape, g, avoid=frozenset(mx.slices))
     done = max(t, a)
     for j in range(TILE):
         vs = [v for v in range(nb) if TILE * v + j < n]
