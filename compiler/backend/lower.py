@@ -125,11 +125,19 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
                 by = sch.read_flow(res, y, ya, arrive, V, dy, ready)
                 if by is None:
                     return None
+            least = None  # no run of ALUs free: the least shift that frees one
             for a in range(arch.vxm_alus - len(ops) + 1):
-                if all(sch.table.alu[a + j].first_busy(T, T + n) is None
-                       for j in range(len(ops))):
+                shift = 0
+                for j in range(len(ops)):
+                    alu = sch.table.alu[a + j]
+                    fb = alu.first_busy(T, T + n)
+                    if fb is not None:
+                        shift = max(shift, alu.free_after(fb) - T)
+                if not shift:
                     break
+                least = shift if least is None else min(least, shift)
             else:
+                res.need(least)
                 return None
             for j in range(len(ops)):
                 res.take_alus(a + j, T, T + n)
@@ -341,16 +349,19 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
 
             def abc(res, T, kt=kt, flag=flag, q=q, P=P, to_mxm=to_mxm):
                 arrive = range(T, T + M * iv, iv)
-                snap = res.snapshot() if copies else None
-                for src in (x,) + copies:  # the first copy whose reads fit
-                    xa = range(src.addr + kt, src.addr + kt + M * src.vpr, src.vpr)
-                    b = sch.read_flow(res, src, xa, arrive, P, to_mxm, ready)
-                    if b is not None:
-                        break
-                    if snap is not None:
-                        res.restore(snap)
-                if b is None or not res.take_issue(q, T):
+                c0 = kt
+                got = {}
+
+                def reads(src):  # the first copy whose reads fit (the least hint if none)
+                    xa = range(src.addr + c0, src.addr + c0 + M * src.vpr, src.vpr)
+                    got["b"], got["xa"] = sch.read_flow(res, src, xa, arrive, P, to_mxm,
+                                                        ready), xa
+                    return got["b"] is not None
+
+                src = res.first_fit((x,) + copies, reads)
+                if src is None or not res.take_issue(q, T):
                     return None
+                b, xa = got["b"], got["xa"]
                 rc = sch.read_code(res, src, xa, arrive, P, to_mxm, b)
                 if rc is None:
                     return None
@@ -420,7 +431,7 @@ def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, read
                 return None
             fb = busy.first_busy(first, first + n)
             if fb is not None:
-                res.need_free(busy, fb)
+                res.need_free(busy, fb, first)
                 return None
         if not res.take_issue(q, T):
             return None

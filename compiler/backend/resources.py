@@ -240,16 +240,19 @@ class Reservation:
         self.skip, self._hints = least or 1, True
         return None
 
-    def need_free(self, busy, cycle: int) -> None:
+    def need_free(self, busy, cycle: int, start: int | None = None) -> None:
         """Record the shift to the first cycle after `cycle` that is not in `busy` (a set of
-        cycles or Ports)."""
+        cycles or Ports). With `start`, the first cycle of the job's run of consecutive
+        cycles that met `cycle`: the whole run must move past the busy stretch, so the shift
+        is counted from there (every start in between overlaps it)."""
+        base = cycle if start is None else start
         if isinstance(busy, Ports):
-            self.need(busy.free_after(cycle) - cycle)
+            self.need(busy.free_after(cycle) - base)
             return
         c = cycle + 1
         while c in busy:
             c += 1
-        self.need(c - cycle)
+        self.need(c - base)
 
     def take_issue(self, queue: str, cycle: int) -> bool:
         if cycle < 0:
@@ -302,7 +305,7 @@ class Reservation:
                     first = max(m0, c0)
             if first < c1:
                 if first == fb:
-                    self.need_free(busy, fb)
+                    self.need_free(busy, fb, c0)
                 elif fo is not None and first == fo[0]:  # the other port's use must end
                     self.need(fo[1] - fo[0])
                 return False
@@ -321,7 +324,7 @@ class Reservation:
                 first = max(m0, c0)
         if first < c1:
             if first == fb:
-                self.need_free(busy, fb)
+                self.need_free(busy, fb, c0)
             return False
         mine.append((c0, c1))
         self.alus.append((alu, c0, c1))

@@ -134,7 +134,7 @@ class Scheduler:
                     return None
                 fb = busy.first_busy(c0, c1)
                 if fb is not None:
-                    res.need_free(busy, fb)
+                    res.need_free(busy, fb, c0)
                     return None
             shift = lat - pos if direction == 0 else lat + pos
             plans.append((b, sl, rcs, shifted(rcs, shift), span(direction, pos, dest)))

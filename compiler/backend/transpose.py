@@ -33,8 +33,6 @@ from compiler.backend.schedule import Emitted
 from compiler.errors import CompileError
 
 TILE = 16
-# column tiles (of 16) per chunk of a block's gather, unskew, turn and copy back
-CHUNK = 5
 
 
 def lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start, what) -> int:
@@ -144,50 +142,47 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
     for b in range(len(x.slices)):
         # byte planes alternate between the hemispheres, so both SXMs unskew and turn at once
         pref = sides[b % 2]
-        yb = plane(z, b)
-        for c0 in range(0, ntc, CHUNK):
-            done = max(done, _chunk(sch, alloc, zk, maps[b], yb, zv, b, c0, min(ntc, c0 + CHUNK),
-                                    nc, pref, t, what))
+        done = max(done, _plane(sch, alloc, zk, maps[b], plane(z, b), zv, b, ntc, nc, pref, t,
+                                what))
     alloc.release(zk, done)
     return done
 
 
-def _chunk(sch, alloc, zk, amap, yb, zv, b, c0, c1, nc, pref, ready, what) -> int:
-    """Steps 2-5 for byte plane b of column tiles c0 .. c1 - 1 of a block: a chunk's gather,
-    unskew, corner turn and copy back follow the previous chunk's, stage by stage."""
+def _plane(sch, alloc, zk, amap, yb, zv, b, ntc, nc, pref, ready, what) -> int:
+    """Steps 2-5 for byte plane b of a block of ntc column tiles, in the hemisphere `pref`
+    where it has room (so the planes use both SXMs)."""
     L = sch.arch.lanes
-    k = c1 - c0
     # 2. gather, into one slice away from Z and the map
     avoid = frozenset(zk.slices) | frozenset(amap.slices)
-    got = alloc.try_alloc("int8", (k * TILE, L), 1, avoid=avoid, only=pref)
-    g, ag = got if got is not None else alloc.alloc("int8", (k * TILE, L), 1, avoid=avoid)
-    tb = gather_job(sch, zk.slices[b], zk.addr, amap, list(range(c0 * TILE, c1 * TILE)), g,
-                    list(range(k * TILE)), max(ready, ag), what)
-    # 3. unskew into 16 slices (vector cb - c0 of slice j)
+    got = alloc.try_alloc("int8", (ntc * TILE, L), 1, avoid=avoid, only=pref)
+    g, ag = got if got is not None else alloc.alloc("int8", (ntc * TILE, L), 1, avoid=avoid)
+    tb = gather_job(sch, zk.slices[b], zk.addr, amap, list(range(ntc * TILE)), g,
+                    list(range(ntc * TILE)), max(ready, ag), what)
+    # 3. unskew into 16 slices (vector cb of slice j)
     first = 0 if g.slices[0] in _sides(sch.arch, alloc)[0] else 1
-    ins, a3 = _sixteen(alloc, (k, L), avoid=frozenset(g.slices), first=first)
+    ins, a3 = _sixteen(alloc, (ntc, L), avoid=frozenset(g.slices), first=first)
     tb = max(tb, a3)
     t3 = tb
-    for cb in range(c0, c1):
+    for cb in range(ntc):
         t3 = max(t3, lower.sxm_unary(sch, "sxm.rotate", g, None,
-                                     list(range((cb - c0) * TILE, (cb - c0 + 1) * TILE)), None,
+                                     list(range(cb * TILE, (cb + 1) * TILE)), None,
                                      dict(shift=-TILE * cb), tb, what,
-                                     dests=[(ins[j], cb - c0) for j in range(TILE)]))
+                                     dests=[(ins[j], cb) for j in range(TILE)]))
     alloc.release(g, t3)
-    # 4. corner turn into 16 slices (vector cb - c0 of slice i = row 16 cb + i of Y)
-    outs, a4 = _sixteen(alloc, (k, L), avoid=frozenset(s for p in ins for s in p.slices)
+    # 4. corner turn into 16 slices (vector cb of slice i = row 16 cb + i of Y)
+    outs, a4 = _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in ins for s in p.slices)
                         | frozenset(yb.slices), first=first)
-    t4 = _corner_turn(sch, ins, outs, k, max(t3, a4), what)
+    t4 = _corner_turn(sch, ins, outs, ntc, max(t3, a4), what)
     for p in ins:
         alloc.release(p, t4)
     # 5. copy back to Y's plane b
     t5 = t4
     for i in range(TILE):
-        cbs = [cb for cb in range(c0, c1) if cb * TILE + i < nc]
+        cbs = [cb for cb in range(ntc) if cb * TILE + i < nc]
         if not cbs:
             continue
         vecs = [zv[cb * TILE + i] for cb in cbs]
-        src = {v: cb - c0 for v, cb in zip(vecs, cbs, strict=True)}
+        src = dict(zip(vecs, cbs, strict=True))
         t5 = max(t5, lower.elementwise(sch, ["copy"], outs[i], None, None, yb, t4, what,
                                        x_of=src.__getitem__, vectors=vecs))
     for p in outs:
@@ -252,7 +247,7 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
                 return None
             fb = busy.first_busy(T + off, T + off + n)
             if fb is not None:
-                res.need_free(busy, fb)
+                res.need_free(busy, fb, T + off)
                 return None
         if not res.take_issue(q, T):
             return None
