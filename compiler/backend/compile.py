@@ -27,6 +27,7 @@ from compiler.backend.ops import (
     lower_data_movement,
     lower_elementwise,
     lower_expand,
+    lower_head_matmul,
     lower_matmul_quant,
     lower_norm,
     lower_outer_product,
@@ -78,7 +79,7 @@ LOWERED_OPS = tuple(sorted(set(lower.UNARY) | set(lower.BINARY) | set(lower.CHAI
                            | lower.ALIASES | lower.MATMULS | NORMS | set(REDUCES)
                            | {"Gelu", "Softmax", "LogSoftmax", "Clip", "Gather", "Cast", "Where",
                               "Expand", "ReduceMax", "Trilu", "Mod", "Sin", "Cos",
-                              "SegmentSum", "SoftmaxOne"}
+                              "SegmentSum", "SoftmaxOne", "HeadMatMul"}
                            | MOVES))
 # stream width of a weight load from tiled weights (rows per cycle = LW_STREAMS / dtype bytes)
 LW_STREAMS = 16
@@ -841,6 +842,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _mask_into_softmax(graph)
     _one_key_merged(graph)
     _one_key_fused_projection(graph)
+    _merged_values_product(graph, arch.lanes)
     _drop_unread_split_columns(graph)
     ranges = integer_ranges(graph)
     if precision not in PRECISIONS:
@@ -1116,7 +1118,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                    "lowered yet")
             exact = op in ARITH and outs[0] in ranges.exact  # see compiler.backend.ranges
             # a product of two computed operands converts each to its MXM type on its own
-            as_index = as_index or (op == "MatMul" and v in ins and vt.dtype in _IR_FLOAT.values()
+            as_index = as_index or (op in ("MatMul", "HeadMatMul") and v in ins
+                                    and vt.dtype in _IR_FLOAT.values()
                                     and not any(graph.is_const(i) for i in ins[:2]))
             if vt is not None and vt.dtype not in _AS_FLOAT and not graph.is_const(v) \
                     and not as_index and not exact and not _type_ok(op, v, ins, vt.dtype):
@@ -1242,6 +1245,11 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             ready[out] = lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                     clean, spread, sum_dtype,
                                     absmax=precision in QUANTIZED and _feeds_quantized(graph, out))
+            clean[out] = True
+        elif op == "HeadMatMul":
+            ready[out] = lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero,
+                                           "fp16" if precision in QUANTIZED else mxm_dtype)
+            # a pad lane is 0 (P times zeroed weights) but in a row that is NaN throughout
             clean[out] = True
         elif op == "SegmentSum":
             ready[out] = lower_segment_sum(graph, sch, alloc, nd, place, new, start, what, zero,
@@ -1535,6 +1543,74 @@ def _one_key_merged(graph: Graph) -> None:
                        [sv] + ([mask] if mask else []), [pv], types=[ty], order=orders[2])
         graph.add_node(graph.fresh_name(f"{name}_out"), "Mul", [pv, v], [r], types=[ty],
                        order=orders[3])
+    graph.prune()
+
+
+def _merged_values_product(graph: Graph, lanes: int) -> None:
+    """Attention's P @ V over many keys, with V split into heads by moves from v [.., T, D]
+    and the output merged back by moves into R [.., M, D] read (maybe through Reshapes that
+    keep D) only by MatMuls with constant weights: one HeadMatMul(P, v, ids), ids[c] the head
+    of column c (the head maps checked on index arrays, not assumed),
+        R[(b, m), c] = sum_t P[b, ids[c], m, t] * v[(b, t), c].
+    Lowered (ops.lower_head_matmul) as, for every 320-column tile of R, one MXM accumulation
+    over the heads in that tile, each head's P rows against v's tile with the other heads'
+    lanes zeroed: no head split of v and no merge of the output. The same numbers: a head's
+    columns get its own products, plus exact zeros from the other heads. One difference: P
+    comes from a Softmax, so its values are in [0, 1] or NaN, and a NaN row of one head's P
+    makes the row NaN in the other heads of its tile too (NaN * 0); every MatMul reading R adds
+    all of a row's lanes, so its outputs are NaN in that row either way. At most `lanes` keys
+    (one K tile per head)."""
+    for name in graph.topo_order():
+        if name not in graph.g.nodes:
+            continue
+        nd = graph.node(name)
+        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
+            continue
+        p4, v4, y = nd["inputs"][0], nd["inputs"][1], nd["outputs"][0]
+        sm = graph.producer(p4)
+        ps, vs, ys = (tuple(graph.values[x].shape) for x in (p4, v4, y))
+        if sm is None or graph.node(sm)["op"] != "Softmax" or len(ps) < 3 \
+                or len(vs) != len(ps) or ps[:-2] != vs[:-2] or ps[-1] != vs[-2] \
+                or not 2 <= ps[-1] <= lanes \
+                or any(graph.values[x].dtype != "float32" for x in (p4, v4, y)):
+            continue
+        v, vn = _move_chain(graph, v4, False)
+        r, rn = _move_chain(graph, y, True)
+        if not vn or not rn or graph.values[v].dtype != "float32" \
+                or graph.values[r].dtype != "float32" or _quantized_reader(graph, r) is None:
+            continue
+        H, M, T, hd = ps[-3], ps[-2], ps[-1], vs[-1]
+        lead = int(np.prod(ps[:-3], dtype=np.int64))
+        D = graph.values[v].shape[-1]
+        if graph.values[r].shape[-1] != D or D != H * hd or _rows(graph, v) != lead * T \
+                or _rows(graph, r) != lead * M:
+            continue
+        # V4[b, h, t, d] = v[(b, t), cols[h, d]], the same columns for every (b, t)
+        mv = _index_map(graph, v, vn).reshape(lead, H, T, hd)
+        rows = np.arange(lead)[:, None, None, None] * T + np.arange(T)[None, None, :, None]
+        cols = mv[:1, :, :1, :] % D
+        if not np.array_equal(mv // D, np.broadcast_to(rows, mv.shape)) \
+                or not np.array_equal(mv % D, np.broadcast_to(cols, mv.shape)):
+            continue
+        cols = cols.reshape(H, hd)
+        if not np.array_equal(np.sort(cols.reshape(-1)), np.arange(D)):
+            continue
+        # R[(b, m), cols[h, d]] = y[b, h, m, d]
+        ry = _index_map(graph, y, rn).reshape(lead * M, D)
+        want = np.empty((lead * M, D), np.int64)
+        yi = np.arange(lead * H * M * hd, dtype=np.int64).reshape(lead, H, M, hd)
+        want.reshape(lead, M, D)[:, :, cols.reshape(-1)] = \
+            yi.transpose(0, 2, 1, 3).reshape(lead, M, H * hd)
+        if not np.array_equal(ry, want):
+            continue
+        ids = np.empty(D, np.int64)
+        ids[cols.reshape(-1)] = np.repeat(np.arange(H), hd)
+        order = graph.node(name)["order"]
+        rt = graph.values[r]
+        for n in vn + [name] + rn:
+            graph.remove_node(n)
+        idc = graph.add_const(graph.fresh_name(f"{r}_heads"), ids)
+        graph.add_node(name, "HeadMatMul", [p4, v, idc], [r], types=[rt], order=order)
     graph.prune()
 
 

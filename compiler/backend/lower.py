@@ -235,19 +235,27 @@ class Tiled:
 def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, ready: int,
            what: str, plane: int | None = None, zero: Placement | None = None,
            copies: tuple[Placement, ...] = (), pad_zero: bool = False,
-           split: bool = True) -> int:
+           split: bool = True, x_parts: tuple[Placement, ...] = (), w_after: int = 0) -> int:
     """y[M, N] = x[M, K] @ w[K, N] on the MXM, each 320-column tile of y on the plane that is
     free first (or on `plane`); returns when y is in SRAM. With `zero` (a zero vector of w's
     type), a last K tile shorter than 320 rows also loads zero rows for the rest, so lanes of x
     past column K never meet stale weights. With `pad_zero` (x's lanes past K are zero and w
     is integer: every stale row, whatever its bytes, adds 0) only the last cycle's gaps are.
     `copies` (of x, in other slices) let the activations of several tiles stream at once:
-    one slice reads one vector per cycle."""
+    one slice reads one vector per cycle. With `x_parts`, K tile kt streams x_parts[kt] (M
+    rows, at most 320 columns: its column tile 0) instead of x's column tile kt, and w (Tiled)
+    has that many rows in its tile kt (x gives only M, the type and the slices). `w_after`: a
+    Tiled w computed on chip is loaded from then on (a constant one from the start)."""
     if pad_zero and w.dtype != "int8":
         raise CompileError(f"internal: {what}: stale weight rows left in place for {w.dtype}")
     arch = sch.arch
     lanes = arch.lanes
     M, K, N = x.rows, x.cols, w.cols
+    if x_parts:
+        if not isinstance(w, Tiled) or copies or pad_zero or any(
+                p.rows != M or p.cols > lanes or p.slices != x.slices for p in x_parts):
+            raise CompileError(f"internal: {what}: activation parts need tiled weights")
+        K = sum(p.cols for p in x_parts)
     if w.rows != K:
         raise CompileError(f"{what}: inner dimensions differ ({K} vs {w.rows})")
     cap = arch.mxm_acc_vectors_per_plane
@@ -258,14 +266,17 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             done = max(done, matmul(sch, row_block(x, m0, n), w, row_block(y, m0, n), ready,
                                     what, plane, zero,
                                     tuple(row_block(c, m0, n) for c in copies),
-                                    pad_zero=pad_zero, split=split))
+                                    pad_zero=pad_zero, split=split,
+                                    x_parts=tuple(row_block(p, m0, n) for p in x_parts),
+                                    w_after=w_after))
         return done
     g = len(x.slices)
-    w_ready = 0 if isinstance(w, Tiled) else ready
+    w_ready = w_after if isinstance(w, Tiled) else ready
     rate = arch.mxm_rate_of(x.dtype)
     iv = int(round(1 / rate))
-    kt_n, nt_n = math.ceil(K / lanes), math.ceil(N / lanes)
-    if split and plane is None and nt_n == 1 and iv > 1 and M >= SPLIT_ROWS and not copies:
+    kt_n, nt_n = len(x_parts) or math.ceil(K / lanes), math.ceil(N / lanes)
+    if split and plane is None and nt_n == 1 and iv > 1 and M >= SPLIT_ROWS and not copies \
+            and not x_parts:
         # one column tile at a slow rate (Softmax's row sums): row blocks, each on the plane
         # free first, so they stream on several planes at once
         rr = -(-M // arch.mxm_planes)
@@ -303,7 +314,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         # a Tiled matrix may leave out tiles of zeros (not for a whole column of tiles)
         kts = [kt for kt in range(kt_n) if not isinstance(w, Tiled) or (kt, nt) in w.tiles]
         for kt in kts:
-            rk = min(lanes, K - kt * lanes)
+            rk = x_parts[kt].cols if x_parts else min(lanes, K - kt * lanes)
             zeros = [] if zero is None else (list(zero) if isinstance(zero, (list, tuple))
                                              else [zero])
 
@@ -349,7 +360,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
 
             def abc(res, T, kt=kt, flag=flag, q=q, P=P, to_mxm=to_mxm):
                 arrive = range(T, T + M * iv, iv)
-                c0 = kt
+                c0 = 0 if x_parts else kt
                 got = {}
 
                 def reads(src):  # the first copy whose reads fit (the least hint if none)
@@ -358,7 +369,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                                                         ready), xa
                     return got["b"] is not None
 
-                src = res.first_fit((x,) + copies, reads)
+                src = res.first_fit((x_parts[kt],) if x_parts else (x,) + copies, reads)
                 if src is None or not res.take_issue(q, T):
                     return None
                 b, xa = got["b"], got["xa"]

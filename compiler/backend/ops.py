@@ -618,6 +618,78 @@ def lower_segment_sum(graph, sch, alloc, nd, place, new, start, what, zero, clea
     return lower.matmul(sch, x, w, y, max(start, a), what, zero=zero(x.dtype))
 
 
+def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt: str) -> int:
+    """HeadMatMul(P, v, ids) (compile._merged_values_product): R[(b, m), c] = sum_t P[b, ids[c],
+    m, t] * v[(b, t), c], P [.., H, M, T] and v [.., T, D] rounded to the MXM type mdt first.
+    Every 320-column tile of R is one accumulation on an MXM plane over the heads with columns
+    in it: head h's rows of P stream against v's tile with every lane not of head h zeroed (a
+    bitwise AND with a constant lane mask on the VXM, exact for inf and NaN too), computed
+    while the scores and the Softmax run."""
+    from compiler.backend.select import BITS, bits_view
+
+    arch = sch.arch
+    L = arch.lanes
+    p_name, v_name, ids_name = nd["inputs"]
+    ps = tuple(graph.values[p_name].shape)
+    H, M, T = ps[-3:]
+    lead = int(np.prod(ps[:-3], dtype=np.int64))
+    ids = graph.const_array(ids_name).reshape(-1)
+    P, v = place[p_name], place[v_name]
+    D = v.cols
+    if T > L:
+        raise CompileError(f"{what}: attention over more than {L} keys in one product is not "
+                           "lowered yet")
+    g = dtype_info(mdt).nbytes
+    bits = BITS[g]
+    y, a = new(nd["outputs"][0], start)
+    t0 = max(start, a)
+    temps = []
+
+    def to_mdt(x: Placement, t: int) -> tuple[Placement, int]:
+        if x.dtype == mdt:
+            return x, t
+        z, az = alloc.alloc(mdt, x.shape, g, avoid=frozenset(x.slices))
+        temps.append(z)
+        return z, lower.elementwise(sch, ["cvt"], x, None, None, z, max(t, az),
+                                    f"{what} to {mdt}")
+
+    vm, t_v = to_mdt(v, t0)
+    pm, t_p = to_mdt(P, t0)
+    done = t0
+    for j in range(-(-D // L)):
+        cn = min(L, D - j * L)
+        heads = sorted({int(h) for h in ids[j * L:j * L + cn]})
+        masks = {}
+        for h in heads:
+            key = f"__head_lanes_{ids_name}_{h}_{j}_{bits}"
+            if key not in sch.data:
+                m = np.zeros((1, L), numpy_dtype(bits))
+                m[0, :cn][ids[j * L:j * L + cn] == h] = -1
+                mp, _ = alloc.alloc(bits, m.shape, g, resident=True)
+                sch.data[key] = (mp, m)
+            masks[h] = sch.data[key][0]
+        for b in range(lead):
+            tiles, t_w = {}, t_v
+            for i, h in enumerate(heads):  # v's tile with only head h's lanes kept
+                wt, aw = alloc.alloc(mdt, (T, cn), g, avoid=frozenset(vm.slices)
+                                     | frozenset(masks[h].slices))
+                temps.append(wt)
+                vpr = vm.vpr
+                t_w = max(t_w, binary(
+                    sch, alloc, ["and"], bits_view(vm, bits), bits_view(masks[h], bits),
+                    bits_view(wt, bits), max(t_v, aw), f"{what} head {h} of v",
+                    x_of=lambda r, b=b, j=j, vpr=vpr: (b * T + r) * vpr + j))
+                tiles[(i, 0)] = (wt,)
+            w = lower.Tiled(mdt, T * len(heads), cn, tiles)
+            parts = tuple(lower.row_block(pm, (b * H + h) * M, M) for h in heads)
+            yb = Placement(y.dtype, (M, cn), M, cn, y.vpr, y.slices, y.addr + b * M * y.vpr + j)
+            done = max(done, lower.matmul(sch, parts[0], w, yb, t_p, what, zero=zero(mdt),
+                                          x_parts=parts, w_after=t_w))
+    for p in temps:
+        alloc.release(p, done)
+    return done
+
+
 def lower_reduce_max(graph, arch, sch, alloc, nd, place, new, start, what, clean) -> int:
     """ReduceMax over the last axis with keepdims (trailing axes: flattened into one first):
     the row max (see row_max), which already holds the row's value in every lane of one

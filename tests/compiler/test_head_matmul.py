@@ -1,0 +1,107 @@
+"""Attention's P @ V with V split into heads by moves and the output merged back, read by a
+MatMul with constant weights: one HeadMatMul (compile._merged_values_product), an MXM
+accumulation per 320-column tile over the heads in it, each against v's tile with the other
+heads' lanes zeroed. No head split of v, no merge of the output; the same numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper
+
+import lpusim
+from compiler.backend import compile as backend
+
+RNG = np.random.default_rng(7)
+
+
+def _attention(b: int, s: int, heads: int, hd: int, interleaved: bool = False,
+               out_proj: bool = True):
+    """x [b, s, D] -> q, k, v projections -> heads -> Softmax(q k^T) v -> merged [b, s, D]
+    (-> @ Wo). interleaved: head h holds columns d * heads + h (a [.., hd, H] reshape)."""
+    d = heads * hd
+    inits = [numpy_helper.from_array((RNG.standard_normal((d, d)) / np.sqrt(d))
+                                     .astype(np.float32), n) for n in ("Wq", "Wk", "Wv", "Wo")]
+    split = [b, s, hd, heads] if interleaved else [b, s, heads, hd]
+    to_heads = [0, 3, 1, 2] if interleaved else [0, 2, 1, 3]
+    inits += [numpy_helper.from_array(np.array(split, np.int64), "split"),
+              numpy_helper.from_array(np.array([b, s, d], np.int64), "merged")]
+    nodes = []
+    for n in "qkv":
+        nodes += [h.make_node("MatMul", ["x", f"W{n}"], [f"{n}2"]),
+                  h.make_node("Reshape", [f"{n}2", "split"], [f"{n}3"])]
+    nodes += [h.make_node("Transpose", ["q3"], ["q4"], perm=to_heads),
+              h.make_node("Transpose", ["k3"], ["k4"],
+                          perm=[0, 3, 2, 1] if interleaved else [0, 2, 3, 1]),
+              h.make_node("Transpose", ["v3"], ["v4"], perm=to_heads),
+              h.make_node("MatMul", ["q4", "k4"], ["scores"]),
+              h.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              h.make_node("MatMul", ["p", "v4"], ["y4"]),
+              h.make_node("Transpose", ["y4"], ["y3"],
+                          perm=[0, 2, 3, 1] if interleaved else [0, 2, 1, 3]),
+              h.make_node("Reshape", ["y3", "merged"], ["r" if out_proj else "out"])]
+    if out_proj:
+        nodes.append(h.make_node("MatMul", ["r", "Wo"], ["out"]))
+    g = h.make_graph(nodes, "attention", [h.make_tensor_value_info("x", T.FLOAT, [b, s, d])],
+                     [h.make_tensor_value_info("out", T.FLOAT, [b, s, d])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def _run(model, x, precision, monkeypatch=None, rewrite=True):
+    if not rewrite:
+        monkeypatch.setattr(backend, "_merged_values_product", lambda graph, lanes: None)
+    calls = []
+    real = backend.lower_head_matmul
+    if monkeypatch is not None:
+        monkeypatch.setattr(backend, "lower_head_matmul",
+                            lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = lpusim.run_onnx(model, {"x": x}, precision=precision)
+    if monkeypatch is not None:
+        monkeypatch.undo()
+    err = max(e["max_rel"] for e in res.report["errors"].values())  # against onnxruntime
+    return res.outputs["out"], len(calls), err
+
+
+@pytest.mark.parametrize("b,s,heads,hd,interleaved", [
+    (1, 24, 4, 16, False),    # one tile, 4 heads
+    (2, 9, 3, 40, False),     # two batches
+    (1, 16, 8, 48, False),    # 384 columns: head 6 straddles the 320-lane tiles
+    (1, 12, 4, 24, True),     # head h in columns d * 4 + h: lanes masks that interleave
+])
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_head_matmul_matches_the_split_and_merge(b, s, heads, hd, interleaved, precision,
+                                                  monkeypatch):
+    model = _attention(b, s, heads, hd, interleaved)
+    x = RNG.standard_normal((b, s, heads * hd)).astype(np.float32)
+    got, n, err = _run(model, x, precision, monkeypatch)
+    assert n == 1
+    plain, n0, _ = _run(model, x, precision, monkeypatch, rewrite=False)
+    assert n0 == 0
+    np.testing.assert_array_equal(got, plain)
+    # int8: x, q, k, v and r each quantized by rows in a graph of random weights; the same
+    # numbers either way (above), up to 5.2e-2 from onnxruntime's
+    assert err <= (1e-4 if precision == "fp32" else 0.1)
+
+
+def test_head_matmul_needs_a_quantized_reader(monkeypatch):
+    """The merged output as the graph's output (no MatMul reading it) keeps the head split
+    and merge: a NaN row of one head's P would reach the other heads' lanes."""
+    model = _attention(1, 10, 2, 32, out_proj=False)
+    x = RNG.standard_normal((1, 10, 64)).astype(np.float32)
+    _, n, err = _run(model, x, "fp32", monkeypatch)
+    assert n == 0
+    assert err <= 1e-4
+
+
+def test_head_matmul_in_the_bundled_exports(monkeypatch):
+    """hf-bert (the exporter's graph) takes the rewrite at every layer."""
+    model = "models/data/hf-bert.onnx"
+    calls = []
+    real = backend.lower_head_matmul
+    monkeypatch.setattr(backend, "lower_head_matmul",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = lpusim.run_onnx(model, dims={"batch": 1, "seq": 16}, precision="int8")
+    assert len(calls) == 2  # its two layers
+    assert max(e["max_rel"] for e in res.report["errors"].values()) <= 5e-2
