@@ -1248,7 +1248,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             clean[out] = True
         elif op == "HeadMatMul":
             ready[out] = lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero,
-                                           "fp16" if precision in QUANTIZED else mxm_dtype)
+                                           "fp16" if precision in QUANTIZED else mxm_dtype,
+                                           lambda v: ready.get(v, 0))
             # a pad lane is 0 (P times zeroed weights) but in a row that is NaN throughout
             clean[out] = True
         elif op == "SegmentSum":

@@ -618,13 +618,14 @@ def lower_segment_sum(graph, sch, alloc, nd, place, new, start, what, zero, clea
     return lower.matmul(sch, x, w, y, max(start, a), what, zero=zero(x.dtype))
 
 
-def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt: str) -> int:
+def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt: str,
+                      ready_of) -> int:
     """HeadMatMul(P, v, ids) (compile._merged_values_product): R[(b, m), c] = sum_t P[b, ids[c],
     m, t] * v[(b, t), c], P [.., H, M, T] and v [.., T, D] rounded to the MXM type mdt first.
     Every 320-column tile of R is one accumulation on an MXM plane over the heads with columns
     in it: head h's rows of P stream against v's tile with every lane not of head h zeroed (a
     bitwise AND with a constant lane mask on the VXM, exact for inf and NaN too), computed
-    while the scores and the Softmax run."""
+    while the scores and the Softmax run (from when v is ready: `ready_of`)."""
     from compiler.backend.select import BITS, bits_view
 
     arch = sch.arch
@@ -653,7 +654,11 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
         return z, lower.elementwise(sch, ["cvt"], x, None, None, z, max(t, az),
                                     f"{what} to {mdt}")
 
-    vm, t_v = to_mdt(v, t0)
+    # v's side from when v is ready, in space free by then (the node starts with P)
+    now, t_v0 = alloc.now, ready_of(v_name)
+    alloc.now = t_v0
+    vm, t_v = to_mdt(v, t_v0)
+    alloc.now = now
     pm, t_p = to_mdt(P, t0)
     done = t0
     for j in range(-(-D // L)):
@@ -670,6 +675,7 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
             masks[h] = sch.data[key][0]
         for b in range(lead):
             tiles, t_w = {}, t_v
+            alloc.now = t_v0
             for i, h in enumerate(heads):  # v's tile with only head h's lanes kept
                 wt, aw = alloc.alloc(mdt, (T, cn), g, avoid=frozenset(vm.slices)
                                      | frozenset(masks[h].slices))
@@ -680,6 +686,7 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
                     bits_view(wt, bits), max(t_v, aw), f"{what} head {h} of v",
                     x_of=lambda r, b=b, j=j, vpr=vpr: (b * T + r) * vpr + j))
                 tiles[(i, 0)] = (wt,)
+            alloc.now = now
             w = lower.Tiled(mdt, T * len(heads), cn, tiles)
             parts = tuple(lower.row_block(pm, (b * H + h) * M, M) for h in heads)
             yb = Placement(y.dtype, (M, cn), M, cn, y.vpr, y.slices, y.addr + b * M * y.vpr + j)
