@@ -1571,7 +1571,7 @@ def _merged_values_product(graph: Graph, lanes: int) -> None:
             continue
         p4, v4, y = nd["inputs"][0], nd["inputs"][1], nd["outputs"][0]
         sm = graph.producer(p4)
-        ps, vs, ys = (tuple(graph.values[x].shape) for x in (p4, v4, y))
+        ps, vs = (tuple(graph.values[x].shape) for x in (p4, v4))
         if sm is None or graph.node(sm)["op"] != "Softmax" or len(ps) < 3 \
                 or len(vs) != len(ps) or ps[:-2] != vs[:-2] or ps[-1] != vs[-2] \
                 or not 2 <= ps[-1] <= lanes \
