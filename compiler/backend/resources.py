@@ -148,8 +148,11 @@ def cycle_runs(cycles) -> list[tuple[int, int]]:
     n = len(cycles)
     if n == 0:
         return []
-    if type(cycles) is range and cycles.step == 1:
-        return [(cycles.start, cycles.stop)]
+    if type(cycles) is range:
+        if cycles.step == 1:
+            return [(cycles.start, cycles.stop)]
+        if cycles.step > 1:  # every cycle a run of its own
+            return [(c, c + 1) for c in cycles]
     c0 = cycles[0]
     if n == 1 or cycles[-1] == c0 + n - 1 and cycles == list(range(c0, c0 + n)):
         return [(c0, c0 + n)]
