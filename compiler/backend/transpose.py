@@ -140,26 +140,25 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
     done = t
     sides = _sides(sch.arch, alloc)
     for b in range(len(x.slices)):
-        # byte planes alternate between the hemispheres, so both SXMs unskew and turn at once
-        pref = sides[b % 2]
-        done = max(done, _plane(sch, alloc, zk, maps[b], plane(z, b), zv, b, ntc, nc, pref, t,
+        done = max(done, _plane(sch, alloc, zk, maps[b], plane(z, b), zv, b, ntc, nc, sides, t,
                                 what))
     alloc.release(zk, done)
     return done
 
 
-def _plane(sch, alloc, zk, amap, yb, zv, b, ntc, nc, pref, ready, what) -> int:
-    """Steps 2-5 for byte plane b of a block of ntc column tiles, in the hemisphere `pref`
-    where it has room (so the planes use both SXMs)."""
+def _plane(sch, alloc, zk, amap, yb, zv, b, ntc, nc, sides, ready, what) -> int:
+    """Steps 2-5 for byte plane b of a block of ntc column tiles, in hemisphere b % 2 of
+    `sides` (west and east slices) where it has room (so the planes use both SXMs)."""
     L = sch.arch.lanes
     # 2. gather, into one slice away from Z and the map
     avoid = frozenset(zk.slices) | frozenset(amap.slices)
-    got = alloc.try_alloc("int8", (ntc * TILE, L), 1, avoid=avoid, only=pref)
+    # byte planes alternate between the hemispheres, so both SXMs unskew and turn at once
+    got = alloc.try_alloc("int8", (ntc * TILE, L), 1, avoid=avoid, only=sides[b % 2])
     g, ag = got if got is not None else alloc.alloc("int8", (ntc * TILE, L), 1, avoid=avoid)
     tb = gather_job(sch, zk.slices[b], zk.addr, amap, list(range(ntc * TILE)), g,
                     list(range(ntc * TILE)), max(ready, ag), what)
     # 3. unskew into 16 slices (vector cb of slice j)
-    first = 0 if g.slices[0] in _sides(sch.arch, alloc)[0] else 1
+    first = 0 if g.slices[0] in sides[0] else 1
     ins, a3 = _sixteen(alloc, (ntc, L), avoid=frozenset(g.slices), first=first)
     tb = max(tb, a3)
     t3 = tb
