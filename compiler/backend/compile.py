@@ -1207,11 +1207,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                 else:
                     tmp_ty = graph.values[out]
                     tmp, nb = alloc.alloc("fp32", tuple(tmp_ty.shape), 4)
+                    parts: list = []
                     t1 = lower_matmul_quant(sch, alloc, x, tiled[(wname, qd)][0], w_scale,
                                             tmp, max(start, nb), what, zero,
-                                            clean.get(ins[0], False))
+                                            clean.get(ins[0], False), tiles=parts)
                     ready[out] = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what,
-                                           _copies_for(graph, out, arch.lanes))
+                                           _copies_for(graph, out, arch.lanes), parts)
             else:
                 ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,
                                            start, what, new, place, tiled_weight, zero)
@@ -1782,11 +1783,15 @@ def _check_fits(graph: Graph, arch, nslices: int, precision: str) -> None:
 
 
 def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready: int,
-              what: str, copies: int = 0) -> int:
+              what: str, copies: int = 0, parts: list | None = None) -> int:
     """out = tmp + bias (a row repeated for every row); frees tmp. The three are streamed at
     once, so they sit in different slices. `copies` more of out, on its side of the VXM,
-    written from the same streams (kept with out: alloc.derive(out, ("copies",)))."""
-    pb, t, cp = apart(sch, alloc, bias, tmp, ready, what)
+    written from the same streams (kept with out: alloc.derive(out, ("copies",))). `parts`:
+    (vectors of tmp, cycle they are in SRAM), each added as soon as it is there (default: all
+    of tmp at `ready`)."""
+    parts = parts or [(range(tmp.nvec), ready)]
+    first = min(t for _, t in parts)
+    pb, t, cp = apart(sch, alloc, bias, tmp, first, what)
     busy = frozenset(tmp.slices) | frozenset(pb.slices)
     y, nb = new(out, t, avoid=busy)
     extra: list[Placement] = []
@@ -1796,8 +1801,10 @@ def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready:
         if got is not None:
             extra.append(got[0])
             nb = max(nb, got[1])
-    done = lower.elementwise(sch, ["add"], tmp, pb, None, y, max(t, nb), what + " bias",
-                             z_also=tuple(extra))
+    done = t
+    for vs, tp in parts:
+        done = max(done, lower.elementwise(sch, ["add"], tmp, pb, None, y, max(t, nb, tp),
+                                           what + " bias", vectors=vs, z_also=tuple(extra)))
     if extra:
         alloc.derive(y, ("copies",), extra, tuple(extra))
     alloc.release(tmp, done)

@@ -97,7 +97,8 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     done = ready
     dx, dz = sch.toward(x, V), sch.away(V, z)
     dy = sch.toward(y, V) if y is not None else None
-    todo = range(z.nvec) if vectors is None else list(vectors)
+    todo = range(z.nvec) if vectors is None else (
+        vectors if type(vectors) is range else list(vectors))
     step = _run_limit(sch, [x] + ([y] if y is not None else []), [z, *z_also], V, lat)
     outs = sorted([z, *z_also], key=lambda p: -max(abs(sch.slice_pos[s] - V) for s in p.slices))
     reach = [max((sch.slice_pos[p.slices[b]] for p in outs), key=lambda q: abs(q - V))
@@ -235,7 +236,8 @@ class Tiled:
 def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, ready: int,
            what: str, plane: int | None = None, zero: Placement | None = None,
            copies: tuple[Placement, ...] = (), pad_zero: bool = False,
-           split: bool = True, x_parts: tuple[Placement, ...] = (), w_after: int = 0) -> int:
+           split: bool = True, x_parts: tuple[Placement, ...] = (), w_after: int = 0,
+           on_tile=None) -> int:
     """y[M, N] = x[M, K] @ w[K, N] on the MXM, each 320-column tile of y on the plane that is
     free first (or on `plane`); returns when y is in SRAM. With `zero` (a zero vector of w's
     type), a last K tile shorter than 320 rows also loads zero rows for the rest, so lanes of x
@@ -268,7 +270,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                                     tuple(row_block(c, m0, n) for c in copies),
                                     pad_zero=pad_zero, split=split,
                                     x_parts=tuple(row_block(p, m0, n) for p in x_parts),
-                                    w_after=w_after))
+                                    w_after=w_after, on_tile=_offset(on_tile, m0)))
         return done
     g = len(x.slices)
     w_ready = w_after if isinstance(w, Tiled) else ready
@@ -284,7 +286,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         for m0 in range(0, M, rr):
             n = min(rr, M - m0)
             done = max(done, matmul(sch, row_block(x, m0, n), w, row_block(y, m0, n), ready,
-                                    what, None, zero, split=False))
+                                    what, None, zero, split=False,
+                                    on_tile=_offset(on_tile, m0)))
         return done
     done = ready
     for nt in range(nt_n):
@@ -304,7 +307,15 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         P = arch.mxm_position(pl)
         to_mxm, from_mxm = (1, 0) if P == 0 else (0, 1)
         # the plane is shared by every matmul: continue from where the last one left it
-        t_free, array_busy_until, acc_free, stale = sch.mxm.get(pl, _FRESH)
+        t_free, array_busy_until, acc_regions, stale = sch.mxm.get(pl, _FRESH)
+        # the accumulators in ACC_REGIONS regions: a tile takes the consecutive ones free
+        # first, so that its activations stream in while an earlier tile's results stream out
+        nreg = max(1, min(ACC_REGIONS, cap))
+        reg = cap // nreg
+        need = min(nreg, -(-M // reg))  # all of them (from 0) for more rows than they hold
+        acc_regions = acc_regions or (0,) * nreg
+        r0 = min(range(nreg - need + 1), key=lambda r: (max(acc_regions[r:r + need]), r))
+        acc_free, acc_addr = max(acc_regions[r0:r0 + need]), r0 * reg
         # an install copies the load buffer into the plane's one pending register, which
         # reaches the array mxm_install cycles later: the next install must come after that,
         # or it would replace weights that are still on their way in
@@ -361,7 +372,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             iw_clear = t_free + arch.lat("mxm_install")
             flag = 1 if kt != kts[0] else 0  # the first accumulates onto nothing
 
-            def abc(res, T, kt=kt, flag=flag, q=q, P=P, to_mxm=to_mxm):
+            def abc(res, T, kt=kt, flag=flag, q=q, P=P, to_mxm=to_mxm, acc_addr=acc_addr):
                 arrive = range(T, T + M * iv, iv)
                 c0 = 0 if x_parts else kt
                 got = {}
@@ -380,7 +391,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                 if rc is None:
                     return None
                 return rc + [Emitted(q, T, "mxm.abc", dict(dtype=_dt(x), src=b, src_dir=to_mxm,
-                                                           src_g=_log2(g), count=M, addr=0,
+                                                           src_g=_log2(g), count=M,
+                                                           addr=acc_addr,
                                                            flag=flag))]
 
             start = max(t_iw + arch.lat("mxm_install") + 1, acc_free if kt == 0 else 0)
@@ -390,7 +402,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         ya = range(y.addr + nt, y.addr + nt + M * y.vpr, y.vpr)
         dests = [sch.slice_pos[s] for s in y.slices]
 
-        def acc(res, T, ya=ya, dests=dests, q=q, P=P, from_mxm=from_mxm):
+        def acc(res, T, ya=ya, dests=dests, q=q, P=P, from_mxm=from_mxm, acc_addr=acc_addr):
             if not res.take_issue(q, T):
                 return None
             leave = range(T + arch.lat("mxm_accumulate"), T + arch.lat("mxm_accumulate") + M)
@@ -401,14 +413,25 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             if code is None:
                 return None
             return code + [Emitted(q, T, "mxm.acc", dict(dtype=_dt(y), dst=b, dst_dir=from_mxm,
-                                                         dst_g=2, count=M, addr=0))]
+                                                         dst_g=2, count=M,
+                                                         addr=acc_addr))]
 
         t_acc = sch.place(last_abc_in + arch.lat("mxm_activate") + 1, acc, f"{what} results")
-        acc_free = t_acc + M
-        sch.mxm[pl] = (t_free, array_busy_until, acc_free, stale)
+        acc_regions = acc_regions[:r0] + (t_acc + M,) * need + acc_regions[r0 + need:]
+        sch.mxm[pl] = (t_free, array_busy_until, acc_regions, stale)
         far = max(abs(sch.slice_pos[s] - P) for s in y.slices)
-        done = max(done, t_acc + arch.lat("mxm_accumulate") + M + far + arch.lat("mem_write") + 1)
+        t_nt = t_acc + arch.lat("mxm_accumulate") + M + far + arch.lat("mem_write") + 1
+        if on_tile is not None:
+            on_tile(0, M, nt, t_nt)
+        done = max(done, t_nt)
     return done
+
+
+def _offset(on_tile, m0: int):
+    """on_tile for a block of rows from m0 on: its rows told as rows of the whole."""
+    if on_tile is None:
+        return None
+    return lambda r0, n, nt, t: on_tile(m0 + r0, n, nt, t)
 
 
 S_LW = 16  # streams a weight load of zero rows reads at most
@@ -420,7 +443,8 @@ SPLIT_ROWS = 256
 # an MXM plane's state across matmuls: (cycle its load buffer may be written, cycle after the
 # last activation read of its installed weights, cycle its accumulators may be overwritten,
 # the row of its load buffer from which on every row is zero)
-_FRESH = (0, 0, 0, 0)
+_FRESH = (0, 0, (), 0)
+ACC_REGIONS = 4  # a plane's accumulators, in this many regions of equal size
 
 
 def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, ready: int,
