@@ -323,6 +323,10 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     narrow = x.dtype != "fp32"
     xm, m, t, temps = row_max(graph, arch, sch, alloc, place, x, x_clean, shape, start, what,
                               real_lanes=True, plus=mask, copy=block)
+    sd = sum_dtype or x.dtype
+    if sd != x.dtype and nd["op"] == "Softmax" and not narrow:
+        return _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero,
+                                 sd, graph, place)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     if narrow:
         d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
@@ -332,7 +336,7 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
         alloc.release(d, t)
     else:
         t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
-    sd, es = sum_dtype or x.dtype, e
+    es = e
     if sd != x.dtype:
         es, a = alloc.alloc(sd, shape, dtype_info(sd).nbytes, avoid=frozenset(e.slices))
         t = lower.elementwise(sch, ["cvt"], e, None, None, es, max(t, a), what + " to " + sd)
@@ -361,6 +365,36 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     for p in temps + [e, s]:
         alloc.release(p, t)
     return t
+
+
+def _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero, sd,
+                      graph, place) -> int:
+    """The rest of an fp32 Softmax whose row sums run in the narrow type sd: e = exp(xm - m)
+    rounded to sd in the same chain, s = e @ ones (MXM, fp32 sums), y = float(e) / s. The
+    division reads the e the sums add up, so every row of y sums to 1 within fp32 rounding,
+    and e is written once, in sd, not in fp32 and again in sd (BERT-base int8 seq 128: one
+    pass of 512 vectors fewer per block of rows)."""
+    es, a = alloc.alloc(sd, shape, dtype_info(sd).nbytes,
+                        avoid=frozenset(xm.slices) | frozenset(m.slices))
+    t = binary(sch, alloc, ["sub", "exp", "cvt"], xm, m, es, max(t, a), what + " exp")
+    J = row_matrix(graph, arch, place, x.cols, 1.0, sd)
+    s, a = alloc.alloc("fp32", (x.rows, arch.lanes), 4, avoid=frozenset(es.slices))
+    t = lower.matmul(sch, es, J, s, max(t, a), what + " sum", zero=zero(sd))
+    y, a = out(t)
+    t = binary(sch, alloc, ["cvt", "div"], es, s, y, max(t, a), what, y_mode="col")
+    alloc.release(m, t)
+    for p in temps + [es, s]:
+        alloc.release(p, t)
+    return t
+
+
+def _lanes_below(graph, arch, r: int, dtype: str) -> str:
+    """The constant row (one vector) of 1 in lanes 0 .. r - 1 and 0 past them: its name."""
+    name = f"__lanes_below_{r}_{dtype}"
+    if name not in graph.consts:
+        row = (np.arange(arch.lanes) < r).astype(np.float32)
+        graph.add_const(name, row.reshape(1, -1).astype(numpy_dtype(dtype)), kind="const")
+    return name
 
 
 def _pad_mask(graph, arch, x: Placement, low: bool, copy: int = 0) -> str:
@@ -832,11 +866,30 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         t = lower.elementwise(sch, ["cvt"], x, None, None, xs, max(t, a),
                               what + " to " + J_mean.dtype)
         temps.append(xs)
+    vpr = x.vpr
+    r_last = x.cols % arch.lanes
+    # many rows: the MXM's fp32 variance sums bound the norm (emulated at a sixteenth of its
+    # rate), so the squares' column tiles are added on the VXM first and the MXM sums one K
+    # tile, not vpr (BERT-base int8 at seq 64..192 3.8% fewer cycles in all); few rows are
+    # latency-bound, and the two passes more cost more than the MXM saves (GPT-2-small's
+    # one-token step 70,133 -> 72,700 cycles with them)
+    tiles_first = vpr > 1 and rows > FEW_ROWS
     if op == "LayerNormalization":
         m, a = per_row(extra[0])
         t = lower.matmul(sch, xs, J_mean, m, max(t, a), what + " mean", zero=zm)
         d, a = temp(shape)
-        t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what, y_mode="col")
+        if tiles_first and r_last:  # d's pad lanes 0, not -m: the squares' tiles are added
+            m2, a2 = temp((2 * rows, arch.lanes))
+            temps.append(m2)
+            t = max(t, lower.elementwise(sch, ["copy"], m, None, None, m2, max(t, a2),
+                                         what + " mean"))
+            t = binary(sch, alloc, ["mul"], m, place[_lanes_below(graph, arch, r_last,
+                                                                    x.dtype)],
+                       lower.row_block(m2, rows, rows), max(t, a2), what + " mean")
+            t = binary(sch, alloc, ["sub"], x, m2, d, max(t, a), what,
+                       y_of=lambda v: v // vpr + rows * (v % vpr == vpr - 1))
+        else:
+            t = binary(sch, alloc, ["sub"], x, m, d, max(t, a), what, y_mode="col")
     else:
         d = x
     if absmax and op == "LayerNormalization":
@@ -852,11 +905,25 @@ def _norm_rows(graph, arch, sch, alloc, op, x, shape, J, z, mean, eps, scale, bi
         alloc.release(ext, max(t_hi, t_lo))
         d_max, t_dmax = _max_tree(sch, alloc, [(hi, t_hi), (lo, t_lo)], (rows, arch.lanes),
                                   what + " row max")
-    sq, a = temp(shape)
-    t = lower.elementwise(sch, ["mul"], d, None, None, sq, max(t, a), what, y_is_x=True)
-    v, a = temp((rows, arch.lanes))
-    t = t_var = lower.matmul(sch, sq, J, v, max(t, a), what + " variance", zero=z)
-    temps += [sq, v]
+    v, a_v = temp((rows, arch.lanes))
+    temps.append(v)
+    if tiles_first:  # the squares' tiles, each in its own slices, added on the VXM
+        sqs = []
+        for k in range(vpr):
+            sq_k, a = alloc.alloc(x.dtype, (rows, arch.lanes), g,
+                                  avoid=frozenset(s for q in sqs for s in q[0].slices))
+            sqs.append((sq_k, lower.elementwise(sch, ["mul"], d, None, None, sq_k, max(t, a),
+                                                what, y_is_x=True,
+                                                x_of=lambda v, k=k: v * vpr + k)))
+        w, t_w = _sum_tree(sch, alloc, sqs, (rows, arch.lanes), what + " variance")
+        temps.append(w)
+        t = t_var = lower.matmul(sch, w, row_matrix(graph, arch, place, arch.lanes, 1.0 / x.cols),
+                                 v, max(t_w, a_v), what + " variance", zero=z)
+    else:
+        sq, a = temp(shape)
+        t = lower.elementwise(sch, ["mul"], d, None, None, sq, max(t, a), what, y_is_x=True)
+        t = t_var = lower.matmul(sch, sq, J, v, max(t, a_v), what + " variance", zero=z)
+        temps.append(sq)
     # Without scale and bias (folded into MatMuls) the last vector of a row is multiplied by
     # rsqrt(v + eps) zeroed past the last column: x - m is -m there, and pad lanes stay zero
     pad_mask = op == "LayerNormalization" and scale is None and bias is None \
@@ -1331,17 +1398,23 @@ def row_extremes(graph, sch, alloc, place, x: Placement, ready: int, what: str
     return lanes_max(sch, alloc, m, shape, t, what + " row max")
 
 
+def _sum_tree(sch, alloc, items: list[tuple[Placement, int]], shape, what: str):
+    """_max_tree with an add: the elementwise sum of the placements in items."""
+    return _max_tree(sch, alloc, items, shape, what, alu="add")
+
+
 def _max_tree(sch, alloc, items: list[tuple[Placement, int]], shape, what: str,
-              only: frozenset[int] | None = None, keep=()) -> tuple[Placement, int]:
-    """The elementwise max of the placements in items ((placement, ready cycle) each),
-    pairwise on the VXM into temporaries (in `only` when there is room); every input but those
-    in `keep` is freed after its last read. Returns the result and its ready cycle."""
+              only: frozenset[int] | None = None, keep=(), alu: str = "max",
+              ) -> tuple[Placement, int]:
+    """The elementwise max (or `alu`) of the placements in items ((placement, ready cycle)
+    each), pairwise on the VXM into temporaries (in `only` when there is room); every input but
+    those in `keep` is freed after its last read. Returns the result and its ready cycle."""
     while len(items) > 1:
         joined = []
         for (p, tp), (q, tq) in zip(items[0::2], items[1::2], strict=False):
             out, a = _temp_in(alloc, p.dtype, shape, len(p.slices),
                               frozenset(p.slices) | frozenset(q.slices), only)
-            tt = binary(sch, alloc, ["max"], p, q, out, max(tp, tq, a), what)
+            tt = binary(sch, alloc, [alu], p, q, out, max(tp, tq, a), what)
             for done in (p, q):
                 if all(done is not k for k in keep):
                     alloc.release(done, tt)

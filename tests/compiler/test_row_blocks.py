@@ -127,3 +127,99 @@ def test_a_gelu_input_is_written_once_per_row_block(monkeypatch):
     assert with_copies.instruction_count() > without.instruction_count()
     np.testing.assert_array_equal(lpusim.simulate(with_copies, {"x": x}).outputs["y"],
                                   lpusim.simulate(without, {"x": x}).outputs["y"])
+
+
+def _abc_count(program) -> int:
+    from isa.encoding import decode
+
+    n = 0
+    for q, words in program.chips[0].queues.items():
+        if q.startswith("MXM"):
+            n += sum(decode(int(lo) | int(hi) << 64)[0].mnemonic == "mxm.abc" for lo, hi in words)
+    return n
+
+
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_norm_variance_sums_one_tile_of_added_squares(op, affine):
+    """Over more than FEW_ROWS rows of several column tiles, the squares' tiles are added on
+    the VXM and the MXM sums one K tile for the variance (two for 700 columns' three tiles
+    fewer per block). The last tile's pad lanes must add nothing: x - mean is masked there
+    (a mean of 40 would add 192 * 1600 per row otherwise)."""
+    rows, cols = 40, 700
+    x = (RNG.standard_normal((rows, cols)) * 3 + 40).astype(np.float32)
+    gamma = RNG.standard_normal(cols).astype(np.float32)
+    beta = RNG.standard_normal(cols).astype(np.float32)
+    names, inits = ["x"], []
+    if affine:
+        names.append("g")
+        inits.append(numpy_helper.from_array(gamma, "g"))
+        if op == "LayerNormalization":
+            names.append("b")
+            inits.append(numpy_helper.from_array(beta, "b"))
+    else:  # a scale of ones: the norm with no affine part after it
+        names.append("g")
+        inits.append(numpy_helper.from_array(np.ones(cols, np.float32), "g"))
+    m = _model([h.make_node(op, names, ["y"], axis=-1, epsilon=1e-5)],
+               [_fp32("x", [rows, cols])], [_fp32("y", [rows, cols])], inits)
+    program = lpusim.compile_onnx(m)
+    y = lpusim.simulate(program, {"x": x}).outputs["y"]
+    x64 = x.astype(np.float64)
+    g = gamma if affine else 1.0
+    if op == "LayerNormalization":
+        d = x64 - x64.mean(-1, keepdims=True)
+        want = d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5) * g
+        want = want + (beta if affine else 0.0)
+    else:
+        want = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5) * g
+    np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-5)
+    # the variance's K tiles: 1 per block of rows (the mean's: 3 in fp32)
+    blocks = max(1, min(ops.NORM_BLOCKS, rows * 3 // ops.NORM_BLOCK_VECTORS))
+    mean_tiles = 3 if op == "LayerNormalization" else 0
+    assert _abc_count(program) == blocks * (mean_tiles + 1)
+
+
+def test_int8_softmax_divides_the_rounded_exponentials_it_sums():
+    """Under int8 an fp32 Softmax's exponentials are rounded to fp16 in the exp chain, summed
+    on the MXM and divided in fp32: every row sums to 1 within fp32 rounding, and the values
+    are those of e16 / sum(e16)."""
+    rows, cols = 48, 100
+    x = (RNG.standard_normal((rows, cols)) * 3).astype(np.float32)
+    m = _model([h.make_node("Softmax", ["x"], ["y"], axis=-1)], [_fp32("x", [rows, cols])],
+               [_fp32("y", [rows, cols])])
+    y = _run(m, {"x": x}, "int8")["y"].astype(np.float64)
+    e16 = np.exp(x - x.max(-1, keepdims=True)).astype(np.float16).astype(np.float64)
+    np.testing.assert_allclose(y, e16 / e16.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_quantized_matmul_dequantizes_tile_by_tile():
+    """An int8 MatMul + bias of many column tiles on 128 rows: the dequantization and bias
+    jobs follow the MXM one column tile (16 rows at a time) apiece, the accumulators rotate
+    over their regions, and the result is the reference's."""
+    from compiler.backend import lower
+
+    rows, k, n = 128, 320, 1500  # 5 column tiles, more than a plane's regions
+    w = (RNG.standard_normal((k, n)) / 8).astype(np.float32)
+    b = RNG.standard_normal(n).astype(np.float32)
+    m = _model([h.make_node("MatMul", ["x", "W"], ["p"]), h.make_node("Add", ["p", "b"], ["y"])],
+               [_fp32("x", [rows, k])], [_fp32("y", [rows, n])],
+               [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")], opset=20)
+    x = RNG.standard_normal((rows, k)).astype(np.float32)
+    program = lpusim.compile_onnx(m, precision="int8")
+    y = lpusim.simulate(program, {"x": x}).outputs["y"]
+    want = x.astype(np.float64) @ w + b
+    assert np.abs(y - want).max() / np.abs(want).max() < 2e-2
+    from isa.encoding import decode
+
+    addrs = set()
+    for q, words in program.chips[0].queues.items():
+        if q.startswith("MXM"):
+            for lo, hi in words:
+                ins, f = decode(int(lo) | int(hi) << 64)
+                if ins.mnemonic == "mxm.acc":
+                    addrs.add(f["addr"])
+    from lpusim.arch_load import load_arch
+
+    cap = load_arch("tsp-v1").mxm_acc_vectors_per_plane
+    assert len(addrs) > 1 and all(a % (cap // lower.ACC_REGIONS) == 0 for a in addrs)
