@@ -418,6 +418,24 @@ def test_gather_rows_with_runtime_indices(vocab, d, ids_shape, extra):
     assert res.report["errors"]["y"]["max_abs"] == 0.0
 
 
+@pytest.mark.parametrize("vocab,d", [(9000, 40), (3000, 700)])
+def test_gather_from_a_chunked_table_at_the_chunk_edges(vocab, d):
+    """A table of more than TABLE_CHUNK_VECTORS vectors is stored in chunks, each between
+    two zero rows; an index picks its own chunk's row and the zero rows of the others
+    (_chunk_map's clamp): the first and last rows of every chunk, and those beside them,
+    come back exactly."""
+    from compiler.backend.gather import TABLE_CHUNK_VECTORS
+
+    per = -(-d // 320)
+    rows = TABLE_CHUNK_VECTORS // per - 2
+    edges = sorted({e for r0 in range(0, vocab, rows) for e in (r0 - 1, r0, r0 + 1)
+                    if 0 <= e < vocab} | {vocab - 1})
+    ids = np.array(edges + [-1, -vocab, -rows])
+    m, w = embedding(vocab, d, ids.shape)
+    res = lpusim.run_onnx(m, {"ids": ids})
+    np.testing.assert_array_equal(res.outputs["y"], w[np.where(ids < 0, ids + vocab, ids)])
+
+
 def test_gather_index_out_of_range_is_a_clear_error():
     m, _ = embedding(10, 32, (1, 4))
     with pytest.raises(LpusimError, match=r"input 'ids' holds 10, outside \[-10, 9\]"):
