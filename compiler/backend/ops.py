@@ -254,6 +254,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     y, a = new(nd["outputs"][0], start)
     done = start
     step = -(-x.rows // n_blk)
+    blocks = []
     for k, r0 in enumerate(range(0, x.rows, step)):
         n = min(step, x.rows - r0)
         yb = lower.row_block(y, r0, n)
@@ -265,6 +266,9 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         if mb is not None:
             alloc.release(mb, t_b)
         done = max(done, t_b)
+        blocks.append((r0, n, t_b))
+    # when each block of rows is done: a reader by rows (HeadMatMul) may start on the first
+    alloc.derive(y, ("row_ready",), [], tuple(blocks))
     return done
 
 
@@ -695,7 +699,26 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
     alloc.now = t_v0
     vm, t_v = to_mdt(v, t_v0)
     alloc.now = now
-    pm, t_p = to_mdt(P, t0)
+    # P by the row blocks its Softmax finished one by one (each converted when it is done, and
+    # each product waits only for its own heads' rows), else all of P at once
+    rr = alloc.derived_value(P, ("row_ready",))
+    if rr is not None and P.dtype != mdt:
+        pm, az = alloc.alloc(mdt, P.shape, g, avoid=frozenset(P.slices))
+        temps.append(pm)
+        rr = tuple((r0, n, lower.elementwise(sch, ["cvt"], P, None, None, pm, max(t_r, az, a),
+                                             f"{what} to {mdt}",
+                                             vectors=range(r0 * P.vpr, (r0 + n) * P.vpr)))
+                   for r0, n, t_r in rr)
+        t_p = max(t for _, _, t in rr)
+    else:
+        pm, t_p = to_mdt(P, t0)
+        rr = None
+
+    def p_ready(rows0: int, n: int) -> int:
+        if rr is None:
+            return t_p
+        return max([t for r0, m, t in rr if r0 < rows0 + n and r0 + m > rows0] + [a])
+
     done = t0
     for j in range(-(-D // L)):
         cn = min(L, D - j * L)
@@ -726,7 +749,8 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
             w = lower.Tiled(mdt, T * len(heads), cn, tiles)
             parts = tuple(lower.row_block(pm, (b * H + h) * M, M) for h in heads)
             yb = Placement(y.dtype, (M, cn), M, cn, y.vpr, y.slices, y.addr + b * M * y.vpr + j)
-            done = max(done, lower.matmul(sch, parts[0], w, yb, t_p, what, zero=zero(mdt),
+            t_pj = max(p_ready((b * H + h) * M, M) for h in heads)
+            done = max(done, lower.matmul(sch, parts[0], w, yb, t_pj, what, zero=zero(mdt),
                                           x_parts=parts, w_after=t_w))
     for p in temps:
         alloc.release(p, done)
