@@ -831,14 +831,18 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     y, a = new(outs[0], start)
     done = start
     step = -(-x.rows // n_blk)
+    blocks = []
     for r0 in range(0, x.rows, step):
         n = min(step, x.rows - r0)
         yb = lower.row_block(y, r0, n)
-        done = max(done, _norm_rows(graph, arch, sch, alloc, op, lower.row_block(x, r0, n),
-                                    (n, cols), J, z, mean, eps, scale, bias, place,
-                                    [None, None],
-                                    lambda _name, t, yb=yb: (yb, a), outs, spread, start,
-                                    f"{what} rows {r0}..{r0 + n - 1}"))
+        t_b = _norm_rows(graph, arch, sch, alloc, op, lower.row_block(x, r0, n), (n, cols), J,
+                         z, mean, eps, scale, bias, place, [None, None],
+                         lambda _name, t, yb=yb: (yb, a), outs, spread, start,
+                         f"{what} rows {r0}..{r0 + n - 1}")
+        blocks.append((r0, n, t_b))
+        done = max(done, t_b)
+    # when each block of rows is done: a reader by rows (a row absmax) may start on the first
+    alloc.derive(y, ("row_ready",), [], tuple(blocks))
     return done
 
 
@@ -1315,12 +1319,15 @@ COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
 def row_absmax(sch, alloc, x: Placement, ready: int, what: str, floor: float | None = None,
-               signed: bool = False) -> tuple[Placement, int]:
+               signed: bool = False, row_blocks: bool = False,
+               ready_floor: int = 0) -> tuple[Placement, int]:
     """max |x| of every row, in every lane of one vector per row: the row's vectors folded
     by VXM chains |v| then max with the running result (a few folds side by side, joined
     pairwise, when the row has many vectors), then lanes_max. With `floor`, the result is
     max(max |x|, floor): a link of the first |v| chain. With `signed` (rows of more than one
-    vector, a floor), max x instead of max |x|."""
+    vector, a floor), max x instead of max |x|. With `row_blocks`, x's row blocks that its
+    producer recorded done one by one (alloc.derive(x, ("row_ready",))) are folded each from
+    its own cycle (and `ready_floor`), not all from `ready`."""
     arch = sch.arch
     g = len(x.slices)
     shape = (x.rows, arch.lanes)
@@ -1337,22 +1344,28 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str, floor: float | N
         alloc.release(a_x, t)
         return lanes_max(sch, alloc, m, shape, t, what + " row max")
     folds = max(1, min(ROW_FOLDS, vpr // 2))
+    # x's rows by the blocks its producer finished one by one (a norm in row blocks), each
+    # folded as soon as it is there; else all rows from `ready`
+    rr = alloc.derived_value(x, ("row_ready",)) if row_blocks else None
+    spans = [(range(r0, r0 + n), max(t_r, ready_floor)) for r0, n, t_r in rr] if rr else \
+        [(None, ready)]
     parts: list[tuple[Placement, int]] = []
     for f in range(folds):
-        m, t = None, ready
+        m, ts = None, [t for _, t in spans]
         for c in range(f, vpr, folds):
             nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices) | frozenset(
                 m.slices if m is not None else ()))
             ops = ["max"] if signed else \
                 ["abs"] if m is None and floor is None else ["abs", "max"]
-            t = lower.elementwise(sch, ops, x, m, floor if m is None else None, nxt,
-                                  max(t, a), what + " row max",
-                                  x_of=lambda v, c=c: v * vpr + c,
-                                  y_mode="row" if m is None else "col")
+            ts = [lower.elementwise(sch, ops, x, m, floor if m is None else None, nxt,
+                                    max(t, a), what + " row max",
+                                    x_of=lambda v, c=c: v * vpr + c,
+                                    y_mode="row" if m is None else "col", vectors=vs)
+                  for (vs, _), t in zip(spans, ts, strict=True)]
             if m is not None:
-                alloc.release(m, t)
+                alloc.release(m, max(ts))
             m = nxt
-        parts.append((m, t))
+        parts.append((m, max(ts)))
     m, t = _max_tree(sch, alloc, parts, shape, what + " row max")  # join the folds
     return lanes_max(sch, alloc, m, shape, t, what + " row max")
 
@@ -1519,7 +1532,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
             # it was kept to 16 rows or fewer)
             floored = True
             m, t = row_absmax(sch, alloc, x, ready, what,
-                              floor=ABSMAX_FLOOR if floored else None)
+                              floor=ABSMAX_FLOOR if floored else None, row_blocks=True)
         t = max(t, ready)
         if floored:
             m2 = m
