@@ -140,43 +140,46 @@ def _abc_count(program) -> int:
 
 
 @pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
-@pytest.mark.parametrize("affine", [True, False])
-def test_norm_variance_sums_one_tile_of_added_squares(op, affine):
+@pytest.mark.parametrize("folded", [False, True])
+def test_norm_variance_sums_one_tile_of_added_squares(op, folded):
     """Over more than FEW_ROWS rows of several column tiles, the squares' tiles are added on
-    the VXM and the MXM sums one K tile for the variance (two for 700 columns' three tiles
-    fewer per block). The last tile's pad lanes must add nothing: x - mean is masked there
-    (a mean of 40 would add 192 * 1600 per row otherwise)."""
-    rows, cols = 40, 700
+    the VXM and the MXM sums one K tile per block for the variance, not one per column tile
+    (three for 700 columns). The last tile's pad lanes must add nothing: x - mean is masked
+    there (a mean of 40 would add 192 * 1600 per row otherwise). `folded`: a MatMul after the
+    norm takes its scale and bias (compile._fold_norm_affine), so the norm ends at the
+    normalized rows, its pad lanes zeroed by the last multiplication."""
+    rows, cols, n = 40, 700, 64
     x = (RNG.standard_normal((rows, cols)) * 3 + 40).astype(np.float32)
     gamma = RNG.standard_normal(cols).astype(np.float32)
     beta = RNG.standard_normal(cols).astype(np.float32)
-    names, inits = ["x"], []
-    if affine:
-        names.append("g")
-        inits.append(numpy_helper.from_array(gamma, "g"))
-        if op == "LayerNormalization":
-            names.append("b")
-            inits.append(numpy_helper.from_array(beta, "b"))
-    else:  # a scale of ones: the norm with no affine part after it
-        names.append("g")
-        inits.append(numpy_helper.from_array(np.ones(cols, np.float32), "g"))
-    m = _model([h.make_node(op, names, ["y"], axis=-1, epsilon=1e-5)],
-               [_fp32("x", [rows, cols])], [_fp32("y", [rows, cols])], inits)
+    w = (RNG.standard_normal((cols, n)) / 16).astype(np.float32)
+    names, inits = ["x", "g"], [numpy_helper.from_array(gamma, "g")]
+    if op == "LayerNormalization":
+        names.append("b")
+        inits.append(numpy_helper.from_array(beta, "b"))
+    nodes = [h.make_node(op, names, ["y"], axis=-1, epsilon=1e-5)]
+    out = _fp32("y", [rows, cols])
+    if folded:
+        nodes.append(h.make_node("MatMul", ["y", "W"], ["z"]))
+        inits.append(numpy_helper.from_array(w, "W"))
+        out = _fp32("z", [rows, n])
+    m = _model(nodes, [_fp32("x", [rows, cols])], [out], inits)
     program = lpusim.compile_onnx(m)
-    y = lpusim.simulate(program, {"x": x}).outputs["y"]
+    got = lpusim.simulate(program, {"x": x}).outputs["z" if folded else "y"]
     x64 = x.astype(np.float64)
-    g = gamma if affine else 1.0
     if op == "LayerNormalization":
         d = x64 - x64.mean(-1, keepdims=True)
-        want = d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5) * g
-        want = want + (beta if affine else 0.0)
+        want = d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5) * gamma + beta
     else:
-        want = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5) * g
-    np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-5)
-    # the variance's K tiles: 1 per block of rows (the mean's: 3 in fp32)
+        want = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5) * gamma
+    if folded:
+        want = want @ w
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+    # MXM passes: per block of rows, the mean's 3 K tiles (fp32) and the variance's 1; the
+    # MatMul's 3 K tiles of one column tile
     blocks = max(1, min(ops.NORM_BLOCKS, rows * 3 // ops.NORM_BLOCK_VECTORS))
     mean_tiles = 3 if op == "LayerNormalization" else 0
-    assert _abc_count(program) == blocks * (mean_tiles + 1)
+    assert _abc_count(program) == blocks * (mean_tiles + 1) + (3 if folded else 0)
 
 
 def test_int8_softmax_divides_the_rounded_exponentials_it_sums():
