@@ -1319,15 +1319,14 @@ COMPARISONS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
 
 
 def row_absmax(sch, alloc, x: Placement, ready: int, what: str, floor: float | None = None,
-               signed: bool = False, row_blocks: bool = False,
-               ready_floor: int = 0) -> tuple[Placement, int]:
+               signed: bool = False) -> tuple[Placement, int]:
     """max |x| of every row, in every lane of one vector per row: the row's vectors folded
     by VXM chains |v| then max with the running result (a few folds side by side, joined
     pairwise, when the row has many vectors), then lanes_max. With `floor`, the result is
     max(max |x|, floor): a link of the first |v| chain. With `signed` (rows of more than one
-    vector, a floor), max x instead of max |x|. With `row_blocks`, x's row blocks that its
-    producer recorded done one by one (alloc.derive(x, ("row_ready",))) are folded each from
-    its own cycle (and `ready_floor`), not all from `ready`."""
+    vector, a floor), max x instead of max |x|. Row blocks of x that its producer recorded
+    done one by one (alloc.derive(x, ("row_ready",))) are folded each from its own cycle, not
+    all from `ready`."""
     arch = sch.arch
     g = len(x.slices)
     shape = (x.rows, arch.lanes)
@@ -1346,8 +1345,8 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str, floor: float | N
     folds = max(1, min(ROW_FOLDS, vpr // 2))
     # x's rows by the blocks its producer finished one by one (a norm in row blocks), each
     # folded as soon as it is there; else all rows from `ready`
-    rr = alloc.derived_value(x, ("row_ready",)) if row_blocks else None
-    spans = [(range(r0, r0 + n), max(t_r, ready_floor)) for r0, n, t_r in rr] if rr else \
+    rr = alloc.derived_value(x, ("row_ready",))
+    spans = [(range(r0, r0 + n), t_r) for r0, n, t_r in rr] if rr else \
         [(None, ready)]
     parts: list[tuple[Placement, int]] = []
     for f in range(folds):
@@ -1532,7 +1531,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
             # it was kept to 16 rows or fewer)
             floored = True
             m, t = row_absmax(sch, alloc, x, ready, what,
-                              floor=ABSMAX_FLOOR if floored else None, row_blocks=True)
+                              floor=ABSMAX_FLOOR if floored else None)
         t = max(t, ready)
         if floored:
             m2 = m

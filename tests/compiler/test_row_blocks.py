@@ -41,6 +41,15 @@ def test_softmax_in_row_blocks(op):
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
 
 
+def _norm_reference(op, x, gamma, beta):
+    """LayerNorm (RMSNorm) of x's rows with epsilon 1e-5, in float64."""
+    x64 = x.astype(np.float64)
+    if op == "LayerNormalization":
+        d = x64 - x64.mean(-1, keepdims=True)
+        return d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5) * gamma + beta
+    return x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5) * gamma
+
+
 @pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
 def test_norms_in_row_blocks(op):
     cols = 640
@@ -56,12 +65,7 @@ def test_norms_in_row_blocks(op):
     m = _model([h.make_node(op, names, ["y"], axis=-1, epsilon=1e-5)],
                [_fp32("x", [rows, cols])], [_fp32("y", [rows, cols])], inits)
     y = _run(m, {"x": x})["y"]
-    x64 = x.astype(np.float64)
-    if op == "LayerNormalization":
-        d = x64 - x64.mean(-1, keepdims=True)
-        want = d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5) * gamma + beta
-    else:
-        want = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5) * gamma
+    want = _norm_reference(op, x, gamma, beta)
     np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-5)
 
 
@@ -166,12 +170,7 @@ def test_norm_variance_sums_one_tile_of_added_squares(op, folded):
     m = _model(nodes, [_fp32("x", [rows, cols])], [out], inits)
     program = lpusim.compile_onnx(m)
     got = lpusim.simulate(program, {"x": x}).outputs["z" if folded else "y"]
-    x64 = x.astype(np.float64)
-    if op == "LayerNormalization":
-        d = x64 - x64.mean(-1, keepdims=True)
-        want = d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5) * gamma + beta
-    else:
-        want = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + 1e-5) * gamma
+    want = _norm_reference(op, x, gamma, beta)
     if folded:
         want = want @ w
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
