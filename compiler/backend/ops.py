@@ -682,7 +682,14 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
                            "lowered yet")
     g = dtype_info(mdt).nbytes
     bits = BITS[g]
-    y, a = new(nd["outputs"][0], start)
+    # P by the row blocks its Softmax finished one by one (each converted when it is done, and
+    # each product waits only for its own heads' rows), else all of P at once; the output and
+    # P's conversion then in space free from when the first block is done
+    rr = alloc.derived_value(P, ("row_ready",))
+    first = start if rr is None else min(t for _, _, t in rr)
+    now, alloc.now = alloc.now, first
+    y, a = new(nd["outputs"][0], first)
+    alloc.now = now
     t0 = max(start, a)
     temps = []
 
@@ -699,13 +706,12 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
     alloc.now = t_v0
     vm, t_v = to_mdt(v, t_v0)
     alloc.now = now
-    # P by the row blocks its Softmax finished one by one (each converted when it is done, and
-    # each product waits only for its own heads' rows), else all of P at once
-    rr = alloc.derived_value(P, ("row_ready",))
     if rr is not None and P.dtype != mdt:
+        now, alloc.now = alloc.now, first
         pm, az = alloc.alloc(mdt, P.shape, g, avoid=frozenset(P.slices))
+        alloc.now = now
         temps.append(pm)
-        rr = tuple((r0, n, lower.elementwise(sch, ["cvt"], P, None, None, pm, max(t_r, az, a),
+        rr = tuple((r0, n, lower.elementwise(sch, ["cvt"], P, None, None, pm, max(t_r, az),
                                              f"{what} to {mdt}",
                                              vectors=range(r0 * P.vpr, (r0 + n) * P.vpr)))
                    for r0, n, t_r in rr)

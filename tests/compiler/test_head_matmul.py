@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 import lpusim
 from compiler.backend import compile as backend
+from compiler.backend import lower
 
 RNG = np.random.default_rng(7)
 
@@ -117,8 +118,26 @@ def test_head_matmul_takes_p_block_by_block(precision, monkeypatch):
     # a Softmax over 12 * 64 rows: 3 blocks; 768 columns: 3 tiles, each with its own heads
     model = _attention(1, 64, 12, 64)
     x = RNG.standard_normal((1, 64, 768)).astype(np.float32)
+    blocks, converted = [], []
+    real, real_ew = Allocator.derive, lower.elementwise
+
+    def derive(self, src, key, held, value):
+        if key == ("row_ready",):
+            blocks.extend(value)
+        return real(self, src, key, held, value)
+
+    def elementwise(*args, **kw):
+        t = real_ew(*args, **kw)
+        if args[7].endswith(" to fp16") and "vectors" in kw:  # one block of P
+            converted.append(t)
+        return t
+
+    monkeypatch.setattr(Allocator, "derive", derive)
+    monkeypatch.setattr(lower, "elementwise", elementwise)
     fast = lpusim.run_onnx(model, {"x": x}, precision=precision)
-    real = Allocator.derive
+    monkeypatch.undo()
+    if precision == "int8":  # P (fp32) to fp16: the first block before the Softmax is done
+        assert len(converted) == 3 and min(converted) < max(t for _, _, t in blocks)
     monkeypatch.setattr(Allocator, "derive", lambda self, src, key, held, value: None
                         if key == ("row_ready",) else real(self, src, key, held, value))
     whole = lpusim.run_onnx(model, {"x": x}, precision=precision)
