@@ -458,13 +458,13 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
         t = binary(sch, alloc, ["min" if real_lanes else "add"], x, mp, cur, max(t, a),
                    what + " pad mask")
     m, t = lanes_max(sch, alloc, cur, shape, t, what + " max", free_input=False,
-                     cols=x.cols if real_lanes else None)
+                     cols=x.cols if real_lanes else None, side=copy % 2)
     return cur, m, t, temps
 
 
 def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
               free_input: bool = True, cols: int | None = None,
-              unit: int = 1) -> tuple[Placement, int]:
+              unit: int = 1, side: int = 0) -> tuple[Placement, int]:
     """Every lane of each vector of m := the max over the vector's lanes, in stages: when
     every lane holds the max of a cyclic window of w lanes, the SXM rotates the vector by w,
     2w, ..., (k - 1)w lanes side by side and the VXM takes the max of the k vectors in a tree,
@@ -474,14 +474,15 @@ def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,
     With `cols` (lanes from cols on hold the type's lowest value), windows stop growing once
     they span cols lanes, and one rotation the other way by cols - 1 lanes extends the window
     of every lane l < cols over lanes l .. l + cols - 1: lanes 0 .. cols - 1 hold the max;
-    the others some finite value.
+    the others some finite value. `side` (0 west, 1 east): the hemisphere whose SXM the
+    corner turn takes first (blocks of rows alternate, so two can turn at once).
     With `unit` (16: superlanes) lanes move in groups of that many: the max over lanes
     j, j + unit, j + 2 unit, ... (cols counts groups). Many vectors (TURN_VECTORS or more) of
     single lanes go through the SXM's corner turn instead (turnmax.py)."""
     if unit == 1 and m.nvec >= TURN_VECTORS:
         from compiler.backend.turnmax import lanes_max_turn
 
-        got = lanes_max_turn(sch, alloc, m, shape, ready, what, cols)
+        got = lanes_max_turn(sch, alloc, m, shape, ready, what, cols, side)
         if got is not None:
             if free_input:
                 alloc.release(m, got[1])
@@ -1355,6 +1356,8 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str, floor: float | N
     spans = [(range(r0, r0 + n), t_r) for r0, n, t_r in rr] if rr else \
         [(None, ready)]
     parts: list[tuple[Placement, int]] = []
+    # the folds' space free from when the first rows are there
+    now, alloc.now = alloc.now, min(t for _, t in spans)
     for f in range(folds):
         m, ts = None, [t for _, t in spans]
         for c in range(f, vpr, folds):
@@ -1371,6 +1374,7 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str, floor: float | N
                 alloc.release(m, max(ts))
             m = nxt
         parts.append((m, max(ts)))
+    alloc.now = now
     m, t = _max_tree(sch, alloc, parts, shape, what + " row max")  # join the folds
     return lanes_max(sch, alloc, m, shape, t, what + " row max")
 
@@ -1582,14 +1586,10 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     xq, copies, sx, t, t_sx = got
     t = max(t, ready)
     acc_dtype = "int32" if qdtype == "int8" else "fp32"
-    # apart from y, so that y can be written tile by tile as acc is read (else one pass late)
-    acc, a = alloc.try_alloc(acc_dtype, y.shape, 4, avoid=frozenset(y.slices)) or \
-        alloc.alloc(acc_dtype, y.shape, 4)
     # the scale of every result, x's row scale times W's column scale, while the MXM works
     sxp, t_sx, cp = apart(sch, alloc, sx, w_scale, max(t_sx, ready), what + " scale")
     S, a2 = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(sxp.slices)
-                        | frozenset(w_scale.slices) | frozenset(acc.slices)
-                        | frozenset(y.slices))
+                        | frozenset(w_scale.slices) | frozenset(y.slices))
     vpr = S.vpr
     # column tile by column tile, in the order the MXM makes them
     t_st = [lower.elementwise(sch, ["mul"], w_scale, sxp, None, S, max(t_sx, a2),
@@ -1598,6 +1598,11 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     t_s = max(t_st)
     if cp is not None:
         alloc.release(cp, t_s)
+    # apart from y, so that y can be written tile by tile as acc is read (else one pass late),
+    # and from S, read with it
+    acc, a = alloc.try_alloc(acc_dtype, y.shape, 4, avoid=frozenset(y.slices)
+                             | frozenset(S.slices)) or \
+        alloc.alloc(acc_dtype, y.shape, 4, avoid=frozenset(S.slices))
     # x's pad lanes zero: so are x_q's, and int8 weight rows left from earlier tiles add 0, so
     # a short last K tile loads no zero rows (GPT-2-small one token 117,580 -> 113,590 cycles;
     # BERT-base seq 128 1,048,067 -> 1,041,338, where a zero-row load of the FFN's third K tile

@@ -35,10 +35,13 @@ ROWS_BANK = 1  # the bank of the rows the corner turn reads (the T_i are in the 
 
 
 def lanes_max_turn(sch, alloc, m: Placement, shape, ready: int, what: str,
-                   cols: int | None = None) -> tuple[Placement, int] | None:
+                   cols: int | None = None, side: int = 0) -> tuple[Placement, int] | None:
     """lanes_max of m (one vector per row) by corner turns; with `cols`, lanes 0 .. cols - 1
     of every result hold the max of the row's lanes (the others some lane's value), else every
-    lane does. None when the corner turn's slices are not free."""
+    lane does. None when the corner turn's slices are not free. `side` (0 west, 1 east): the
+    hemisphere tried first for the corner turn (a Softmax's row blocks alternate, so that two
+    blocks turn at once, each through its own side's SXM: BERT-base int8 at seq 64..192
+    -0.5% in all)."""
     arch = sch.arch
     L = arch.lanes
     if arch.lanes_per_superlane != TILE or L % TILE:
@@ -62,7 +65,8 @@ def lanes_max_turn(sch, alloc, m: Placement, shape, ready: int, what: str,
     # (the corner turn reads them while it writes the T_i: a slice reads one bank and writes
     # the other in a cycle)
     try:
-        ins_all, a = _sixteen(alloc, (g * nb, L), avoid=frozenset(m.slices), bank=ROWS_BANK)
+        ins_all, a = _sixteen(alloc, (g * nb, L), avoid=frozenset(m.slices), bank=ROWS_BANK,
+                              first=side)
     except CompileError:
         for p in ts:
             alloc.release(p, 0)
