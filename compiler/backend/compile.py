@@ -169,6 +169,21 @@ def _constant_outputs(graph: Graph) -> None:
         graph.add_node(graph.fresh_name(f"{v}_copy"), "Identity", [c], [v], types=[ty])
 
 
+def _numerators_only(graph, nd, place, sum_dtype: str | None) -> bool:
+    """Does a Softmax leave its row sums to the HeadMatMul that reads it? When its only
+    reader is a HeadMatMul's P and its exponentials are rounded to fp16 for the MXM anyway (an
+    fp32 Softmax under the int8 and fp8 policies), softmax(x) @ V = (e @ V) / (e @ 1) with
+    e = exp(x - max): the HeadMatMul takes e and finds each head's row sums on the MXM in its
+    own output layout (ops.lower_head_matmul), and P = e / s is never formed."""
+    out = nd["outputs"][0]
+    users = graph.consumers(out)
+    if nd["op"] != "Softmax" or sum_dtype != "fp16" or out in graph.outputs or len(users) != 1 \
+            or place[nd["inputs"][0]].dtype != "fp32":
+        return False
+    user = graph.node(users[0])
+    return user["op"] == "HeadMatMul" and user["inputs"][0] == out
+
+
 def _machine_dtype(ir_dtype: str, what: str) -> str:
     try:
         return _MACHINE[ir_dtype]
@@ -976,10 +991,12 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     tensors: list[TensorSpec] = []
     reading: list[frozenset[int]] = [frozenset()]  # slices the current op's inputs are in
 
-    def new(value: str, not_before: int = 0,
-            avoid: frozenset[int] = frozenset()) -> tuple[Placement, int]:
+    def new(value: str, not_before: int = 0, avoid: frozenset[int] = frozenset(),
+            dtype: str | None = None) -> tuple[Placement, int]:
+        """A placement for value (in machine type `dtype` if given, else its own) and the
+        first cycle it may be written."""
         ty = graph.values[value]
-        md = _machine_dtype(ty.dtype, f"value {value!r}")
+        md = dtype or _machine_dtype(ty.dtype, f"value {value!r}")
         resident = value in graph.consts or value in graph.inputs
         arr = graph.const_array(value) if value in graph.consts else None
         if arr is not None and arr.size and not dtype_info(md).is_float:
@@ -1285,7 +1302,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         elif op in ("Softmax", "LogSoftmax"):
             ready[out] = lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                        clean, sum_dtype,
-                                       ready.get(ins[1], 0) if len(ins) > 1 and ins[1] else 0)
+                                       ready.get(ins[1], 0) if len(ins) > 1 and ins[1] else 0,
+                                       numerators=_numerators_only(graph, nd, place, sum_dtype))
             clean[out] = True
         elif op == "Transpose" and _moves_last(nd, graph):
             ready[out] = lower_transpose_last(graph, arch, sch, alloc, nd, place, new, start,

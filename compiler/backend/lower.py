@@ -335,7 +335,9 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             if isinstance(w, Tiled):  # row r of the tile is row r // R of part r % R
                 parts = list(w.tiles[(kt, nt)])
                 R = len(parts)
-                plan = [(p, range(p.addr, p.addr + p.rows)) for p in parts]
+                # a part with vpr 0 is one vector, its every row (a constant row repeated)
+                plan = [(p, range(p.addr, p.addr + p.rows) if p.vpr else [p.addr] * p.rows)
+                        for p in parts]
             else:
                 R = 1
                 a0 = w.addr + kt * lanes * w.vpr + nt

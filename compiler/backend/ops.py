@@ -202,7 +202,8 @@ def _sequence_rows(sch, alloc, x: Placement, out, start: int, what: str, steps) 
 
 
 def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean,
-                  sum_dtype: str | None = None, mask_ready: int = 0) -> int:
+                  sum_dtype: str | None = None, mask_ready: int = 0,
+                  numerators: bool = False) -> int:
     """Softmax (LogSoftmax) over the last axis of rows of at most 320 columns:
         xm = x + pad mask (-inf past the last column); m = row max, by rotating the vector
         through the SXM by 1, 2, 4, ... 256 lanes and taking the max on the VXM (cyclic windows
@@ -213,7 +214,10 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         softmax of the int8 and fp8 policies) e is rounded to it for the MXM's row sum, which
         then runs at the MXM's full rate (fp32 sums are emulated at a sixteenth of it).
     A second input (compile._mask_into_softmax) is a row added to x first: its pad lanes set
-    to the lowest value (ready from `mask_ready`), x + it replaces the pad mask."""
+    to the lowest value (ready from `mask_ready`), x + it replaces the pad mask.
+    With `numerators` (compile._numerators_only) the output holds e = exp(xm - m) in sum_dtype
+    and no division: its reader (HeadMatMul) divides by the row sums itself; the output's
+    placement is marked so (alloc.derive(y, ("numerators",)))."""
     x_name = nd["inputs"][0]
     xt = graph.values[x_name]
     rank = len(xt.shape)
@@ -242,16 +246,28 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
                                      what + " mask pads") if low is not None else
                           lower.elementwise(sch, ["copy"], src, None, None, mb,
                                             max(mask_ready, a), what + " mask")))
+    if numerators and (sum_dtype is None or sum_dtype == x.dtype or nd["op"] != "Softmax"):
+        raise CompileError(f"internal: {what}: exponentials only for an fp32 Softmax summed "
+                           "in a narrower type")
+    out_dtype = sum_dtype if numerators else None
     if n_blk == 1:
+        got = []
+
+        def out1(t):
+            got.append(new(nd["outputs"][0], t, dtype=out_dtype))
+            return got[0]
+
         t = _softmax_rows(graph, arch, sch, alloc, nd, place, x, clean.get(x_name, False),
-                          tuple(xt.shape), lambda t: new(nd["outputs"][0], t),
-                          max(start, masks[0][1]), what, zero, sum_dtype, masks[0][0])
+                          tuple(xt.shape), out1, max(start, masks[0][1]), what, zero,
+                          sum_dtype, masks[0][0], numerators=numerators)
         if masks[0][0] is not None:
             alloc.release(masks[0][0], t)
+        if numerators:
+            alloc.derive(got[0][0], ("numerators",), [], True)
         return t
     # blocks of rows, each with its own temporaries (in other slices): their vectors stream
     # through several slices' ports and units at once instead of one slice's, one per cycle
-    y, a = new(nd["outputs"][0], start)
+    y, a = new(nd["outputs"][0], start, dtype=out_dtype)
     done = start
     step = -(-x.rows // n_blk)
     blocks = []
@@ -262,13 +278,15 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         t_b = _softmax_rows(graph, arch, sch, alloc, nd, place, lower.row_block(x, r0, n),
                             clean.get(x_name, False), (n, x.cols), lambda t, yb=yb: (yb, a),
                             max(start, t_mb), f"{what} rows {r0}..{r0 + n - 1}", zero,
-                            sum_dtype, mb, k)
+                            sum_dtype, mb, k, numerators=numerators)
         if mb is not None:
             alloc.release(mb, t_b)
         done = max(done, t_b)
         blocks.append((r0, n, t_b))
     # when each block of rows is done: a reader by rows (HeadMatMul) may start on the first
     alloc.derive(y, ("row_ready",), [], tuple(blocks))
+    if numerators:
+        alloc.derive(y, ("numerators",), [], True)
     return done
 
 
@@ -320,7 +338,8 @@ SOFTMAX_BLOCK_VECTORS = 256
 
 
 def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, start, what,
-                  zero, sum_dtype=None, mask: Placement | None = None, block: int = 0) -> int:
+                  zero, sum_dtype=None, mask: Placement | None = None, block: int = 0,
+                  numerators: bool = False) -> int:
     """lower_softmax on the rows of x (plus the row `mask`, its pads at the lowest value);
     out(t) gives the result's placement and the cycle from which it may be written."""
     g = len(x.slices)
@@ -330,7 +349,9 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     sd = sum_dtype or x.dtype
     if sd != x.dtype and nd["op"] == "Softmax" and not narrow:
         return _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero,
-                                 sd, graph, place)
+                                 sd, graph, place, numerators)
+    if numerators:
+        raise CompileError(f"internal: {what}: exponentials only for an fp32 Softmax")
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     if narrow:
         d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
@@ -372,12 +393,20 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
 
 
 def _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero, sd,
-                      graph, place) -> int:
+                      graph, place, numerators: bool = False) -> int:
     """The rest of an fp32 Softmax whose row sums run in the narrow type sd: e = exp(xm - m)
     rounded to sd in the same chain, s = e @ ones (MXM, fp32 sums), y = float(e) / s. The
     division reads the e the sums add up, so every row of y sums to 1 within fp32 rounding,
     and e is written once, in sd, not in fp32 and again in sd (BERT-base int8 seq 128: one
-    pass of 512 vectors fewer per block of rows)."""
+    pass of 512 vectors fewer per block of rows). With `numerators`, e (in sd) is the result
+    and the sums and the division are left to the reader."""
+    if numerators:
+        es, a = out(t)
+        t = binary(sch, alloc, ["sub", "exp", "cvt"], xm, m, es, max(t, a), what + " exp")
+        alloc.release(m, t)
+        for p in temps:
+            alloc.release(p, t)
+        return t
     es, a = alloc.alloc(sd, shape, dtype_info(sd).nbytes,
                         avoid=frozenset(xm.slices) | frozenset(m.slices))
     t = binary(sch, alloc, ["sub", "exp", "cvt"], xm, m, es, max(t, a), what + " exp")
@@ -717,9 +746,16 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
                                              vectors=range(r0 * P.vpr, (r0 + n) * P.vpr)))
                    for r0, n, t_r in rr)
         t_p = max(t for _, _, t in rr)
+    elif rr is not None and P.dtype == mdt:  # each block as it is done
+        pm, t_p = P, max(t for _, _, t in rr)
     else:
         pm, t_p = to_mdt(P, t0)
         rr = None
+    # P holds a Softmax's exponentials e only (compile._numerators_only): every tile's product
+    # e @ V is divided by e @ ones of its heads (each head's row sums in its own lanes)
+    numer = bool(alloc.derived_value(P, ("numerators",)))
+    if numer and P.dtype != mdt:
+        raise CompileError(f"internal: {what}: exponentials in {P.dtype}, not {mdt}")
 
     def p_ready(rows0: int, n: int) -> int:
         if rr is None:
@@ -755,12 +791,62 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
             alloc.now = now
             w = lower.Tiled(mdt, T * len(heads), cn, tiles)
             parts = tuple(lower.row_block(pm, (b * H + h) * M, M) for h in heads)
-            yb = Placement(y.dtype, (M, cn), M, cn, y.vpr, y.slices, y.addr + b * M * y.vpr + j)
             t_pj = max(p_ready((b * H + h) * M, M) for h in heads)
+            if numer:
+                done = max(done, _head_products_over_sums(
+                    sch, alloc, parts, w, _head_ones(sch, alloc, ids, ids_name, heads, j, T, cn,
+                                                     mdt),
+                    y, b * M, j, t_pj, t_w, what, zero(mdt)))
+                continue
+            yb = Placement(y.dtype, (M, cn), M, cn, y.vpr, y.slices, y.addr + b * M * y.vpr + j)
             done = max(done, lower.matmul(sch, parts[0], w, yb, t_pj, what, zero=zero(mdt),
                                           x_parts=parts, w_after=t_w))
     for p in temps:
         alloc.release(p, done)
+    return done
+
+
+def _head_ones(sch, alloc, ids, ids_name: str, heads, j: int, T: int, cn: int, mdt: str):
+    """The weights that sum each head's row of e into that head's lanes of column tile j: per
+    head h, T rows of mdt, each 1 in the lanes of head h (ids) and in the lanes past the
+    tile's cn columns, else 0: one constant vector, loaded T times (a part with vpr 0). The
+    pad lanes add every head's sum (at least 1: the largest e of a row is 1), so the
+    division leaves them 0 / s = 0, not 0 / 0."""
+    L = sch.arch.lanes
+    g = dtype_info(mdt).nbytes
+    tiles = {}
+    for i, h in enumerate(heads):
+        key = f"__head_ones_{ids_name}_{h}_{j}_{mdt}"
+        if key not in sch.data:
+            m = np.zeros((1, L), numpy_dtype(mdt))
+            m[0, :cn][ids[j * L:j * L + cn] == h] = 1
+            m[0, cn:] = 1
+            mp, _ = alloc.alloc(mdt, m.shape, g, resident=True)
+            sch.data[key] = (mp, m)
+        mp = sch.data[key][0]
+        tiles[(i, 0)] = (Placement(mdt, (T, cn), T, cn, 0, mp.slices, mp.addr),)
+    return lower.Tiled(mdt, T * len(heads), cn, tiles)
+
+
+def _head_products_over_sums(sch, alloc, parts, w, ones, y: Placement, r0: int, j: int,
+                             ready: int, w_after: int, what: str, zero) -> int:
+    """Column tile j of rows r0.. of y := (e @ w) / (e @ ones), e the heads' rows `parts`
+    (HeadMatMul's products and, with the constant ones, each head's row sums in its lanes),
+    both summed in fp32 on the MXM, then one division on the VXM."""
+    M, cn = parts[0].rows, w.cols
+    num, a1 = alloc.alloc("fp32", (M, cn), 4, avoid=frozenset(y.slices))
+    den, a2 = alloc.alloc("fp32", (M, cn), 4, avoid=frozenset(y.slices) | frozenset(num.slices))
+    t1 = lower.matmul(sch, parts[0], w, num, max(ready, a1), what, zero=zero, x_parts=parts,
+                      w_after=w_after)
+    t2 = lower.matmul(sch, parts[0], ones, den, max(ready, a2), what + " row sums", zero=zero,
+                      x_parts=parts)
+    vpr = y.vpr
+    done = lower.elementwise(sch, ["div"], num, den, None, y, max(t1, t2),
+                             what + " over the row sums",
+                             vectors=range(r0 * vpr + j, (r0 + M) * vpr + j, vpr),
+                             x_of=lambda v: v // vpr - r0, y_of=lambda v: v // vpr - r0)
+    alloc.release(num, done)
+    alloc.release(den, done)
     return done
 
 
