@@ -245,9 +245,10 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
     is integer: every stale row, whatever its bytes, adds 0) only the last cycle's gaps are.
     `copies` (of x, in other slices) let the activations of several tiles stream at once:
     one slice reads one vector per cycle. With `x_parts`, K tile kt streams x_parts[kt] (M
-    rows, at most 320 columns: its column tile 0) instead of x's column tile kt, and w (Tiled)
-    has that many rows in its tile kt (x gives only M, the type and the slices). `w_after`: a
-    Tiled w computed on chip is loaded from then on (a constant one from the start)."""
+    rows, at most 320 columns: its column tile 0; of x's type and number of slices, in any
+    slices) instead of x's column tile kt, and w (Tiled) has that many rows in its tile kt (x
+    gives only M, the type and the slice count). `w_after`: a Tiled w computed on chip is
+    loaded from then on (a constant one from the start)."""
     if pad_zero and w.dtype != "int8":
         raise CompileError(f"internal: {what}: stale weight rows left in place for {w.dtype}")
     arch = sch.arch
@@ -255,7 +256,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
     M, K, N = x.rows, x.cols, w.cols
     if x_parts:
         if not isinstance(w, Tiled) or copies or pad_zero or any(
-                p.rows != M or p.cols > lanes or p.slices != x.slices for p in x_parts):
+                p.rows != M or p.cols > lanes or len(p.slices) != len(x.slices)
+                or p.dtype != x.dtype for p in x_parts):
             raise CompileError(f"internal: {what}: activation parts need tiled weights")
         K = sum(p.cols for p in x_parts)
     if w.rows != K:

@@ -270,13 +270,24 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     y, a = new(nd["outputs"][0], start, dtype=out_dtype)
     done = start
     step = -(-x.rows // n_blk)
-    blocks = []
+    per_head = xt.shape[-2] if rank >= 3 else 1
+    if numerators:  # blocks of whole heads (rows of one head lie in one block)
+        step = -(-step // per_head) * per_head
+    blocks, parts = [], []
     for k, r0 in enumerate(range(0, x.rows, step)):
         n = min(step, x.rows - r0)
-        yb = lower.row_block(y, r0, n)
+        if numerators:
+            # each block's exponentials in slices of their own (y itself is never written):
+            # the HeadMatMul reads one block's heads while the next block is written
+            yb, a_b = alloc.alloc(y.dtype, (n, x.cols), len(y.slices),
+                                  avoid=frozenset(parts[-1].slices) if parts else frozenset())
+            parts.append(yb)
+        else:
+            yb, a_b = lower.row_block(y, r0, n), a
         mb, t_mb = masks[min(k, len(masks) - 1)]
         t_b = _softmax_rows(graph, arch, sch, alloc, nd, place, lower.row_block(x, r0, n),
-                            clean.get(x_name, False), (n, x.cols), lambda t, yb=yb: (yb, a),
+                            clean.get(x_name, False), (n, x.cols),
+                            lambda t, yb=yb, a_b=a_b: (yb, a_b),
                             max(start, t_mb), f"{what} rows {r0}..{r0 + n - 1}", zero,
                             sum_dtype, mb, k, numerators=numerators)
         if mb is not None:
@@ -287,6 +298,9 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     alloc.derive(y, ("row_ready",), [], tuple(blocks))
     if numerators:
         alloc.derive(y, ("numerators",), [], True)
+        # where the rows are: (first row, rows, placement) per block, freed with y
+        alloc.derive(y, ("row_parts",), parts,
+                     tuple((r0, n, p) for (r0, n, _), p in zip(blocks, parts, strict=True)))
     return done
 
 
@@ -757,6 +771,17 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
     if numer and P.dtype != mdt:
         raise CompileError(f"internal: {what}: exponentials in {P.dtype}, not {mdt}")
 
+    # P's rows in the placements its Softmax wrote them to, block by block, if so
+    row_parts = alloc.derived_value(P, ("row_parts",)) if pm is P else None
+
+    def p_rows(rows0: int, n: int) -> Placement:
+        for r0, m, p in row_parts or ():
+            if r0 <= rows0 and rows0 + n <= r0 + m:
+                return lower.row_block(p, rows0 - r0, n)
+        if row_parts:
+            raise CompileError(f"internal: {what}: a head's rows of P in two blocks")
+        return lower.row_block(pm, rows0, n)
+
     def p_ready(rows0: int, n: int) -> int:
         if rr is None:
             return t_p
@@ -790,7 +815,7 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
                 tiles[(i, 0)] = (wt,)
             alloc.now = now
             w = lower.Tiled(mdt, T * len(heads), cn, tiles)
-            parts = tuple(lower.row_block(pm, (b * H + h) * M, M) for h in heads)
+            parts = tuple(p_rows((b * H + h) * M, M) for h in heads)
             t_pj = max(p_ready((b * H + h) * M, M) for h in heads)
             if numer:
                 done = max(done, _head_products_over_sums(

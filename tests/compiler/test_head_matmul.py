@@ -185,3 +185,31 @@ def test_int8_softmax_leaves_its_row_sums_to_head_matmul(precision, monkeypatch)
         assert marked == [] and divided == []
         assert err <= 1e-2
     assert np.isfinite(res.outputs["out"]).all()  # the pad lanes 0 / s, not 0 / 0
+
+
+@pytest.mark.parametrize("s,heads,hd", [(64, 12, 64), (80, 10, 32)])
+def test_int8_softmax_blocks_write_their_exponentials_apart(s, heads, hd, monkeypatch):
+    """The int8 Softmax's row blocks write their exponentials to placements of their own,
+    whole heads each (800 rows in blocks of 267 would split a head of 80: they are 320, 320
+    and 160), so the HeadMatMul reads one block while the next is written."""
+    from compiler.backend.placement import Allocator
+
+    got = []
+    real = Allocator.derive
+
+    def derive(self, src, key, held, value):
+        if key == ("row_parts",):
+            got.append(value)
+        return real(self, src, key, held, value)
+
+    monkeypatch.setattr(Allocator, "derive", derive)
+    model = _attention(1, s, heads, hd)
+    x = RNG.standard_normal((1, s, heads * hd)).astype(np.float32)
+    res = lpusim.run_onnx(model, {"x": x}, precision="int8")
+    monkeypatch.undo()
+    assert len(got) == 1 and len(got[0]) == 3
+    starts = [r0 for r0, _, _ in got[0]]
+    assert all(r0 % s == 0 for r0 in starts)  # whole heads
+    assert all(not set(a.slices) & set(b.slices)
+               for (_, _, a), (_, _, b) in zip(got[0], got[0][1:], strict=False))
+    assert max(e["max_rel"] for e in res.report["errors"].values()) <= 0.1
