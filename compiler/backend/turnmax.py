@@ -95,7 +95,7 @@ def lanes_max_turn(sch, alloc, m: Placement, shape, ready: int, what: str,
     units = None if cols is None else -(-cols // TILE)
     mx, t = lanes_max(sch, alloc, mx, sl_shape, t, what, cols=units, unit=TILE)
     # 5. row j of each block: lane j of every superlane, in all its lanes
-    # apart from m too: the caller reads the two together (x - max, x / max)
+    # apart from m too: the caller may read the two together (Softmax: x - max)
     out, a = alloc.try_alloc(m.dtype, shape, g, avoid=frozenset(mx.slices) | frozenset(m.slices)) \
         or alloc.alloc(m.dtype, shape, g, avoid=frozenset(mx.slices))
     done = max(t, a)
