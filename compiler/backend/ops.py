@@ -246,7 +246,8 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
                                      what + " mask pads") if low is not None else
                           lower.elementwise(sch, ["copy"], src, None, None, mb,
                                             max(mask_ready, a), what + " mask")))
-    if numerators and (sum_dtype is None or sum_dtype == x.dtype or nd["op"] != "Softmax"):
+    if numerators and (x.dtype != "fp32" or sum_dtype in (None, x.dtype)
+                       or nd["op"] != "Softmax"):
         raise CompileError(f"internal: {what}: exponentials only for an fp32 Softmax summed "
                            "in a narrower type")
     out_dtype = sum_dtype if numerators else None
@@ -364,8 +365,6 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     if sd != x.dtype and nd["op"] == "Softmax" and not narrow:
         return _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero,
                                  sd, graph, place, numerators)
-    if numerators:
-        raise CompileError(f"internal: {what}: exponentials only for an fp32 Softmax")
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     if narrow:
         d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
