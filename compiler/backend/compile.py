@@ -511,14 +511,88 @@ def _drop_unread_split_columns(graph: Graph) -> None:
     graph.prune()
 
 
-def _feeds_quantized(graph: Graph, v: str) -> bool:
+def _quantizes(graph: Graph, u: str, v: str) -> bool:
+    """Is node u a MatMul with constant weights reading v as its activation (which it
+    quantizes by its row absmax under the int8 and fp8 policies)?"""
+    ins = graph.node(u)["inputs"]
+    return graph.node(u)["op"] in lower.MATMULS and ins[0] == v and v not in ins[1:] \
+        and graph.is_const(ins[1])
+
+
+def _feeds_quantized(graph: Graph, v: str, only: bool = True) -> bool:
     """Does v feed only MatMuls with constant weights, as their activation (each quantizes v
-    by its row absmax under the int8 and fp8 policies)?"""
+    by its row absmax under the int8 and fp8 policies)? With only=False: any such MatMul,
+    beside other readers."""
     users = graph.consumers(v)
-    return bool(users) and v not in graph.outputs and all(
-        graph.node(u)["op"] in lower.MATMULS and graph.node(u)["inputs"][0] == v
-        and v not in graph.node(u)["inputs"][1:] and graph.is_const(graph.node(u)["inputs"][1])
-        for u in users)
+    q = [_quantizes(graph, u, v) for u in users]
+    return bool(users) and v not in graph.outputs and (all(q) if only else any(q))
+
+
+def _foldable_reader(graph: Graph, u: str, y: str, cols: int) -> bool:
+    """Does node u read y only as the activation of a MatMul by a constant float32 [cols, N]
+    weight that nothing else reads (so that a norm's g and b can move into that weight)?"""
+    und = graph.node(u)
+    ins = und["inputs"]
+    w = ins[1] if len(ins) > 1 else ""
+    return und["op"] in lower.MATMULS and ins[0] == y and y not in ins[1:] \
+        and graph.is_const(w) and graph.num_uses(w) == 1 \
+        and len(graph.values[w].shape) == 2 and graph.values[w].shape[0] == cols \
+        and graph.values[w].dtype == "float32"
+
+
+def _norm_affine(graph: Graph, name: str):
+    """(y, g, b, cols) of norm `name` when its scale g (and bias b, or None) are constants of
+    one value per column and its extra outputs are not read; else None."""
+    nd = graph.node(name)
+    if nd["op"] not in NORMS or len(nd["inputs"]) < 2 or not nd["inputs"][1]:
+        return None
+    y = nd["outputs"][0]
+    scale = nd["inputs"][1]
+    bias = nd["inputs"][2] if len(nd["inputs"]) > 2 and nd["inputs"][2] else None
+    cols = graph.values[y].shape[-1] if graph.values[y].shape else 0
+    if not graph.is_const(scale) or (bias is not None and not graph.is_const(bias)) \
+            or graph.values[scale].size != cols \
+            or (bias is not None and graph.values[bias].size != cols) \
+            or any(o and (graph.consumers(o) or o in graph.outputs)
+                   for o in nd["outputs"][1:]):
+        return None
+    return y, scale, bias, cols
+
+
+def _fold_into_matmuls(graph: Graph, users: list[str], scale: str, bias: str | None) -> None:
+    """Each MatMul in `users` (_foldable_reader) takes W' = diag(g) W and c' = b W + c."""
+    g_arr = graph.const_array(scale)
+    b_arr = None if bias is None else graph.const_array(bias)
+    for u in users:
+        und = graph.node(u)
+        w = und["inputs"][1]
+        w_arr = graph.const_array(w)
+        known = w_arr is not None and g_arr is not None and (bias is None or b_arr is not None)
+        w_new = graph.add_const(
+            graph.fresh_name(f"{w}_normed"),
+            (w_arr * g_arr.reshape(-1, 1).astype(np.float32)).astype(np.float32)
+            if known else None, ty=graph.values[w], kind=graph.consts[w].kind)
+        graph.set_input(u, 1, w_new)
+        if bias is None:
+            continue
+        n_out = graph.values[w].shape[1]
+        c = und["inputs"][2] if und["op"] == "MatMulBias" else None
+        c_arr = None if c is None else graph.const_array(c)
+        c_new = None
+        if known and (c is None or c_arr is not None):
+            c_new = (b_arr.reshape(-1).astype(np.float64) @ w_arr.astype(np.float64))
+            c_new = (c_new + (0 if c is None else c_arr.reshape(-1))).astype(np.float32)
+        cb = graph.add_const(graph.fresh_name(f"{w}_normed_bias"), c_new,
+                             ty=TensorType("float32", (n_out,)), kind="weight")
+        if c is not None:
+            graph.set_input(u, 2, cb)
+        else:
+            order = und["order"]
+            x_in, out = und["inputs"][0], und["outputs"][0]
+            ty = graph.values[out]
+            graph.remove_node(u)
+            graph.add_node(u, "MatMulBias", [x_in, w_new, cb], [out], types=[ty],
+                           order=order)
 
 
 def _fold_norm_affine(graph: Graph) -> None:
@@ -528,64 +602,54 @@ def _fold_norm_affine(graph: Graph) -> None:
     norm then ends at the normalized rows: two VXM passes fewer on the path to each
     MatMul. Weights read by anything else (tied embeddings) are left alone."""
     for name in graph.topo_order():
-        nd = graph.node(name)
-        if nd["op"] not in NORMS or len(nd["inputs"]) < 2 or not nd["inputs"][1]:
+        got = _norm_affine(graph, name)
+        if got is None:
             continue
-        y = nd["outputs"][0]
-        scale = nd["inputs"][1]
-        bias = nd["inputs"][2] if len(nd["inputs"]) > 2 and nd["inputs"][2] else None
-        cols = graph.values[y].shape[-1] if graph.values[y].shape else 0
+        y, scale, bias, cols = got
         users = graph.consumers(y)
-        if y in graph.outputs or not users or not graph.is_const(scale) \
-                or (bias is not None and not graph.is_const(bias)) \
-                or graph.values[scale].size != cols \
-                or (bias is not None and graph.values[bias].size != cols):
+        if y in graph.outputs or not users \
+                or not all(_foldable_reader(graph, u, y, cols) for u in users):
             continue
-        ok = True
-        for u in users:
-            und = graph.node(u)
-            ins = und["inputs"]
-            w = ins[1] if len(ins) > 1 else ""
-            if und["op"] not in lower.MATMULS or ins[0] != y or y in ins[1:] \
-                    or not graph.is_const(w) or graph.num_uses(w) != 1 \
-                    or len(graph.values[w].shape) != 2 or graph.values[w].shape[0] != cols \
-                    or graph.values[w].dtype != "float32":
-                ok = False
-        if not ok:
+        _fold_into_matmuls(graph, users, scale, bias)
+        graph.set_inputs(name, [graph.node(name)["inputs"][0]])
+    graph.prune()
+
+
+def _split_norm_affine(graph: Graph) -> None:
+    """Under the int8 and fp8 policies, a norm with constant g (and b) whose output y feeds
+    quantized MatMuls and other readers too (BERT's post-norm: the next Q, K and V, or the
+    FFN, and the residual Add) gives the MatMuls the normalized rows z, with g and b folded
+    into their weights as _fold_norm_affine does, and the other readers y = z * g + b from
+    a Mul and an Add after the norm. z is one VXM pass after the variance where y is three,
+    so the MatMuls' row absmax starts two passes sooner, while y is made beside it."""
+    for name in graph.topo_order():
+        got = _norm_affine(graph, name)
+        if got is None:
             continue
-        g_arr = graph.const_array(scale)
-        b_arr = None if bias is None else graph.const_array(bias)
-        for u in users:
-            und = graph.node(u)
-            w = und["inputs"][1]
-            w_arr = graph.const_array(w)
-            known = w_arr is not None and g_arr is not None and (bias is None or b_arr is not None)
-            w_new = graph.add_const(
-                graph.fresh_name(f"{w}_normed"),
-                (w_arr * g_arr.reshape(-1, 1).astype(np.float32)).astype(np.float32)
-                if known else None, ty=graph.values[w], kind=graph.consts[w].kind)
-            graph.set_input(u, 1, w_new)
-            if bias is None:
-                continue
-            n_out = graph.values[w].shape[1]
-            c = und["inputs"][2] if und["op"] == "MatMulBias" else None
-            c_arr = None if c is None else graph.const_array(c)
-            c_new = None
-            if known and (c is None or c_arr is not None):
-                c_new = (b_arr.reshape(-1).astype(np.float64) @ w_arr.astype(np.float64))
-                c_new = (c_new + (0 if c is None else c_arr.reshape(-1))).astype(np.float32)
-            cb = graph.add_const(graph.fresh_name(f"{w}_normed_bias"), c_new,
-                                 ty=TensorType("float32", (n_out,)), kind="weight")
-            if c is not None:
-                graph.set_input(u, 2, cb)
-            else:
-                order = und["order"]
-                x_in, out = und["inputs"][0], und["outputs"][0]
-                ty = graph.values[out]
-                graph.remove_node(u)
-                graph.add_node(u, "MatMulBias", [x_in, w_new, cb], [out], types=[ty],
-                               order=order)
-        graph.set_inputs(name, [nd["inputs"][0]])
+        y, scale, bias, cols = got
+        users = graph.consumers(y)
+        mms = [u for u in users if _foldable_reader(graph, u, y, cols)]
+        if not mms or (len(mms) == len(users) and y not in graph.outputs):
+            continue  # no MatMul, or only MatMuls (_fold_norm_affine's case)
+        nd = graph.node(name)
+        order, ty = nd["order"], graph.values[y]
+        z = graph.fresh_name(f"{y}_normalized")
+        graph.remove_node(name)
+        graph.add_node(name, nd["op"], [nd["inputs"][0]], [z] + list(nd["outputs"][1:]),
+                       dict(nd["attrs"]), types=[ty] + [graph.values.get(o) if o else None
+                                                        for o in nd["outputs"][1:]],
+                       order=order)
+        # lowered after the MatMuls, which are on the path
+        after = max(graph.node(u)["order"] for u in mms)
+        zg = y if bias is None else graph.fresh_name(f"{y}_scaled")
+        graph.add_node(graph.fresh_name(f"{name}_scale"), "Mul", [z, scale], [zg],
+                       types=[ty], order=after + 0.25)
+        if bias is not None:
+            graph.add_node(graph.fresh_name(f"{name}_bias"), "Add", [zg, bias], [y],
+                           types=[ty], order=after + 0.5)
+        for u in mms:
+            graph.set_input(u, 0, z)
+        _fold_into_matmuls(graph, mms, scale, bias)
     graph.prune()
 
 
@@ -850,6 +914,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     narrow_floats_in_fp32(graph)
     _full_const_conditions(graph)
     _constant_outputs(graph)
+    if precision in QUANTIZED:
+        _split_norm_affine(graph)
     _fold_norm_affine(graph)
     _vector_products(graph)
     _transposed_heads(graph)
@@ -1262,7 +1328,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         elif op in NORMS:
             ready[out] = lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero,
                                     clean, spread, sum_dtype,
-                                    absmax=precision in QUANTIZED and _feeds_quantized(graph, out))
+                                    absmax=precision in QUANTIZED
+                                    and _feeds_quantized(graph, out, only=False))
             clean[out] = True
         elif op == "HeadMatMul":
             ready[out] = lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero,

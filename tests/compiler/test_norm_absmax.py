@@ -57,7 +57,7 @@ def test_norm_absmax_is_exact(op, rows, cols, precision, monkeypatch):
         mp.setattr(ops, "NORM_BLOCK_VECTORS", 1)
         blocked = lpusim.run_onnx(model, {"x": x}, precision=precision)
     np.testing.assert_array_equal(fused.outputs["y"], blocked.outputs["y"])
-    monkeypatch.setattr(backend, "_feeds_quantized", lambda graph, v: False)
+    monkeypatch.setattr(backend, "_feeds_quantized", lambda graph, v, only=True: False)
     unfused = lpusim.compile_onnx(model, precision=precision)
     unfused_cycles = lpusim.simulate(unfused, mode="timing").report["cycles"]
     if rows <= ops.NORM_ABSMAX_ROWS:  # found beside the norm: sooner
