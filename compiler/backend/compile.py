@@ -43,6 +43,7 @@ from compiler.backend.ops import (
     row_absmax,
     row_index,
     side_of,
+    softmax_row_blocks,
     spread_int,
 )
 from compiler.backend.pad import pads_as_concats
@@ -1784,6 +1785,9 @@ def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, st
     t = max(t, a)
     xs, ws = x, w
     cps = []
+    # scores read only by a Softmax in blocks of rows: each block's heads written to slices
+    # of their own (y itself is never written), so that the Softmax's blocks read at once
+    parts, free = _softmax_parts(graph, alloc, out, y) if len(bt.shape) > 2 else (None, {})
     g2 = dtype_info(mxm_dtype).nbytes
     t0 = t
     if mxm_dtype != x.dtype:  # each operand to the MXM's type on the VXM
@@ -1801,15 +1805,54 @@ def _matmul_activations(graph, sch, alloc, x, ins, out, mxm_dtype, precision, st
     else:
         M, K, N = at.shape[-2], bt.shape[-2], bt.shape[-1]
         done = t
+        part_done: dict[int, int] = {}
         for b in range(int(np.prod(at.shape[:-2], dtype=np.int64))):
             def rows(p, first, n, cols):
                 return Placement(p.dtype, (n, cols), n, cols, p.vpr, p.slices,
                                  p.addr + first * p.vpr)
-            done = max(done, lower.matmul(sch, rows(xs, b * M, M, K), rows(ws, b * K, K, N),
-                                          rows(y, b * M, M, N), t, what, zero=zero(ws.dtype)))
+            yp, r0 = y, 0
+            if parts:  # the block holding head b's rows
+                r0, _, yp = next(q for q in parts if q[0] <= b * M < q[0] + q[1])
+            tb = lower.matmul(sch, rows(xs, b * M, M, K), rows(ws, b * K, K, N),
+                              rows(yp, b * M - r0, M, N), max(t, free.get(r0, 0)), what,
+                              zero=zero(ws.dtype))
+            part_done[r0] = max(part_done.get(r0, 0), tb)
+            done = max(done, tb)
+        if parts:  # when each block is done: its Softmax block may start then
+            alloc.derive(y, ("row_ready",), [],
+                         tuple((r0, n, part_done[r0]) for r0, n, _ in parts))
     for p in cps:
         alloc.release(p, done)
     return done
+
+
+def _softmax_parts(graph: Graph, alloc, out: str, y: Placement):
+    """When batched products `out` (placed at y, [heads * M, N]) are read only by a
+    Softmax over their last axis that runs in blocks of whole heads: a placement per block
+    in slices apart from the previous one's, recorded with y (alloc.derive(y, ("row_parts",)),
+    freed with it), as (first row, rows, placement), and the cycle each is free from; else
+    (None, {})."""
+    users = graph.consumers(out)
+    if out in graph.outputs or len(users) != 1:
+        return None, {}
+    nd = graph.node(users[0])
+    ty = graph.values[out]
+    rank = len(ty.shape)
+    if nd["op"] != "Softmax" or nd["inputs"][0] != out or rank < 3 \
+            or int(nd["attrs"].get("axis", -1)) % rank != rank - 1:
+        return None, {}
+    blocks = softmax_row_blocks(y.rows, y.nvec, ty.shape[-2], True)
+    if len(blocks) < 2:
+        return None, {}
+    parts: list = []
+    free = {}
+    for r0, n in blocks:
+        p, a = alloc.alloc(y.dtype, (n, y.cols), len(y.slices),
+                           avoid=frozenset(parts[-1][2].slices) if parts else frozenset())
+        parts.append((r0, n, p))
+        free[r0] = a
+    alloc.derive(y, ("row_parts",), [p for _, _, p in parts], tuple(parts))
+    return parts, free
 
 
 def _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype, start, what, new, place,

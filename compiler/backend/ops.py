@@ -230,7 +230,14 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         raise CompileError(f"{what}: a softmax in {xt.dtype} is not lowered yet (its row sum "
                            "would be exact and rounded once, where ONNX's reference rounds "
                            f"to {xt.dtype} after every addition)")
-    n_blk = max(1, min(SOFTMAX_BLOCKS, x.nvec // SOFTMAX_BLOCK_VECTORS))
+    per_head = xt.shape[-2] if rank >= 3 else 1
+    # x's rows in blocks of their own slices (compile: the scores' products write them so),
+    # each with the cycle it is done; else the blocks are x's row ranges
+    x_parts = alloc.derived_value(x, ("row_parts",))
+    x_ready = dict((r0, t) for r0, _, t in alloc.derived_value(x, ("row_ready",)) or ())
+    blocks_of_x = [(r0, n) for r0, n, _ in x_parts] if x_parts else \
+        softmax_row_blocks(x.rows, x.nvec, per_head, numerators)
+    n_blk = len(blocks_of_x)
     # a row added before (compile._mask_into_softmax): its pads set to the lowest value, a
     # copy per block of rows (each reads it once per row: one slice's port per block)
     masks: list[tuple[Placement | None, int]] = [(None, start)] * n_blk
@@ -270,14 +277,10 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     # through several slices' ports and units at once instead of one slice's, one per cycle
     y, a = new(nd["outputs"][0], start, dtype=out_dtype)
     done = start
-    step = -(-x.rows // n_blk)
-    per_head = xt.shape[-2] if rank >= 3 else 1
-    if numerators:  # blocks of whole heads (rows of one head lie in one block)
-        step = -(-step // per_head) * per_head
     blocks, parts = [], []
-    for k, r0 in enumerate(range(0, x.rows, step)):
-        n = min(step, x.rows - r0)
-        if numerators:
+    for k, (r0, n) in enumerate(blocks_of_x):
+        xb = x_parts[k][2] if x_parts else lower.row_block(x, r0, n)
+        if numerators:  # (blocks of whole heads: rows of one head lie in one block)
             # each block's exponentials in slices of their own (y itself is never written):
             # the HeadMatMul reads one block's heads while the next block is written
             yb, a_b = alloc.alloc(y.dtype, (n, x.cols), len(y.slices),
@@ -286,11 +289,14 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         else:
             yb, a_b = lower.row_block(y, r0, n), a
         mb, t_mb = masks[min(k, len(masks) - 1)]
-        t_b = _softmax_rows(graph, arch, sch, alloc, nd, place, lower.row_block(x, r0, n),
+        region, alloc.region = alloc.region, block_region(alloc, k, n_blk)
+        t_b = _softmax_rows(graph, arch, sch, alloc, nd, place, xb,
                             clean.get(x_name, False), (n, x.cols),
                             lambda t, yb=yb, a_b=a_b: (yb, a_b),
-                            max(start, t_mb), f"{what} rows {r0}..{r0 + n - 1}", zero,
+                            max(x_ready.get(r0, start), t_mb),
+                            f"{what} rows {r0}..{r0 + n - 1}", zero,
                             sum_dtype, mb, k, numerators=numerators)
+        alloc.region = region
         if mb is not None:
             alloc.release(mb, t_b)
         done = max(done, t_b)
@@ -350,6 +356,30 @@ def lower_outer_product(sch, alloc, a: Placement, b: Placement, zn, m: int, read
 # in all; 3 alone -0.72%)
 SOFTMAX_BLOCKS = 3
 SOFTMAX_BLOCK_VECTORS = 256
+
+
+def block_region(alloc, k: int, n: int) -> frozenset[int]:
+    """The slices that block k of n blocks of rows prefers for its temporaries: every n-th
+    run of REGION_RUN slices. Blocks lowered one after another but run side by side then
+    read and write their temporaries through different slices' ports (a slice reads one
+    vector a cycle and writes one)."""
+    return frozenset(s for i, s in enumerate(alloc.slices) if (i // REGION_RUN) % n == k)
+
+
+REGION_RUN = 4  # an fp32 tensor's group of slices
+
+
+def softmax_row_blocks(rows: int, nvec: int, per_head: int, whole_heads: bool
+                       ) -> list[tuple[int, int]]:
+    """(first row, rows) of each block of rows a Softmax over `rows` rows (`nvec` vectors)
+    runs in; with `whole_heads`, blocks of whole heads of `per_head` rows."""
+    n_blk = max(1, min(SOFTMAX_BLOCKS, nvec // SOFTMAX_BLOCK_VECTORS))
+    if n_blk == 1:
+        return [(0, rows)]
+    step = -(-rows // n_blk)
+    if whole_heads:
+        step = -(-step // per_head) * per_head
+    return [(r0, min(step, rows - r0)) for r0 in range(0, rows, step)]
 
 
 def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, start, what,
@@ -952,10 +982,12 @@ def lower_norm(graph, arch, sch, alloc, nd, place, new, start, what, zero, clean
     for r0 in range(0, x.rows, step):
         n = min(step, x.rows - r0)
         yb = lower.row_block(y, r0, n)
+        region, alloc.region = alloc.region, block_region(alloc, r0 // step, n_blk)
         t_b = _norm_rows(graph, arch, sch, alloc, op, lower.row_block(x, r0, n), (n, cols), J,
                          z, mean, eps, scale, bias, place, [None, None],
                          lambda _name, t, yb=yb: (yb, a), outs, spread, start,
                          f"{what} rows {r0}..{r0 + n - 1}")
+        alloc.region = region
         blocks.append((r0, n, t_b))
         done = max(done, t_b)
     # when each block of rows is done: a reader by rows (a row absmax) may start on the first

@@ -84,6 +84,9 @@ class Allocator:
         self.near_slices = frozenset(s for s in slices
                                      if abs(arch.mem_slice_position(s) - V) <= NEAR_POSITIONS)
         self.near = False
+        # slices preferred for the temporaries of the work being lowered (a block of rows
+        # kept apart from the other blocks' ports), or None
+        self.region: frozenset[int] | None = None
         # runs of consecutive slices on one side of the VXM: a group never straddles the
         # middle of the chip (its byte planes must stream towards any unit the same way)
         west = [arch.mem_slice_position(s) < arch.vxm_position for s in slices]
@@ -134,6 +137,8 @@ class Allocator:
         if self.near and only is None and not resident and bank is None \
                 and n <= NEAR_VECTORS:
             got = self._find(groups, n, avoid, self.near_slices, resident, bank)
+        if got is None and self.region is not None and only is None and not resident:
+            got = self._find(groups, n, avoid, self.region, resident, bank)
         if got is None:
             got = self._find(groups, n, avoid, only, resident, bank)
         if got is None:
