@@ -137,8 +137,10 @@ class Allocator:
         if self.near and only is None and not resident and bank is None \
                 and n <= NEAR_VECTORS:
             got = self._find(groups, n, avoid, self.near_slices, resident, bank)
-        if got is None and self.region is not None and only is None and not resident:
-            got = self._find(groups, n, avoid, self.region, resident, bank)
+        if got is None and self.region is not None and not resident:
+            pref = self.region if only is None else self.region & only
+            if pref:
+                got = self._find(groups, n, avoid, pref, resident, bank)
         if got is None:
             got = self._find(groups, n, avoid, only, resident, bank)
         if got is None:
