@@ -1071,12 +1071,13 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
             if int(arr.min()) < info.min or int(arr.max()) > info.max:
                 raise CompileError(f"constant {value!r} ({ty.dtype}) holds values outside "
                                    f"the range of {md}, the type the machine holds it in")
-        try:  # away from the op's inputs: streaming reads and writes of one bank collide
-            p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
-                                   resident=resident, avoid=avoid | reading[0])
-        except CompileError:
-            p, after = alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
-                                   resident=resident, avoid=avoid)
+        # away from the op's inputs (streaming reads and writes of one bank collide) and from
+        # `avoid`, where there is room: both are preferences (the scheduler keeps the ports)
+        got = alloc.try_alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
+                              avoid | reading[0], resident) or \
+            alloc.try_alloc(md, tuple(ty.shape), dtype_info(md).nbytes, avoid, resident)
+        p, after = got or alloc.alloc(md, tuple(ty.shape), dtype_info(md).nbytes,
+                                      resident=resident)
         place[value] = p
         return p, max(after, not_before)
 

@@ -79,12 +79,16 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
             amap, tm = scaled, ts
         else:
             amap, tm = _chunk_map(sch, alloc, scaled, r0, n_c, U, ts, what, avoid)
-        if len(chunks) == 1 and md == z.dtype:
+        if len(chunks) == 1 and md == z.dtype and not set(z.slices) & avoid:
             dest, ad = z, a
         else:
-            dest, ad = alloc.alloc(md, z.shape, len(tab.slices),
-                                   avoid=avoid | frozenset(amap.slices)
-                                   | frozenset(s for _, _, p in parts for s in p.slices))
+            # apart from every chunk of the table and the other parts where there is room,
+            # else from its own chunk only (mem.gather cannot write the slice it reads; a
+            # table of many chunks may fill most slices)
+            dest, ad = alloc.try_alloc(md, z.shape, len(tab.slices),
+                                       avoid | frozenset(amap.slices)
+                                       | frozenset(s for _, _, p in parts for s in p.slices)) \
+                or alloc.alloc(md, z.shape, len(tab.slices), avoid=frozenset(tab.slices))
         tg = gather_rows(sch, tab, _low16(amap), dest, n_idx, U, max(tm, ad), what)
         if amap is not scaled:
             alloc.release(amap, tg)
