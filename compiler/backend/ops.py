@@ -234,7 +234,6 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     # x's rows in blocks of their own slices (compile: the scores' products write them so),
     # each with the cycle it is done; else the blocks are x's row ranges
     x_parts = alloc.derived_value(x, ("row_parts",))
-    x_ready = dict((r0, t) for r0, _, t in alloc.derived_value(x, ("row_ready",)) or ())
     blocks_of_x = [(r0, n) for r0, n, _ in x_parts] if x_parts else \
         softmax_row_blocks(x.rows, x.nvec, per_head, numerators)
     n_blk = len(blocks_of_x)
@@ -293,7 +292,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         t_b = _softmax_rows(graph, arch, sch, alloc, nd, place, xb,
                             clean.get(x_name, False), (n, x.cols),
                             lambda t, yb=yb, a_b=a_b: (yb, a_b),
-                            max(x_ready.get(r0, start), t_mb),
+                            max(rows_ready(alloc, x, r0, n, start), t_mb),
                             f"{what} rows {r0}..{r0 + n - 1}", zero,
                             sum_dtype, mb, k, numerators=numerators)
         alloc.region = region
@@ -367,6 +366,16 @@ def block_region(alloc, k: int, n: int) -> frozenset[int]:
 
 
 REGION_RUN = 4  # an fp32 tensor's group of slices
+
+
+def rows_ready(alloc, x: Placement, r0: int, n: int, start: int) -> int:
+    """When rows r0 .. r0 + n - 1 of x are there: the latest of the blocks its producer
+    recorded done (alloc.derive(x, ("row_ready",))) that hold some of them, when those hold
+    them all; else `start` (when all of x is)."""
+    over = [(min(q0 + m, r0 + n) - max(q0, r0), t)
+            for q0, m, t in alloc.derived_value(x, ("row_ready",)) or ()
+            if q0 < r0 + n and q0 + m > r0]
+    return max(t for _, t in over) if sum(k for k, _ in over) >= n else start
 
 
 def softmax_row_blocks(rows: int, nvec: int, per_head: int, whole_heads: bool

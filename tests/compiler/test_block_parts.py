@@ -97,3 +97,18 @@ def test_blocks_take_temporaries_in_their_region_first(monkeypatch):
     lpusim.run_onnx(model, {"x": x}, precision="int8")
     assert len(seen) > 20
     assert np.mean(seen) > 0.6
+
+
+def test_a_softmax_block_waits_for_all_its_rows():
+    """A Softmax block starts from when its producer recorded its rows done only when the
+    recorded blocks hold all of them: a norm's blocks of 32 rows hold a block of 64, not
+    one of 512, which waits for the start (all of x)."""
+    from compiler.backend.placement import Placement
+
+    alloc = Allocator(lpusim.arch.load_arch("tsp-v1"), list(range(88)))
+    x_p = Placement("fp32", (1024, 64), 1024, 64, 1, (0, 1, 2, 3), 0)
+    assert ops.rows_ready(alloc, x_p, 0, 64, 100) == 100  # nothing recorded
+    alloc.derive(x_p, ("row_ready",), [], ((0, 32, 5), (32, 32, 6)))
+    assert ops.rows_ready(alloc, x_p, 0, 64, 100) == 6
+    assert ops.rows_ready(alloc, x_p, 32, 16, 100) == 6
+    assert ops.rows_ready(alloc, x_p, 0, 512, 100) == 100
