@@ -51,19 +51,14 @@ def lanes_max_turn(sch, alloc, m: Placement, shape, ready: int, what: str,
     # every placement first: a failure leaves nothing scheduled
     got: list[tuple[Placement, int]] = []
     taken = set(m.slices)
-    # 16 distinct slices of one hemisphere: more than a block's share (ops.block_region) of
-    # it, so these take any (BERT-base int8 at seq 64..192 and 80..176 -0.38% in all)
-    region, alloc.region = alloc.region, None
     for _ in range(TILE):
         r = alloc.try_alloc(m.dtype, (nb, L), g, avoid=frozenset(taken), bank=1 - ROWS_BANK)
         if r is None:
-            alloc.region = region
             for p, _a in got:
                 alloc.release(p, 0)
             return None
         got.append(r)
         taken |= set(r[0].slices)
-    alloc.region = region
     ts = [p for p, _ in got]
     t_ts = max(a for _, a in got)
     # the rows of all byte planes in one set of 16 slices, in the bank the T_i are not in
