@@ -234,6 +234,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     # x's rows in blocks of their own slices (compile: the scores' products write them so),
     # each with the cycle it is done; else the blocks are x's row ranges
     x_parts = alloc.derived_value(x, ("row_parts",))
+    x_ready = alloc.derived_value(x, ("row_ready",))
     blocks_of_x = [(r0, n) for r0, n, _ in x_parts] if x_parts else \
         softmax_row_blocks(x.rows, x.nvec, per_head, numerators)
     n_blk = len(blocks_of_x)
@@ -278,7 +279,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     done = start
     blocks, parts = [], []
     for k, (r0, n) in enumerate(blocks_of_x):
-        xb = x_parts[k][2] if x_parts else lower.row_block(x, r0, n)
+        xb = rows_at(alloc, x, r0, n, what)
         if numerators:  # (blocks of whole heads: rows of one head lie in one block)
             # each block's exponentials in slices of their own (y itself is never written):
             # the HeadMatMul reads one block's heads while the next block is written
@@ -292,7 +293,7 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
         t_b = _softmax_rows(graph, arch, sch, alloc, nd, place, xb,
                             clean.get(x_name, False), (n, x.cols),
                             lambda t, yb=yb, a_b=a_b: (yb, a_b),
-                            max(rows_ready(alloc, x, r0, n, start), t_mb),
+                            max(rows_ready(x_ready, r0, n, start), t_mb),
                             f"{what} rows {r0}..{r0 + n - 1}", zero,
                             sum_dtype, mb, k, numerators=numerators)
         alloc.region = region
@@ -368,14 +369,26 @@ def block_region(alloc, k: int, n: int) -> frozenset[int]:
 REGION_RUN = 4  # an fp32 tensor's group of slices
 
 
-def rows_ready(alloc, x: Placement, r0: int, n: int, start: int) -> int:
-    """When rows r0 .. r0 + n - 1 of x are there: the latest of the blocks its producer
-    recorded done (alloc.derive(x, ("row_ready",))) that hold some of them, when those hold
-    them all; else `start` (when all of x is)."""
-    over = [(min(q0 + m, r0 + n) - max(q0, r0), t)
-            for q0, m, t in alloc.derived_value(x, ("row_ready",)) or ()
+def rows_ready(blocks, r0: int, n: int, start: int) -> int:
+    """When rows r0 .. r0 + n - 1 of a tensor are there, from `blocks` ((first row, rows,
+    cycle done) per block, as its producer records them: alloc.derive(x, ("row_ready",))):
+    the latest of those holding some of the rows, when they hold them all; else `start`
+    (when all of it is)."""
+    over = [(min(q0 + m, r0 + n) - max(q0, r0), t) for q0, m, t in blocks or ()
             if q0 < r0 + n and q0 + m > r0]
     return max(t for _, t in over) if sum(k for k, _ in over) >= n else start
+
+
+def rows_at(alloc, x: Placement, r0: int, n: int, what: str) -> Placement:
+    """Rows r0 .. r0 + n - 1 of x: in the block its producer wrote them to, when it wrote x
+    in blocks of their own slices (alloc.derive(x, ("row_parts",))), else x's own rows."""
+    parts = alloc.derived_value(x, ("row_parts",))
+    if not parts:
+        return lower.row_block(x, r0, n)
+    for q0, m, p in parts:
+        if q0 <= r0 and r0 + n <= q0 + m:
+            return lower.row_block(p, r0 - q0, n)
+    raise CompileError(f"internal: {what}: rows {r0}..{r0 + n - 1} lie in two blocks")
 
 
 def softmax_row_blocks(rows: int, nvec: int, per_head: int, whole_heads: bool
@@ -809,21 +822,13 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
     if numer and P.dtype != mdt:
         raise CompileError(f"internal: {what}: exponentials in {P.dtype}, not {mdt}")
 
-    # P's rows in the placements its Softmax wrote them to, block by block, if so
-    row_parts = alloc.derived_value(P, ("row_parts",)) if pm is P else None
-
     def p_rows(rows0: int, n: int) -> Placement:
-        for r0, m, p in row_parts or ():
-            if r0 <= rows0 and rows0 + n <= r0 + m:
-                return lower.row_block(p, rows0 - r0, n)
-        if row_parts:
-            raise CompileError(f"internal: {what}: a head's rows of P in two blocks")
-        return lower.row_block(pm, rows0, n)
+        # in the placements its Softmax wrote them to, block by block, if so
+        return rows_at(alloc, P, rows0, n, what) if pm is P else \
+            lower.row_block(pm, rows0, n)
 
     def p_ready(rows0: int, n: int) -> int:
-        if rr is None:
-            return t_p
-        return max([t for r0, m, t in rr if r0 < rows0 + n and r0 + m > rows0] + [a])
+        return t_p if rr is None else max(rows_ready(rr, rows0, n, t_p), a)
 
     done = t0
     for j in range(-(-D // L)):

@@ -103,12 +103,24 @@ def test_a_softmax_block_waits_for_all_its_rows():
     """A Softmax block starts from when its producer recorded its rows done only when the
     recorded blocks hold all of them: a norm's blocks of 32 rows hold a block of 64, not
     one of 512, which waits for the start (all of x)."""
+    assert ops.rows_ready(None, 0, 64, 100) == 100  # nothing recorded
+    blocks = ((0, 32, 5), (32, 32, 6))
+    assert ops.rows_ready(blocks, 0, 64, 100) == 6
+    assert ops.rows_ready(blocks, 32, 16, 100) == 6
+    assert ops.rows_ready(blocks, 0, 512, 100) == 100
+
+
+def test_rows_are_found_in_the_block_that_holds_them():
     from compiler.backend.placement import Placement
+    from compiler.errors import CompileError
 
     alloc = Allocator(lpusim.arch.load_arch("tsp-v1"), list(range(88)))
-    x_p = Placement("fp32", (1024, 64), 1024, 64, 1, (0, 1, 2, 3), 0)
-    assert ops.rows_ready(alloc, x_p, 0, 64, 100) == 100  # nothing recorded
-    alloc.derive(x_p, ("row_ready",), [], ((0, 32, 5), (32, 32, 6)))
-    assert ops.rows_ready(alloc, x_p, 0, 64, 100) == 6
-    assert ops.rows_ready(alloc, x_p, 32, 16, 100) == 6
-    assert ops.rows_ready(alloc, x_p, 0, 512, 100) == 100
+    x = Placement("fp32", (96, 64), 96, 64, 1, (0, 1, 2, 3), 0)
+    assert ops.rows_at(alloc, x, 10, 4, "t").addr == 10  # no blocks: x's own rows
+    p0 = Placement("fp32", (64, 64), 64, 64, 1, (4, 5, 6, 7), 100)
+    p1 = Placement("fp32", (32, 64), 32, 64, 1, (8, 9, 10, 11), 200)
+    alloc.derive(x, ("row_parts",), [p0, p1], ((0, 64, p0), (64, 32, p1)))
+    got = ops.rows_at(alloc, x, 70, 8, "t")
+    assert got.slices == p1.slices and got.addr == 206
+    with pytest.raises(CompileError, match="two blocks"):
+        ops.rows_at(alloc, x, 60, 8, "t")
