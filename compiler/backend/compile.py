@@ -1875,8 +1875,13 @@ def _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype, start, what, 
         tmp_ty = graph.values[out]
         mdt = _machine_dtype(tmp_ty.dtype, what)
         tmp, nb = alloc.alloc(mdt, tuple(tmp_ty.shape), dtype_info(mdt).nbytes)
-        t1 = lower.matmul(sch, xq, w, tmp, max(t_x, nb), what, zero=zero(w.dtype))
-        done = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what)
+        vpr = tmp.vpr
+        parts: list = []  # each tile's bias added as soon as the MXM has written it
+        t1 = lower.matmul(sch, xq, w, tmp, max(t_x, nb), what, zero=zero(w.dtype),
+                          on_tile=lambda r0, n, nt, tt: parts.append(
+                              (range(r0 * vpr + nt, (r0 + n) * vpr + nt, vpr), tt)))
+        done = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what,
+                         _copies_for(graph, out, sch.arch.lanes), parts)
     if xq is not x:
         alloc.release(xq, done)
     return done
@@ -1931,11 +1936,17 @@ def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready:
             extra.append(got[0])
             nb = max(nb, got[1])
     done = t
+    cols = [t] * y.vpr  # when each column tile of y is there
     for vs, tp in parts:
-        done = max(done, lower.elementwise(sch, ["add"], tmp, pb, None, y, max(t, nb, tp),
-                                           what + " bias", vectors=vs, z_also=tuple(extra)))
+        td = lower.elementwise(sch, ["add"], tmp, pb, None, y, max(t, nb, tp), what + " bias",
+                               vectors=vs, z_also=tuple(extra))
+        done = max(done, td)
+        for c in ({v % y.vpr for v in vs} if len(vs) < y.nvec else range(y.vpr)):
+            cols[c] = max(cols[c], td)
     if extra:
         alloc.derive(y, ("copies",), extra, tuple(extra))
+    if len(parts) > 1 and y.vpr > 1:  # its readers may start from the first tile
+        alloc.derive(y, ("col_ready",), [], tuple(cols))
     alloc.release(tmp, done)
     if cp is not None:
         alloc.release(cp, done)

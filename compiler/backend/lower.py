@@ -237,7 +237,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
            what: str, plane: int | None = None, zero: Placement | None = None,
            copies: tuple[Placement, ...] = (), pad_zero: bool = False,
            split: bool = True, x_parts: tuple[Placement, ...] = (), w_after: int = 0,
-           on_tile=None) -> int:
+           on_tile=None, x_ready: tuple[int, ...] | None = None) -> int:
     """y[M, N] = x[M, K] @ w[K, N] on the MXM, each 320-column tile of y on the plane that is
     free first (or on `plane`); returns when y is in SRAM. With `zero` (a zero vector of w's
     type), a last K tile shorter than 320 rows also loads zero rows for the rest, so lanes of x
@@ -247,19 +247,24 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
     one slice reads one vector per cycle. With `x_parts`, K tile kt streams x_parts[kt] (M
     rows, at most 320 columns: its column tile 0; of x's type and number of slices, in any
     slices) instead of x's column tile kt, and w (Tiled) has that many rows in its tile kt (x
-    gives only M, the type and the slice count). `w_after`: a Tiled w computed on chip is
-    loaded from then on (a constant one from the start)."""
+    gives only M, the type and the slice count); an entry may be a tuple of copies of one
+    part (each in its own slices), streamed from whichever is free. `w_after`: a Tiled w
+    computed on chip is loaded from then on (a constant one from the start). `x_ready`: the
+    cycle from which each K tile of x may be read, when its tiles are written one by one
+    (default `ready`)."""
     if pad_zero and w.dtype != "int8":
         raise CompileError(f"internal: {what}: stale weight rows left in place for {w.dtype}")
     arch = sch.arch
     lanes = arch.lanes
     M, K, N = x.rows, x.cols, w.cols
     if x_parts:
-        if not isinstance(w, Tiled) or copies or pad_zero or any(
-                p.rows != M or p.cols > lanes or len(p.slices) != len(x.slices)
-                or p.dtype != x.dtype for p in x_parts):
+        x_parts = tuple(p if isinstance(p, tuple) else (p,) for p in x_parts)
+        if not isinstance(w, Tiled) or copies or any(
+                p.rows != M or p.cols != alts[0].cols or p.cols > lanes
+                or len(p.slices) != len(x.slices) or p.dtype != x.dtype
+                for alts in x_parts for p in alts):
             raise CompileError(f"internal: {what}: activation parts need tiled weights")
-        K = sum(p.cols for p in x_parts)
+        K = sum(alts[0].cols for alts in x_parts)
     if w.rows != K:
         raise CompileError(f"{what}: inner dimensions differ ({K} vs {w.rows})")
     cap = arch.mxm_acc_vectors_per_plane
@@ -271,8 +276,10 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                                     what, plane, zero,
                                     tuple(row_block(c, m0, n) for c in copies),
                                     pad_zero=pad_zero, split=split,
-                                    x_parts=tuple(row_block(p, m0, n) for p in x_parts),
-                                    w_after=w_after, on_tile=_offset(on_tile, m0)))
+                                    x_parts=tuple(tuple(row_block(p, m0, n) for p in alts)
+                                                  for alts in x_parts),
+                                    w_after=w_after, on_tile=_offset(on_tile, m0),
+                                    x_ready=x_ready))
         return done
     g = len(x.slices)
     w_ready = w_after if isinstance(w, Tiled) else ready
@@ -289,7 +296,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             n = min(rr, M - m0)
             done = max(done, matmul(sch, row_block(x, m0, n), w, row_block(y, m0, n), ready,
                                     what, None, zero, split=False,
-                                    on_tile=_offset(on_tile, m0)))
+                                    on_tile=_offset(on_tile, m0), x_ready=x_ready))
         return done
     done = ready
     for nt in range(nt_n):
@@ -330,7 +337,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         # a Tiled matrix may leave out tiles of zeros (not for a whole column of tiles)
         kts = [kt for kt in range(kt_n) if not isinstance(w, Tiled) or (kt, nt) in w.tiles]
         for kt in kts:
-            rk = x_parts[kt].cols if x_parts else min(lanes, K - kt * lanes)
+            rk = x_parts[kt][0].cols if x_parts else min(lanes, K - kt * lanes)
             zeros = [] if zero is None else (list(zero) if isinstance(zero, (list, tuple))
                                              else [zero])
 
@@ -376,7 +383,10 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             iw_clear = t_free + arch.lat("mxm_install")
             flag = 1 if kt != kts[0] else 0  # the first accumulates onto nothing
 
-            def abc(res, T, kt=kt, flag=flag, q=q, P=P, to_mxm=to_mxm, acc_addr=acc_addr):
+            x_in = ready if x_ready is None else max(ready, x_ready[kt])
+
+            def abc(res, T, kt=kt, flag=flag, q=q, P=P, to_mxm=to_mxm, acc_addr=acc_addr,
+                    x_in=x_in):
                 arrive = range(T, T + M * iv, iv)
                 c0 = 0 if x_parts else kt
                 got = {}
@@ -384,10 +394,10 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                 def reads(src):  # the first copy whose reads fit (the least hint if none)
                     xa = range(src.addr + c0, src.addr + c0 + M * src.vpr, src.vpr)
                     got["b"], got["xa"] = sch.read_flow(res, src, xa, arrive, P, to_mxm,
-                                                        ready), xa
+                                                        x_in), xa
                     return got["b"] is not None
 
-                src = res.first_fit((x_parts[kt],) if x_parts else (x,) + copies, reads)
+                src = res.first_fit(x_parts[kt] if x_parts else (x,) + copies, reads)
                 if src is None or not res.take_issue(q, T):
                     return None
                 b, xa = got["b"], got["xa"]
@@ -399,7 +409,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                                                            addr=acc_addr,
                                                            flag=flag))]
 
-            start = max(t_iw + arch.lat("mxm_install") + 1, acc_free if kt == 0 else 0)
+            start = max(t_iw + arch.lat("mxm_install") + 1, acc_free if kt == 0 else 0, x_in)
             t_abc = sch.place(start, abc, f"{what} activations")
             last_abc_in = t_abc + (M - 1) * iv
             array_busy_until = last_abc_in + 1

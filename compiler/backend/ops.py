@@ -130,6 +130,10 @@ def lower_sequence(sch, alloc, x: Placement, new, out: str, start: int, what: st
     each with its own temporaries, so the blocks' middle passes use several slices' ports and
     ALUs at once."""
     steps = _chained(steps)
+    cols = alloc.derived_value(x, ("col_ready",))
+    if cols is not None and x.vpr > 1 and x.rows > 1 and len(steps) > 1 \
+            and not any(isinstance(b, Placement) for _, b in steps):
+        return _sequence_cols(sch, alloc, x, new, out, cols, what, steps)
     blocks = 1 if any(isinstance(b, Placement) for _, b in steps) or len(steps) < 3 else \
         max(1, min(SEQUENCE_BLOCKS, x.nvec // SEQUENCE_BLOCK_VECTORS))
     if blocks == 1:
@@ -171,6 +175,53 @@ def _chained(steps):
                 continue
         out.append((list(ops), b))
     return out
+
+
+def _sequence_cols(sch, alloc, x: Placement, new, out: str, cols: tuple[int, ...], what: str,
+                   steps) -> int:
+    """lower_sequence's passes column tile by column tile of x, each from the cycle its
+    producer wrote that tile (cols[c]: a MatMul's results come out tile by tile), with
+    temporaries of one vector per row. Copies of x its producer wrote are read by the tiles
+    in turn."""
+    vpr, g = x.vpr, len(x.slices)
+    srcs = [x] + list(alloc.derived_value(x, ("copies",)) or ())
+    # space free from when the first tile (then this tile) is there
+    now, alloc.now = alloc.now, min(cols)
+    y, a = new(out, min(cols))
+    done = 0
+    for c in range(vpr):
+        src = srcs[c % len(srcs)]
+        cur, t = None, cols[c]  # cur None: tile c of src
+        alloc.now = cols[c]
+        for k, (ops, b) in enumerate(steps):
+            last = k == len(steps) - 1
+            if last:  # vector r * vpr + c of y, as of x
+                dst, vs, t = y, range(c, y.nvec, vpr), max(t, a)
+                x_of = None if cur is None else (lambda v: v // vpr)
+                y_of = None
+            else:  # row r of a temporary
+                dst, at = alloc.alloc(x.dtype, (x.rows, sch.arch.lanes), g,
+                                      avoid=frozenset(src.slices))
+                vs, t = None, max(t, at)
+                x_of = (lambda v, c=c: v * vpr + c) if cur is None else None
+                y_of = lambda v, c=c: v * vpr + c  # noqa: E731
+            xin = src if cur is None else cur
+            if b == "x":
+                if cur is None:
+                    t = lower.elementwise(sch, ops, src, None, None, dst, t, what,
+                                          y_is_x=True, x_of=x_of, vectors=vs)
+                else:
+                    t = lower.elementwise(sch, ops, cur, src, None, dst, t, what, x_of=x_of,
+                                          y_of=y_of, vectors=vs)
+            else:
+                t = lower.elementwise(sch, ops, xin, None, b, dst, t, what, x_of=x_of,
+                                      vectors=vs)
+            if cur is not None:
+                alloc.release(cur, t)
+            cur = dst
+        done = max(done, t)
+    alloc.now = now
+    return done
 
 
 def _sequence_rows(sch, alloc, x: Placement, out, start: int, what: str, steps) -> int:
@@ -1509,19 +1560,26 @@ def row_absmax(sch, alloc, x: Placement, ready: int, what: str, floor: float | N
     # x's rows by the blocks its producer finished one by one (a norm in row blocks), each
     # folded as soon as it is there; else all rows from `ready`
     rr = alloc.derived_value(x, ("row_ready",))
+    # or its column tiles by the cycles they are there (a MatMul's results), each tile read
+    # from one of the copies of x its producer wrote, in turn (a slice reads a vector a cycle)
+    cr = None if rr else alloc.derived_value(x, ("col_ready",))
+    srcs = [x] + list(alloc.derived_value(x, ("copies",)) or ()) if cr else [x]
     spans = [(range(r0, r0 + n), t_r) for r0, n, t_r in rr] if rr else \
-        [(None, ready)]
+        [(None, min(cr) if cr else ready)]
     parts: list[tuple[Placement, int]] = []
     # the folds' space free from when the first rows are there
     now, alloc.now = alloc.now, min(t for _, t in spans)
     for f in range(folds):
         m, ts = None, [t for _, t in spans]
         for c in range(f, vpr, folds):
-            nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices) | frozenset(
-                m.slices if m is not None else ()))
+            src = srcs[(c + 1) % len(srcs)]
+            nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(
+                s for p in srcs for s in p.slices) | frozenset(m.slices if m is not None else ()))
+            if cr:
+                a = max(a, cr[c])
             ops = ["max"] if signed else \
                 ["abs"] if m is None and floor is None else ["abs", "max"]
-            ts = [lower.elementwise(sch, ops, x, m, floor if m is None else None, nxt,
+            ts = [lower.elementwise(sch, ops, src, m, floor if m is None else None, nxt,
                                     max(t, a), what + " row max",
                                     x_of=lambda v, c=c: v * vpr + c,
                                     y_mode="row" if m is None else "col", vectors=vs)
@@ -1724,23 +1782,40 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
         # that several tiles' activations stream at once (a slice reads one vector a cycle)
         n_q = 1 + (ACT_COPIES if x.rows >= ACT_COPY_ROWS and arch.mxm_rate_of(qdtype) >= 1
                    else 0)
-        q0, a = alloc.alloc(qdtype, x.shape, 1, avoid=busy)
-        qs = [q0]
-        for _ in range(n_q - 1):  # on q0's side: written from the same streams as they pass
-            got = alloc.try_alloc(qdtype, x.shape, 1, only=side_of(sch, q0),
-                                  avoid=busy | frozenset(s for p in qs for s in p.slices))
-            if got is not None:
-                qs.append(got[0])
-                a = max(a, got[1])
-        t = lower.elementwise(sch, ["mul", "cvt"], x, rp, None, q0, max(t, t_r, a),
-                              what + " quantize", y_mode="col", z_also=tuple(qs[1:]))
+        # x_q in K tiles, each in its own slice (and its copies in others): the MXM streams a
+        # tile as soon as it is written, while the pass writes the next tile elsewhere (a
+        # slice cannot read and write one bank in one cycle); one row: the tiles are one
+        # vector each, consecutive in one slice
+        parts, t_q, prev = [], [], frozenset()
+        one, a1 = alloc.alloc(qdtype, x.shape, 1, avoid=busy) if x.rows == 1 else (None, 0)
+        for c in range(x.vpr):
+            shp = (x.rows, min(arch.lanes, x.cols - c * arch.lanes))
+            p0, a = (Placement(qdtype, shp, 1, shp[1], 1, one.slices, one.addr + c), a1) \
+                if one is not None else alloc.try_alloc(qdtype, shp, 1, avoid=busy | prev) \
+                or alloc.alloc(qdtype, shp, 1, avoid=busy)
+            alts = [p0]
+            for _ in range(n_q - 1):  # on p0's side: written from the same streams as they pass
+                got = alloc.try_alloc(qdtype, shp, 1, only=side_of(sch, p0),
+                                      avoid=busy | frozenset(s for p in alts for s in p.slices))
+                if got is not None:
+                    alts.append(got[0])
+                    a = max(a, got[1])
+            t_q.append(lower.elementwise(sch, ["mul", "cvt"], x, rp, None, p0, max(t, t_r, a),
+                                         what + " quantize", y_mode="col",
+                                         z_also=tuple(alts[1:]),
+                                         x_of=lambda v, c=c: v * x.vpr + c))
+            parts.append(tuple(alts))
+            prev = frozenset(s for p in alts for s in p.slices)
+        t_q = tuple(t_q)
+        qs = [one] if one is not None else [p for alts in parts for p in alts]
+        t = max(t_q)
         if cp is not None:
             alloc.release(cp, t)
         alloc.release(r, t)
-        got = (qs[0], tuple(qs[1:]), sx, t, t_sx)
+        got = (tuple(parts), sx, t_q, t_sx)
         alloc.derive(x, key, qs + [sx], got)
-    xq, copies, sx, t, t_sx = got
-    t = max(t, ready)
+    parts, sx, t_q, t_sx = got
+    t_q = tuple(max(tc, ready) for tc in t_q)
     acc_dtype = "int32" if qdtype == "int8" else "fp32"
     # the scale of every result, x's row scale times W's column scale, while the MXM works
     sxp, t_sx, cp = apart(sch, alloc, sx, w_scale, max(t_sx, ready), what + " scale")
@@ -1764,9 +1839,10 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     # BERT-base seq 128 1,048,067 -> 1,041,338, where a zero-row load of the FFN's third K tile
     # waited 962 cycles for the zero vector's slice; outputs bit-identical)
     got_tiles: list = []
-    t = lower.matmul(sch, xq, wq, acc, max(t, a), what, zero=zero(qdtype), copies=copies,
-                     pad_zero=x_clean and qdtype == "int8",
-                     on_tile=lambda r0, n, nt, tt: got_tiles.append((r0, n, nt, tt)))
+    t = lower.matmul(sch, parts[0][0], wq, acc, max(min(t_q), a), what, zero=zero(qdtype),
+                     x_parts=parts, pad_zero=x_clean and qdtype == "int8",
+                     on_tile=lambda r0, n, nt, tt: got_tiles.append((r0, n, nt, tt)),
+                     x_ready=t_q)
     # y = float(acc) * S: one chain (int32 accumulators: a cvt link first)
     ops = ["cvt", "mul"] if acc_dtype != y.dtype else ["mul"]
     if set(y.slices) & (set(acc.slices) | set(S.slices)):
