@@ -882,6 +882,7 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
         return t_p if rr is None else max(rows_ready(rr, rows0, n, t_p), a)
 
     done = t0
+    cols = [t0] * -(-D // L)  # when each column tile of y is written
     for j in range(-(-D // L)):
         cn = min(L, D - j * L)
         heads = sorted({int(h) for h in ids[j * L:j * L + cn]})
@@ -912,16 +913,19 @@ def lower_head_matmul(graph, sch, alloc, nd, place, new, start, what, zero, mdt:
             parts = tuple(p_rows((b * H + h) * M, M) for h in heads)
             t_pj = max(p_ready((b * H + h) * M, M) for h in heads)
             if numer:
-                done = max(done, _head_products_over_sums(
+                cols[j] = max(cols[j], _head_products_over_sums(
                     sch, alloc, parts, w, _head_ones(sch, alloc, ids, ids_name, heads, j, T, cn,
                                                      mdt),
                     y, b * M, j, t_pj, t_w, what, zero(mdt)))
                 continue
             yb = Placement(y.dtype, (M, cn), M, cn, y.vpr, y.slices, y.addr + b * M * y.vpr + j)
-            done = max(done, lower.matmul(sch, parts[0], w, yb, t_pj, what, zero=zero(mdt),
-                                          x_parts=parts, w_after=t_w))
+            cols[j] = max(cols[j], lower.matmul(sch, parts[0], w, yb, t_pj, what,
+                                                zero=zero(mdt), x_parts=parts, w_after=t_w))
+    done = max(done, *cols)
     for p in temps:
         alloc.release(p, done)
+    if len(cols) > 1 and y.rows > 1:  # its readers may start from the first tile
+        alloc.derive(y, ("col_ready",), [], tuple(cols))
     return done
 
 

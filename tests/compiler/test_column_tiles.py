@@ -128,3 +128,38 @@ def test_quantized_activations_stream_a_k_tile_as_soon_as_it_is_written(precisio
     assert _cycles(sch, down, "mxm.abc")[0] < ready[-1]
     tol = 0.05 if precision == "int8" else 0.15
     assert max(e["max_rel"] for e in res.report["errors"].values()) <= tol
+
+
+def test_the_out_projection_folds_the_head_products_tile_by_tile(monkeypatch):
+    """HeadMatMul records when each column tile of the merged heads is written; the row
+    absmax that quantizes them for the out-projection folds each tile from then on."""
+    from tests.compiler.test_head_matmul import _attention
+
+    model = _attention(1, 64, 12, 64)  # 768 merged columns: three tiles
+    x = np.random.default_rng(5).standard_normal((1, 64, 768)).astype(np.float32)
+    cols, folds = [], []
+    real_derive, real_ew = Allocator.derive, lower.elementwise
+
+    def derive(self, src, key, held, value):
+        if key == ("col_ready",):
+            cols.append(value)
+        return real_derive(self, src, key, held, value)
+
+    def elementwise(sch, ops, x, y, imm, z, ready, what, **kw):
+        if what.endswith("row max") and ops[-1] == "max" and y is None:  # a fold's first
+            folds.append((what, ready))
+        return real_ew(sch, ops, x, y, imm, z, ready, what, **kw)
+
+    monkeypatch.setattr(Allocator, "derive", derive)
+    monkeypatch.setattr(lower, "elementwise", elementwise)
+    res, sch = _run(model, x, "int8", monkeypatch)
+    heads = next(name for name, op in sch.ops if op == "HeadMatMul")
+    out_proj = [name for name, op in sch.ops if op.startswith("MatMul")][-1]
+    (tiles,) = [c for c in cols if len(c) == 3]
+    assert max(tiles) >= _cycles(sch, heads)[-1]
+    # the out-projection's absmax: its first fold from the first tile, not the last
+    starts = [t for what, t in folds if f"'{out_proj}'" in what]
+    assert starts and min(starts) == min(tiles) < max(tiles)
+    # x, q, k, v and the merged heads each quantized by rows, in a graph of random weights:
+    # as test_head_matmul's bound
+    assert max(e["max_rel"] for e in res.report["errors"].values()) <= 0.1
