@@ -67,10 +67,10 @@ def _cycles(sch, node: str, mnemonic: str | None = None) -> list[int]:
                   if e.op in ids and (mnemonic is None or e.mnemonic == mnemonic))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_the_gelu_runs_tile_by_tile_and_gives_the_same_numbers(precision, monkeypatch):
-    model, x = _ffn()
-    cols, starts = [], []
+def _watch(monkeypatch, keep):
+    """Every ("col_ready",) record, and (what, ready, first cycle) of each VXM job that
+    keep(ops, B operand, what) accepts, as they are made."""
+    cols, jobs = [], []
     real_derive, real_ew = Allocator.derive, lower.elementwise
 
     def derive(self, src, key, held, value):
@@ -79,14 +79,23 @@ def test_the_gelu_runs_tile_by_tile_and_gives_the_same_numbers(precision, monkey
         return real_derive(self, src, key, held, value)
 
     def elementwise(sch, ops, x, y, imm, z, ready, what, **kw):
+        n = len(sch.code)
         t = real_ew(sch, ops, x, y, imm, z, ready, what, **kw)
-        if what == "Gelu (node 'gelu')":
-            starts.append((ready, min(e.cycle for e in sch.code[-4:])))
+        if keep(ops, y, what):
+            jobs.append((what, ready, min((e.cycle for e in sch.code[n:]), default=t)))
         return t
 
     monkeypatch.setattr(Allocator, "derive", derive)
     monkeypatch.setattr(lower, "elementwise", elementwise)
+    return cols, jobs
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_gelu_runs_tile_by_tile_and_gives_the_same_numbers(precision, monkeypatch):
+    model, x = _ffn()
+    cols, jobs = _watch(monkeypatch, lambda ops, y, what: what == "Gelu (node 'gelu')")
     tiled, _ = _run(model, x, precision, monkeypatch)
+    starts = [(r, t) for _, r, t in jobs]
     up = cols[0]  # the first MatMul's output, five tiles written one by one
     assert len(up) == 5 and min(up) < max(up)
     # three passes per tile (x / sqrt 2 and erf; * 0.5 + 0.5; * x), the first from when
@@ -97,9 +106,9 @@ def test_the_gelu_runs_tile_by_tile_and_gives_the_same_numbers(precision, monkey
     tol = 1e-4 if precision == "fp32" else 0.05
     assert max(e["max_rel"] for e in tiled.report["errors"].values()) <= tol
     # the same numbers as the Gelu over all rows at once, from the last tile on
-    starts.clear()
+    jobs.clear()
     whole, _ = _run(model, x, precision, monkeypatch, drop_col_ready=True)
-    assert len(starts) < 3 * len(up) and min(r for r, _ in starts) >= max(up)
+    assert len(jobs) < 3 * len(up) and min(r for _, r, _ in jobs) >= max(up)
     np.testing.assert_array_equal(tiled.outputs["out"], whole.outputs["out"])
 
 
@@ -137,28 +146,16 @@ def test_the_out_projection_folds_the_head_products_tile_by_tile(monkeypatch):
 
     model = _attention(1, 64, 12, 64)  # 768 merged columns: three tiles
     x = np.random.default_rng(5).standard_normal((1, 64, 768)).astype(np.float32)
-    cols, folds = [], []
-    real_derive, real_ew = Allocator.derive, lower.elementwise
-
-    def derive(self, src, key, held, value):
-        if key == ("col_ready",):
-            cols.append(value)
-        return real_derive(self, src, key, held, value)
-
-    def elementwise(sch, ops, x, y, imm, z, ready, what, **kw):
-        if what.endswith("row max") and ops[-1] == "max" and y is None:  # a fold's first
-            folds.append((what, ready))
-        return real_ew(sch, ops, x, y, imm, z, ready, what, **kw)
-
-    monkeypatch.setattr(Allocator, "derive", derive)
-    monkeypatch.setattr(lower, "elementwise", elementwise)
+    # a fold's first pass: max(|x|, floor) of one tile
+    cols, folds = _watch(monkeypatch, lambda ops, y, what: what.endswith("row max")
+                         and ops[-1] == "max" and y is None)
     res, sch = _run(model, x, "int8", monkeypatch)
     heads = next(name for name, op in sch.ops if op == "HeadMatMul")
     out_proj = [name for name, op in sch.ops if op.startswith("MatMul")][-1]
     (tiles,) = [c for c in cols if len(c) == 3]
     assert max(tiles) >= _cycles(sch, heads)[-1]
     # the out-projection's absmax: its first fold from the first tile, not the last
-    starts = [t for what, t in folds if f"'{out_proj}'" in what]
+    starts = [t for what, t, _ in folds if f"'{out_proj}'" in what]
     assert starts and min(starts) == min(tiles) < max(tiles)
     # x, q, k, v and the merged heads each quantized by rows, in a graph of random weights:
     # as test_head_matmul's bound
