@@ -1798,7 +1798,8 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
                 if one is not None else alloc.try_alloc(qdtype, shp, 1, avoid=busy | prev) \
                 or alloc.alloc(qdtype, shp, 1, avoid=busy)
             alts = [p0]
-            for _ in range(n_q - 1):  # on p0's side: written from the same streams as they pass
+            # on p0's side: written from the same streams as they pass (one row has none)
+            for _ in range(n_q - 1 if one is None else 0):
                 got = alloc.try_alloc(qdtype, shp, 1, only=side_of(sch, p0),
                                       avoid=busy | frozenset(s for p in alts for s in p.slices))
                 if got is not None:
