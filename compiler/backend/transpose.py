@@ -148,45 +148,78 @@ def _block(sch, alloc, x, z, xv, zv, nr, nc, ready, what) -> int:
 
 def _plane(sch, alloc, zk, amap, yb, zv, b, ntc, nc, sides, ready, what) -> int:
     """Steps 2-5 for byte plane b of a block of ntc column tiles, in hemisphere b % 2 of
-    `sides` (west and east slices) where it has room (so the planes use both SXMs)."""
+    `sides` (west and east slices) where it has room (so the planes use both SXMs). The steps
+    run in chunks of CHUNK column tiles, each from when its part of the step before is done:
+    the gather of one chunk, the unskew of the one before and the corner turn and copy back
+    of the one before that go side by side, where whole steps would wait for each other.
+    Chunks alternate between two gather slices (a slice cannot read and write one bank in a
+    cycle: the gather of a chunk writes one while the unskew of the last reads the other)."""
     L = sch.arch.lanes
-    # 2. gather, into one slice away from Z and the map
+    # 2. gather, into slices away from Z and the map
     avoid = frozenset(zk.slices) | frozenset(amap.slices)
-    # byte planes alternate between the hemispheres, so both SXMs unskew and turn at once
-    got = alloc.try_alloc("int8", (ntc * TILE, L), 1, avoid=avoid, only=sides[b % 2])
-    g, ag = got if got is not None else alloc.alloc("int8", (ntc * TILE, L), 1, avoid=avoid)
-    tb = gather_job(sch, zk.slices[b], zk.addr, amap, list(range(ntc * TILE)), g,
-                    list(range(ntc * TILE)), max(ready, ag), what)
-    # 3. unskew into 16 slices (vector cb of slice j)
-    first = 0 if g.slices[0] in sides[0] else 1
-    ins, a3 = _sixteen(alloc, (ntc, L), avoid=frozenset(g.slices), first=first)
-    tb = max(tb, a3)
-    t3 = tb
-    for cb in range(ntc):
-        t3 = max(t3, lower.sxm_unary(sch, "sxm.rotate", g, None,
-                                     list(range(cb * TILE, (cb + 1) * TILE)), None,
-                                     dict(shift=-TILE * cb), tb, what,
-                                     dests=[(ins[j], cb) for j in range(TILE)]))
-    alloc.release(g, t3)
-    # 4. corner turn into 16 slices (vector cb of slice i = row 16 cb + i of Y)
-    outs, a4 = _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in ins for s in p.slices)
-                        | frozenset(yb.slices), first=first)
-    t4 = _corner_turn(sch, ins, outs, ntc, max(t3, a4), what)
-    for p in ins:
-        alloc.release(p, t4)
-    # 5. copy back to Y's plane b
-    t5 = t4
-    for i in range(TILE):
-        cbs = [cb for cb in range(ntc) if cb * TILE + i < nc]
-        if not cbs:
-            continue
-        vecs = [zv[cb * TILE + i] for cb in cbs]
-        src = dict(zip(vecs, cbs, strict=True))
-        t5 = max(t5, lower.elementwise(sch, ["copy"], outs[i], None, None, yb, t4, what,
-                                       x_of=src.__getitem__, vectors=vecs))
+    chunks = [list(range(c, min(ntc, c + CHUNK))) for c in range(0, ntc, CHUNK)]
+    per = -(-len(chunks) // 2) * CHUNK  # column tiles in each gather slice
+    gs: list[tuple[Placement, int]] = []
+    for _ in range(min(2, len(chunks))):
+        # byte planes alternate between the hemispheres, so both SXMs unskew and turn at once
+        taken = avoid | frozenset(s for p, _a in gs for s in p.slices)
+        got = alloc.try_alloc("int8", (per * TILE, L), 1, avoid=taken, only=sides[b % 2])
+        gs.append(got if got is not None else alloc.alloc("int8", (per * TILE, L), 1,
+                                                          avoid=taken))
+    first = 0 if gs[0][0].slices[0] in sides[0] else 1
+    ins: list[Placement] = []  # the unskew's 16 slices (vector cb of slice j)
+    outs: list[Placement] = []  # the corner turn's
+    a3 = a4 = t4 = t5 = ready
+    piped = len(chunks) > 1
+    if piped:  # every chunk's temporaries first, held to the end
+        ins, a3 = _sixteen(alloc, (ntc, L),
+                           avoid=frozenset(s for p, _a in gs for s in p.slices), first=first)
+        outs, a4 = _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in ins for s in p.slices)
+                            | frozenset(yb.slices), first=first)
+    for k, cbs in enumerate(chunks):
+        g, ag = gs[k % 2]
+        g0 = (k // 2) * CHUNK  # the chunk's first column tile in its gather slice
+        rows = [v for cb in cbs for v in range(cb * TILE, (cb + 1) * TILE)]
+        tb = gather_job(sch, zk.slices[b], zk.addr, amap, rows, g,
+                        [v - cbs[0] * TILE + g0 * TILE for v in rows], max(ready, ag), what)
+        # 3. unskew into 16 slices
+        if not ins:
+            ins, a3 = _sixteen(alloc, (ntc, L),
+                               avoid=frozenset(s for p, _a in gs for s in p.slices), first=first)
+        tb = max(tb, a3)
+        t3 = tb
+        for i, cb in enumerate(cbs):
+            t3 = max(t3, lower.sxm_unary(sch, "sxm.rotate", g, None,
+                                         list(range((g0 + i) * TILE, (g0 + i + 1) * TILE)),
+                                         None, dict(shift=-TILE * cb), tb, what,
+                                         dests=[(ins[j], cb) for j in range(TILE)]))
+        if not piped:
+            alloc.release(g, t3)
+        # 4. corner turn into 16 slices (vector cb of slice i = row 16 cb + i of Y)
+        if not outs:
+            outs, a4 = _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in ins for s in p.slices)
+                                | frozenset(yb.slices), first=first)
+        tk = _corner_turn(sch, [lower.row_block(p, cbs[0], len(cbs)) for p in ins],
+                          [lower.row_block(p, cbs[0], len(cbs)) for p in outs], len(cbs),
+                          max(t3, a4), what)
+        t4 = max(t4, tk)
+        # 5. copy back to Y's plane b
+        for i in range(TILE):
+            mine = [cb for cb in cbs if cb * TILE + i < nc]
+            if not mine:
+                continue
+            vecs = [zv[cb * TILE + i] for cb in mine]
+            src = dict(zip(vecs, mine, strict=True))
+            t5 = max(t5, lower.elementwise(sch, ["copy"], outs[i], None, None, yb, tk, what,
+                                           x_of=src.__getitem__, vectors=vecs))
+    for p in [g for g, _a in gs if piped] + ins:
+        alloc.release(p, t5 if piped else t4)
     for p in outs:
         alloc.release(p, t5)
     return t5
+
+
+CHUNK = 4  # column tiles (16 rows of the result each) per step of _plane's pipeline
 
 
 def _sides(arch, alloc) -> list[frozenset[int]]:
