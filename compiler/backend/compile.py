@@ -696,6 +696,107 @@ def _vector_products(graph: Graph) -> None:
     graph.prune()
 
 
+def _kv_repeat(graph: Graph, v: str) -> tuple[str, int]:
+    """(u, rep) when v is u's heads each repeated rep times, as grouped-query attention is
+    decomposed: Reshape [.., Hkv, X, Y] -> [.., Hkv, 1, X, Y], Expand to [.., Hkv, rep, X, Y],
+    Reshape to [.., Hkv * rep, X, Y], each value read once (head h of v is head h // rep of
+    u); else (v, 1)."""
+    r2 = graph.producer(v)
+    if r2 is None or graph.node(r2)["op"] != "Reshape" or graph.num_uses(v) != 1:
+        return v, 1
+    e = graph.node(r2)["inputs"][0]
+    ex = graph.producer(e)
+    if ex is None or graph.node(ex)["op"] != "Expand" or graph.num_uses(e) != 1:
+        return v, 1
+    r = graph.node(ex)["inputs"][0]
+    r1 = graph.producer(r)
+    if r1 is None or graph.node(r1)["op"] != "Reshape" or graph.num_uses(r) != 1:
+        return v, 1
+    u = graph.node(r1)["inputs"][0]
+    us, rs, es, vs = (tuple(graph.values[w].shape) for w in (u, r, e, v))
+    n = len(us)
+    if n < 3 or len(rs) != n + 1 or len(es) != n + 1 or len(vs) != n \
+            or rs != us[:-2] + (1,) + us[-2:] or es[:n - 2] != us[:-2] \
+            or es[n - 1:] != us[-2:] or vs != us[:-3] + (us[-3] * es[n - 2],) + us[-2:]:
+        return v, 1
+    return u, es[n - 2]
+
+
+def _cached_scores(graph: Graph, lanes: int) -> None:
+    """Attention's scores for one query row per head against a few keys (a decode step with a
+    KV cache): Q [.., 1, d] @ Transpose(K [.., S, d]) with S < one vector's lanes, K's heads
+    maybe repeated for grouped-query attention (_kv_repeat). Turned head by head, each K^T
+    row of a head holds only S lanes of data, so the corner turn's work (a gather, rotations
+    and a copy per row of K^T) is repeated for every head. Instead all G key heads turn at
+    once: K as [G * S, d] rows becomes K^T [d, G * S] (G * S lanes a row), every query row
+    multiplies all of it (Q [Gq, d] @ K^T: one MXM weight install per 320 keys of all heads,
+    not one per head, and no repeat of K's heads), and query head h's scores are the lanes
+    g * S .. g * S + S - 1 of row h, g = h // rep (Slices, then a Concat of the rows). The
+    products are the same sums in the same order: the same numbers."""
+    for name in graph.topo_order():
+        if name not in graph.g.nodes:
+            continue
+        nd = graph.node(name)
+        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
+            continue
+        a, b = nd["inputs"][:2]
+        if b in graph.outputs:
+            continue
+        src, rep = _kv_repeat(graph, b)
+        t = graph.producer(src)
+        if t is None or graph.node(t)["op"] != "Transpose" or graph.num_uses(src) != 1 \
+                or src in graph.outputs:
+            continue
+        k = graph.node(t)["inputs"][0]
+        qs, ks = tuple(graph.values[a].shape), tuple(graph.values[k].shape)
+        n = len(ks)
+        if n < 3 or len(qs) != n \
+                or _perm(graph.node(t), n) != list(range(n - 2)) + [n - 1, n - 2] \
+                or qs[:-3] != ks[:-3] or qs[-3] != ks[-3] * rep or qs[-2] != 1 \
+                or qs[-1] != ks[-1] or not 2 <= ks[-2] < lanes \
+                or graph.values[a].dtype != "float32" or graph.values[k].dtype != "float32":
+            continue
+        heads, S, d = int(np.prod(ks[:-2])), ks[-2], ks[-1]
+        if heads * rep < 2:
+            continue
+        y, order = nd["outputs"][0], nd["order"]
+        yt = graph.values[y]
+        f32 = "float32"
+        graph.remove_node(name)
+
+        def shape_const(tag, dims, y=y):
+            return graph.add_const(graph.fresh_name(f"{y}_{tag}"), np.array(dims, np.int64))
+
+        k2, kt, q2, full, cat = (graph.fresh_name(f"{y}_{tag}") for tag in
+                                 ("keys", "keys_turned", "queries", "all_heads", "rows"))
+        graph.add_node(graph.fresh_name(f"{t}_rows"), "Reshape",
+                       [k, shape_const("keys_shape", [heads * S, d])], [k2],
+                       types=[TensorType(f32, (heads * S, d))], order=order - 0.4)
+        graph.add_node(graph.fresh_name(f"{t}_all_heads"), "Transpose", [k2], [kt],
+                       {"perm": [1, 0]},
+                       types=[TensorType(f32, (d, heads * S))], order=order - 0.3)
+        graph.add_node(graph.fresh_name(f"{name}_queries"), "Reshape",
+                       [a, shape_const("queries_shape", [heads * rep, d])], [q2],
+                       types=[TensorType(f32, (heads * rep, d))], order=order - 0.2)
+        graph.add_node(graph.fresh_name(f"{name}_all_heads"), "MatMul", [q2, kt], [full],
+                       types=[TensorType(f32, (heads * rep, heads * S))], order=order - 0.1)
+        pieces = []
+        axes = shape_const("axes", [0, 1])
+        for h in range(heads * rep):
+            g = h // rep
+            ph = graph.fresh_name(f"{y}_head{h}")
+            graph.add_node(graph.fresh_name(f"{name}_head{h}"), "Slice",
+                           [full, shape_const(f"starts{h}", [h, g * S]),
+                            shape_const(f"ends{h}", [h + 1, (g + 1) * S]), axes], [ph],
+                           types=[TensorType(f32, (1, S))], order=order - 0.05)
+            pieces.append(ph)
+        graph.add_node(graph.fresh_name(f"{name}_rows"), "Concat", pieces, [cat], {"axis": 0},
+                       types=[TensorType(f32, (heads * rep, S))], order=order - 0.02)
+        graph.add_node(name, "Reshape", [cat, shape_const("shape", list(yt.shape))], [y],
+                       types=[yt], order=order)
+    graph.prune()
+
+
 def _transposed_heads(graph: Graph) -> None:
     """Attention's K^T per head, written as exporters do: X [.., S, D] -> Reshape
     [.., S, H, hd] -> Transposes to [.., H, hd, S]. The same values are X transposed to
@@ -926,6 +1027,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
         _split_norm_affine(graph)
     _fold_norm_affine(graph)
     _vector_products(graph)
+    _cached_scores(graph, arch.lanes)
     _transposed_heads(graph)
     _fold_score_scale(graph)
     _mask_into_softmax(graph)
