@@ -661,16 +661,23 @@ def _split_norm_affine(graph: Graph) -> None:
     graph.prune()
 
 
+def _activation_products(graph: Graph):
+    """(name, node) of every MatMul whose two operands are computed (not constants), in
+    topological order, skipping those a rewrite removed meanwhile."""
+    for name in graph.topo_order():
+        if name in graph.g.nodes:
+            nd = graph.node(name)
+            if nd["op"] == "MatMul" and not any(graph.is_const(v) for v in nd["inputs"][:2]):
+                yield name, nd
+
+
 def _vector_products(graph: Graph) -> None:
     """A MatMul of two computed operands whose right one has a single column, made by a
     Transpose of a single row (attention's scores against one key: Q @ K^T with K [.., 1, K]):
     a matrix-vector product, computed as Mul(A, row) then ReduceSum over the last axis. The
     MXM would otherwise take the transposed row as weights, K vectors of one lane each, after
     a corner turn that writes them one per cycle."""
-    for name in graph.topo_order():
-        nd = graph.node(name)
-        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
-            continue
+    for name, nd in _activation_products(graph):
         a, b = nd["inputs"][:2]
         t = graph.producer(b)
         if t is None or graph.node(t)["op"] != "Transpose":
@@ -733,12 +740,7 @@ def _cached_scores(graph: Graph, lanes: int) -> None:
     not one per head, and no repeat of K's heads), and query head h's scores are the lanes
     g * S .. g * S + S - 1 of row h, g = h // rep (Slices, then a Concat of the rows). The
     products are the same sums in the same order: the same numbers."""
-    for name in graph.topo_order():
-        if name not in graph.g.nodes:
-            continue
-        nd = graph.node(name)
-        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
-            continue
+    for name, nd in _activation_products(graph):
         a, b = nd["inputs"][:2]
         if b in graph.outputs:
             continue
@@ -987,10 +989,7 @@ def _round_before_moves(graph: Graph, product_dtype: str) -> None:
     ir = _IR_FLOAT.get(product_dtype)
     if ir is None:
         return
-    for name in graph.topo_order():
-        nd = graph.node(name)
-        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
-            continue
+    for _name, nd in _activation_products(graph):
         for v in nd["inputs"][:2]:
             chain, cur = [], v
             while graph.num_uses(cur) == 1 and cur not in graph.outputs:
@@ -1647,12 +1646,8 @@ def _one_key_merged(graph: Graph) -> None:
     the heads sharing its 320-lane tile NaN (0 * inf), where the reference has NaN in that
     head's lanes only; every MatMul reading R adds all of a row's lanes, so its outputs are
     NaN in that row either way. The head maps are checked on index arrays, not assumed."""
-    for name in graph.topo_order():
-        if name not in graph.g.nodes:
-            continue
-        nd = graph.node(name)
-        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]) \
-                or not _outer_product(graph, nd["inputs"], nd["outputs"][0]):
+    for name, nd in _activation_products(graph):
+        if not _outer_product(graph, nd["inputs"], nd["outputs"][0]):
             continue
         p_val, v4, y = nd["inputs"][0], nd["inputs"][1], nd["outputs"][0]
         sm = graph.producer(p_val)
@@ -1765,12 +1760,7 @@ def _merged_values_product(graph: Graph, lanes: int) -> None:
     makes the row NaN in the other heads of its tile too (NaN * 0); every MatMul reading R adds
     all of a row's lanes, so its outputs are NaN in that row either way. At most `lanes` keys
     (one K tile per head)."""
-    for name in graph.topo_order():
-        if name not in graph.g.nodes:
-            continue
-        nd = graph.node(name)
-        if nd["op"] != "MatMul" or any(graph.is_const(v) for v in nd["inputs"][:2]):
-            continue
+    for name, nd in _activation_products(graph):
         p4, v4, y = nd["inputs"][0], nd["inputs"][1], nd["outputs"][0]
         sm = graph.producer(p4)
         ps, vs = (tuple(graph.values[x].shape) for x in (p4, v4))
