@@ -153,7 +153,11 @@ def _plane(sch, alloc, zk, amap, yb, zv, b, ntc, nc, sides, ready, what) -> int:
     the gather of one chunk, the unskew of the one before and the corner turn and copy back
     of the one before that go side by side, where whole steps would wait for each other.
     Chunks alternate between two gather slices (a slice cannot read and write one bank in a
-    cycle: the gather of a chunk writes one while the unskew of the last reads the other)."""
+    cycle: the gather of a chunk writes one while the unskew of the last reads the other).
+    With several chunks every temporary is taken first and held to the plane's end, so the
+    next plane's land elsewhere (BERT-base int8 over nine sequence lengths: 5,704,472 cycles,
+    against 5,787,890 with each taken when needed and freed after its last read); one chunk
+    takes them as it goes, as the unchunked steps did."""
     L = sch.arch.lanes
     # 2. gather, into slices away from Z and the map
     avoid = frozenset(zk.slices) | frozenset(amap.slices)
@@ -167,15 +171,18 @@ def _plane(sch, alloc, zk, amap, yb, zv, b, ntc, nc, sides, ready, what) -> int:
         gs.append(got if got is not None else alloc.alloc("int8", (per * TILE, L), 1,
                                                           avoid=taken))
     first = 0 if gs[0][0].slices[0] in sides[0] else 1
+
+    def sixteen(away):  # 16 slices of one hemisphere, none of `away`'s
+        return _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in away for s in p.slices),
+                        first=first)
+
     ins: list[Placement] = []  # the unskew's 16 slices (vector cb of slice j)
     outs: list[Placement] = []  # the corner turn's
     a3 = a4 = t4 = t5 = ready
     piped = len(chunks) > 1
     if piped:  # every chunk's temporaries first, held to the end
-        ins, a3 = _sixteen(alloc, (ntc, L),
-                           avoid=frozenset(s for p, _a in gs for s in p.slices), first=first)
-        outs, a4 = _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in ins for s in p.slices)
-                            | frozenset(yb.slices), first=first)
+        ins, a3 = sixteen([p for p, _a in gs])
+        outs, a4 = sixteen(ins + [yb])
     for k, cbs in enumerate(chunks):
         g, ag = gs[k % 2]
         g0 = (k // 2) * CHUNK  # the chunk's first column tile in its gather slice
@@ -184,8 +191,7 @@ def _plane(sch, alloc, zk, amap, yb, zv, b, ntc, nc, sides, ready, what) -> int:
                         [v - cbs[0] * TILE + g0 * TILE for v in rows], max(ready, ag), what)
         # 3. unskew into 16 slices
         if not ins:
-            ins, a3 = _sixteen(alloc, (ntc, L),
-                               avoid=frozenset(s for p, _a in gs for s in p.slices), first=first)
+            ins, a3 = sixteen([p for p, _a in gs])
         tb = max(tb, a3)
         t3 = tb
         for i, cb in enumerate(cbs):
@@ -197,8 +203,7 @@ def _plane(sch, alloc, zk, amap, yb, zv, b, ntc, nc, sides, ready, what) -> int:
             alloc.release(g, t3)
         # 4. corner turn into 16 slices (vector cb of slice i = row 16 cb + i of Y)
         if not outs:
-            outs, a4 = _sixteen(alloc, (ntc, L), avoid=frozenset(s for p in ins for s in p.slices)
-                                | frozenset(yb.slices), first=first)
+            outs, a4 = sixteen(ins + [yb])
         tk = _corner_turn(sch, [lower.row_block(p, cbs[0], len(cbs)) for p in ins],
                           [lower.row_block(p, cbs[0], len(cbs)) for p in outs], len(cbs),
                           max(t3, a4), what)
