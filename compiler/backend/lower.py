@@ -237,7 +237,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
            what: str, plane: int | None = None, zero: Placement | None = None,
            copies: tuple[Placement, ...] = (), pad_zero: bool = False,
            split: bool = True, x_parts: tuple[Placement, ...] = (), w_after: int = 0,
-           on_tile=None, x_ready: tuple[int, ...] | None = None) -> int:
+           on_tile=None, x_ready: tuple[int, ...] | None = None,
+           y_parts: tuple[Placement, ...] = ()) -> int:
     """y[M, N] = x[M, K] @ w[K, N] on the MXM, each 320-column tile of y on the plane that is
     free first (or on `plane`); returns when y is in SRAM. With `zero` (a zero vector of w's
     type), a last K tile shorter than 320 rows also loads zero rows for the rest, so lanes of x
@@ -251,7 +252,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
     part (each in its own slices), streamed from whichever is free. `w_after`: a Tiled w
     computed on chip is loaded from then on (a constant one from the start). `x_ready`: the
     cycle from which each K tile of x may be read, when its tiles are written one by one
-    (default `ready`)."""
+    (default `ready`). `y_parts`: y's column tile nt goes to column nt // k of y_parts[nt % k]
+    (k placements of y's rows, each in its own slices) instead of y's column nt."""
     if pad_zero and w.dtype != "int8":
         raise CompileError(f"internal: {what}: stale weight rows left in place for {w.dtype}")
     arch = sch.arch
@@ -279,7 +281,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                                     x_parts=tuple(tuple(row_block(p, m0, n) for p in alts)
                                                   for alts in x_parts),
                                     w_after=w_after, on_tile=_offset(on_tile, m0),
-                                    x_ready=x_ready))
+                                    x_ready=x_ready,
+                                    y_parts=tuple(row_block(p, m0, n) for p in y_parts)))
         return done
     g = len(x.slices)
     w_ready = w_after if isinstance(w, Tiled) else ready
@@ -413,17 +416,19 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
             t_abc = sch.place(start, abc, f"{what} activations")
             last_abc_in = t_abc + (M - 1) * iv
             array_busy_until = last_abc_in + 1
-        ya = range(y.addr + nt, y.addr + nt + M * y.vpr, y.vpr)
-        dests = [sch.slice_pos[s] for s in y.slices]
+        yp, yc = (y_parts[nt % len(y_parts)], nt // len(y_parts)) if y_parts else (y, nt)
+        ya = range(yp.addr + yc, yp.addr + yc + M * yp.vpr, yp.vpr)
+        dests = [sch.slice_pos[s] for s in yp.slices]
 
-        def acc(res, T, ya=ya, dests=dests, q=q, P=P, from_mxm=from_mxm, acc_addr=acc_addr):
+        def acc(res, T, ya=ya, dests=dests, q=q, P=P, from_mxm=from_mxm, acc_addr=acc_addr,
+                yp=yp):
             if not res.take_issue(q, T):
                 return None
             leave = range(T + arch.lat("mxm_accumulate"), T + arch.lat("mxm_accumulate") + M)
             b = sch.free_group(res, 4, from_mxm, P, dests, leave)
             if b is None:
                 return None
-            code = sch.write_flow(res, y, ya, leave, P, from_mxm, b)
+            code = sch.write_flow(res, yp, ya, leave, P, from_mxm, b)
             if code is None:
                 return None
             return code + [Emitted(q, T, "mxm.acc", dict(dtype=_dt(y), dst=b, dst_dir=from_mxm,
@@ -433,7 +438,7 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
         t_acc = sch.place(last_abc_in + arch.lat("mxm_activate") + 1, acc, f"{what} results")
         acc_regions = acc_regions[:r0] + (t_acc + M,) * need + acc_regions[r0 + need:]
         sch.mxm[pl] = (t_free, array_busy_until, acc_regions, stale)
-        far = max(abs(sch.slice_pos[s] - P) for s in y.slices)
+        far = max(abs(sch.slice_pos[s] - P) for s in yp.slices)
         t_nt = t_acc + arch.lat("mxm_accumulate") + M + far + arch.lat("mem_write") + 1
         if on_tile is not None:
             on_tile(0, M, nt, t_nt)

@@ -1726,6 +1726,9 @@ def quantize_weights(w: np.ndarray | None, qdtype: str = "int8"
 # of later tiles to the same slices (BERT-base int8 at seq 64..192: 16 rows 2.8% fewer cycles
 # in all than whole tiles, 8 rows 0.05% fewer again for twice the jobs)
 DQ_ROWS = 16
+# S (a quantized matmul's result scales) in this many placements, column tiles in turn
+S_PARTS = 2
+S_PARTS_ROWS = 32
 
 
 def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placement,
@@ -1824,21 +1827,43 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     acc_dtype = "int32" if qdtype == "int8" else "fp32"
     # the scale of every result, x's row scale times W's column scale, while the MXM works
     sxp, t_sx, cp = apart(sch, alloc, sx, w_scale, max(t_sx, ready), what + " scale")
-    S, a2 = alloc.alloc(y.dtype, y.shape, g, avoid=frozenset(sxp.slices)
-                        | frozenset(w_scale.slices) | frozenset(y.slices))
-    vpr = S.vpr
+    vpr = y.vpr
+    avoid = frozenset(sxp.slices) | frozenset(w_scale.slices) | frozenset(y.slices)
+    # many rows: S in parts, column tiles in turn (_tile_parts), and apart from x_q, which
+    # the MXM streams while S is written
+    Ss, a2 = _tile_parts(alloc, y.dtype, y.rows, vpr, arch.lanes, g, avoid | frozenset(
+        s for alts in parts for p in alts for s in p.slices)) if y.rows >= S_PARTS_ROWS \
+        else ([], 0)
+    if not Ss:
+        S, a2 = alloc.alloc(y.dtype, y.shape, g, avoid=avoid)
+        Ss = [S]
+    k = len(Ss)
+
+    def s_of(nt):  # tile nt's part and a map of y's vectors to the part's
+        sp, c = Ss[nt % k], nt // k
+        return sp, (lambda v: (v // vpr) * sp.vpr + c)
+
     # column tile by column tile, in the order the MXM makes them
-    t_st = [lower.elementwise(sch, ["mul"], w_scale, sxp, None, S, max(t_sx, a2),
-                              what + " scale", x_of=lambda v: v % vpr, y_mode="col",
-                              vectors=range(nt, S.nvec, vpr)) for nt in range(vpr)]
+    t_st = []
+    for nt in range(vpr):
+        sp, c = Ss[nt % k], nt // k
+        t_st.append(lower.elementwise(sch, ["mul"], w_scale, sxp, None, sp, max(t_sx, a2),
+                                      what + " scale", x_of=lambda v, nt=nt: nt,
+                                      y_mode="col", vectors=range(c, sp.nvec, sp.vpr)))
     t_s = max(t_st)
     if cp is not None:
         alloc.release(cp, t_s)
+    s_slices = frozenset(s for p in Ss for s in p.slices)
     # apart from y, so that y can be written tile by tile as acc is read (else one pass late),
     # and from S, read with it
-    acc, a = alloc.try_alloc(acc_dtype, y.shape, 4, avoid=frozenset(y.slices)
-                             | frozenset(S.slices)) or \
-        alloc.alloc(acc_dtype, y.shape, 4, avoid=frozenset(S.slices))
+    # acc in parts too, as S: the MXM writes later tiles while a tile's dequantize reads it
+    accs, a = _tile_parts(alloc, acc_dtype, y.rows, vpr, arch.lanes, 4,
+                          frozenset(y.slices) | s_slices) if k > 1 else ([], 0)
+    if accs:  # the whole, for the matmul's shapes: its results go to the parts
+        acc = Placement(acc_dtype, y.shape, y.rows, y.cols, vpr, accs[0].slices, accs[0].addr)
+    else:
+        acc, a = alloc.try_alloc(acc_dtype, y.shape, 4, avoid=frozenset(y.slices) | s_slices) \
+            or alloc.alloc(acc_dtype, y.shape, 4, avoid=s_slices)
     # x's pad lanes zero: so are x_q's, and int8 weight rows left from earlier tiles add 0, so
     # a short last K tile loads no zero rows (GPT-2-small one token 117,580 -> 113,590 cycles;
     # BERT-base seq 128 1,048,067 -> 1,041,338, where a zero-row load of the FFN's third K tile
@@ -1847,11 +1872,11 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     t = lower.matmul(sch, parts[0][0], wq, acc, max(min(t_q), a), what, zero=zero(qdtype),
                      x_parts=parts, pad_zero=x_clean and qdtype == "int8",
                      on_tile=lambda r0, n, nt, tt: got_tiles.append((r0, n, nt, tt)),
-                     x_ready=t_q)
+                     x_ready=t_q, y_parts=tuple(accs))
     # y = float(acc) * S: one chain (int32 accumulators: a cvt link first)
     ops = ["cvt", "mul"] if acc_dtype != y.dtype else ["mul"]
-    if set(y.slices) & (set(acc.slices) | set(S.slices)):
-        t = binary(sch, alloc, ops, acc, S, y, max(t, t_s), what + " dequantize")
+    if k == 1 and set(y.slices) & (set(acc.slices) | set(Ss[0].slices)):
+        t = binary(sch, alloc, ops, acc, Ss[0], y, max(t, t_s), what + " dequantize")
         if tiles is not None:
             tiles.append((range(y.nvec), t))
     else:  # tile by tile, each as soon as the MXM has written it
@@ -1860,14 +1885,38 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
                                for r0, n, nt, tt in got_tiles
                                for b0 in range(r0, r0 + n, DQ_ROWS)):
             vs = range(b0 * vpr + nt, b1 * vpr + nt, vpr)
-            td = lower.elementwise(sch, ops, acc, S, None, y, max(tt, t_st[nt]),
-                                   what + " dequantize", vectors=vs)
+            sp, y_of = s_of(nt)
+            td = lower.elementwise(sch, ops, accs[nt % k] if accs else acc, sp, None, y,
+                                   max(tt, t_st[nt]), what + " dequantize", vectors=vs,
+                                   y_of=y_of, x_of=y_of if accs else None)
             if tiles is not None:
                 tiles.append((vs, td))
             t = max(t, td)
-    alloc.release(acc, t)
-    alloc.release(S, t)
+    for p in accs or [acc]:
+        alloc.release(p, t)
+    for p in Ss:
+        alloc.release(p, t)
     return t
+
+
+def _tile_parts(alloc, dtype: str, rows: int, vpr: int, lanes: int, nbytes: int,
+                avoid: frozenset[int]) -> tuple[list[Placement], int]:
+    """S_PARTS placements of `rows` rows for vpr column tiles, in different slices: tile nt
+    is column nt // S_PARTS of part nt % S_PARTS. A tile of one part can then be read while
+    later tiles are written to another (a slice reads and writes one bank in a cycle only
+    when they are different banks). ([], 0) where they do not fit apart from `avoid`."""
+    got_parts: list[Placement] = []
+    ready = 0
+    for i in range(min(S_PARTS, vpr)):
+        got = alloc.try_alloc(dtype, (rows, len(range(i, vpr, S_PARTS)) * lanes), nbytes,
+                              avoid=avoid | frozenset(s for p in got_parts for s in p.slices))
+        if got is None:
+            for p in got_parts:
+                alloc.release(p, ready)
+            return [], 0
+        got_parts.append(got[0])
+        ready = max(ready, got[1])
+    return got_parts, ready
 
 
 def copy_rows(sch, x: Placement, z: Placement, rows: np.ndarray, ready: int, what: str) -> int:
