@@ -18,6 +18,7 @@ from compiler.backend.ops import (
     FEW_ROWS,
     GELU,
     QMAX,
+    S_PARTS_ROWS,
     SEQUENCE_BLOCK_VECTORS,
     SEQUENCE_BLOCKS,
     apart,
@@ -45,6 +46,8 @@ from compiler.backend.ops import (
     side_of,
     softmax_row_blocks,
     spread_int,
+    tile_part,
+    tile_parts,
 )
 from compiler.backend.pad import pads_as_concats
 from compiler.backend.placement import Allocator, Placement, rows_cols
@@ -1403,14 +1406,27 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                                                     w_scale, y, max(start, nb), what, zero,
                                                     clean.get(ins[0], False))
                 else:
-                    tmp_ty = graph.values[out]
-                    tmp, nb = alloc.alloc("fp32", tuple(tmp_ty.shape), 4)
+                    shape = tuple(graph.values[out].shape)
+                    rows, cols = rows_cols(shape)
+                    # many rows: in parts, column tiles in turn, as the results' scales (the
+                    # bias pass reads a tile while the MXM's later tiles are rescaled)
+                    tmp_parts, nb = tile_parts(alloc, "fp32", rows, -(-cols // arch.lanes),
+                                                arch.lanes, 4, frozenset()) \
+                        if rows >= S_PARTS_ROWS and cols > arch.lanes else ([], 0)
+                    if tmp_parts:  # the whole, for shapes: its tiles are in the parts
+                        p0 = tmp_parts[0]
+                        tmp = Placement("fp32", shape, rows, cols, -(-cols // arch.lanes),
+                                        p0.slices, p0.addr)
+                    else:
+                        tmp, nb = alloc.alloc("fp32", shape, 4)
                     parts: list = []
                     t1 = lower_matmul_quant(sch, alloc, x, tiled[(wname, qd)][0], w_scale,
                                             tmp, max(start, nb), what, zero,
-                                            clean.get(ins[0], False), tiles=parts)
+                                            clean.get(ins[0], False), tiles=parts,
+                                            y_parts=tuple(tmp_parts))
                     ready[out] = _add_bias(sch, alloc, tmp, place[bias], out, new, t1, what,
-                                           _copies_for(graph, out, arch.lanes), parts)
+                                           _copies_for(graph, out, arch.lanes), parts,
+                                           tuple(tmp_parts))
             else:
                 ready[out] = _matmul_float(graph, sch, alloc, x, ins, out, bias, mxm_dtype,
                                            start, what, new, place, tiled_weight, zero)
@@ -2021,16 +2037,22 @@ def _check_fits(graph: Graph, arch, nslices: int, precision: str) -> None:
 
 
 def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready: int,
-              what: str, copies: int = 0, parts: list | None = None) -> int:
+              what: str, copies: int = 0, parts: list | None = None,
+              tmp_parts: tuple[Placement, ...] = ()) -> int:
     """out = tmp + bias (a row repeated for every row); frees tmp. The three are streamed at
     once, so they sit in different slices. `copies` more of out, on its side of the VXM,
     written from the same streams (kept with out: alloc.derive(out, ("copies",))). `parts`:
     (vectors of tmp, cycle they are in SRAM), each added as soon as it is there (default: all
-    of tmp at `ready`)."""
+    of tmp at `ready`). `tmp_parts`: tmp's column tiles are there (ops.tile_part); every
+    part of `parts` is then vectors of one column tile."""
     parts = parts or [(range(tmp.nvec), ready)]
     first = min(t for _, t in parts)
-    pb, t, cp = apart(sch, alloc, bias, tmp, first, what)
-    busy = frozenset(tmp.slices) | frozenset(pb.slices)
+    held = [tmp, *tmp_parts]
+    pb, t, cp = apart(sch, alloc, bias, Placement(tmp.dtype, tmp.shape, tmp.rows, tmp.cols,
+                                                  tmp.vpr, tuple(sorted({
+                                                      s for p in held for s in p.slices})),
+                                                  tmp.addr), first, what)
+    busy = frozenset(s for p in held for s in p.slices) | frozenset(pb.slices)
     y, nb = new(out, t, avoid=busy)
     extra: list[Placement] = []
     for _ in range(copies):
@@ -2042,8 +2064,14 @@ def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready:
     done = t
     cols = [t] * y.vpr  # when each column tile of y is there
     for vs, tp in parts:
-        td = lower.elementwise(sch, ["add"], tmp, pb, None, y, max(t, nb, tp), what + " bias",
-                               vectors=vs, z_also=tuple(extra))
+        src, x_of = tmp, None
+        if tmp_parts:  # y's vectors of the tile -> the part's
+            src, c = tile_part(tmp_parts, vs[0] % y.vpr, tmp)
+
+            def x_of(v, src=src, c=c):
+                return (v // y.vpr) * src.vpr + c
+        td = lower.elementwise(sch, ["add"], src, pb, None, y, max(t, nb, tp), what + " bias",
+                               vectors=vs, z_also=tuple(extra), x_of=x_of)
         done = max(done, td)
         for c in ({v % y.vpr for v in vs} if len(vs) < y.nvec else range(y.vpr)):
             cols[c] = max(cols[c], td)
@@ -2051,7 +2079,8 @@ def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready:
         alloc.derive(y, ("copies",), extra, tuple(extra))
     if len(parts) > 1 and y.vpr > 1:  # its readers may start from the first tile
         alloc.derive(y, ("col_ready",), [], tuple(cols))
-    alloc.release(tmp, done)
+    for p in tmp_parts or [tmp]:
+        alloc.release(p, done)
     if cp is not None:
         alloc.release(cp, done)
     return done

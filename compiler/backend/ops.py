@@ -1733,7 +1733,7 @@ S_PARTS_ROWS = 32
 
 def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placement,
                        y: Placement, ready: int, what: str, zero, x_clean: bool = False,
-                       tiles: list | None = None) -> int:
+                       tiles: list | None = None, y_parts: tuple[Placement, ...] = ()) -> int:
     """y = x @ W on the MXM in a quantized type q (wq's: int8 or fp8 e4m3): W per output
     channel (w_q, scale from quantize_weights), x per row (token) with its own scale
     max|x_r| / QMAX found on chip:
@@ -1742,7 +1742,8 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
         S = (m / QMAX) * w_scale, formed while the MXM works (one pass after it, not two).
     The pass after it follows the MXM tile by tile: each 320-column tile of y is made as soon
     as its accumulators are written. `tiles`, if given, gets (vectors of y, cycle from which
-    they are in SRAM) for every such part.
+    they are in SRAM) for every such part. `y_parts` (from tile_parts): y's column tiles are
+    written there instead (y gives the shape and type), one part after another.
     """
     arch = sch.arch
     qdtype = wq.dtype
@@ -1829,20 +1830,15 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     sxp, t_sx, cp = apart(sch, alloc, sx, w_scale, max(t_sx, ready), what + " scale")
     vpr = y.vpr
     avoid = frozenset(sxp.slices) | frozenset(w_scale.slices) | frozenset(y.slices)
-    # many rows: S in parts, column tiles in turn (_tile_parts), and apart from x_q, which
+    # many rows: S in parts, column tiles in turn (tile_parts), and apart from x_q, which
     # the MXM streams while S is written
-    Ss, a2 = _tile_parts(alloc, y.dtype, y.rows, vpr, arch.lanes, g, avoid | frozenset(
+    Ss, a2 = tile_parts(alloc, y.dtype, y.rows, vpr, arch.lanes, g, avoid | frozenset(
         s for alts in parts for p in alts for s in p.slices)) if y.rows >= S_PARTS_ROWS \
         else ([], 0)
     if not Ss:
         S, a2 = alloc.alloc(y.dtype, y.shape, g, avoid=avoid)
         Ss = [S]
     k = len(Ss)
-
-    def s_of(nt):  # tile nt's part and a map of y's vectors to the part's
-        sp, c = Ss[nt % k], nt // k
-        return sp, (lambda v: (v // vpr) * sp.vpr + c)
-
     # column tile by column tile, in the order the MXM makes them
     t_st = []
     for nt in range(vpr):
@@ -1857,7 +1853,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     # apart from y, so that y can be written tile by tile as acc is read (else one pass late),
     # and from S, read with it
     # acc in parts too, as S: the MXM writes later tiles while a tile's dequantize reads it
-    accs, a = _tile_parts(alloc, acc_dtype, y.rows, vpr, arch.lanes, 4,
+    accs, a = tile_parts(alloc, acc_dtype, y.rows, vpr, arch.lanes, 4,
                           frozenset(y.slices) | s_slices) if k > 1 else ([], 0)
     if accs:  # the whole, for the matmul's shapes: its results go to the parts
         acc = Placement(acc_dtype, y.shape, y.rows, y.cols, vpr, accs[0].slices, accs[0].addr)
@@ -1875,7 +1871,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
                      x_ready=t_q, y_parts=tuple(accs))
     # y = float(acc) * S: one chain (int32 accumulators: a cvt link first)
     ops = ["cvt", "mul"] if acc_dtype != y.dtype else ["mul"]
-    if k == 1 and set(y.slices) & (set(acc.slices) | set(Ss[0].slices)):
+    if k == 1 and not y_parts and set(y.slices) & (set(acc.slices) | set(Ss[0].slices)):
         t = binary(sch, alloc, ops, acc, Ss[0], y, max(t, t_s), what + " dequantize")
         if tiles is not None:
             tiles.append((range(y.nvec), t))
@@ -1885,10 +1881,13 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
                                for r0, n, nt, tt in got_tiles
                                for b0 in range(r0, r0 + n, DQ_ROWS)):
             vs = range(b0 * vpr + nt, b1 * vpr + nt, vpr)
-            sp, y_of = s_of(nt)
-            td = lower.elementwise(sch, ops, accs[nt % k] if accs else acc, sp, None, y,
-                                   max(tt, t_st[nt]), what + " dequantize", vectors=vs,
-                                   y_of=y_of, x_of=y_of if accs else None)
+            zp, zc = tile_part(y_parts, nt, y)
+            ap, ac = tile_part(accs, nt, acc)
+            sp, sc = tile_part(Ss, nt, Ss[0])
+            td = lower.elementwise(sch, ops, ap, sp, None, zp, max(tt, t_st[nt]),
+                                   what + " dequantize",
+                                   vectors=range(b0 * zp.vpr + zc, b1 * zp.vpr + zc, zp.vpr),
+                                   x_of=_remap(zp, zc, ap, ac), y_of=_remap(zp, zc, sp, sc))
             if tiles is not None:
                 tiles.append((vs, td))
             t = max(t, td)
@@ -1899,7 +1898,22 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     return t
 
 
-def _tile_parts(alloc, dtype: str, rows: int, vpr: int, lanes: int, nbytes: int,
+def tile_part(parts, nt: int, whole: Placement) -> tuple[Placement, int]:
+    """The placement and column of column tile nt: in parts from tile_parts, or in whole."""
+    if len(parts) > 1:
+        return parts[nt % len(parts)], nt // len(parts)
+    return whole, nt
+
+
+def _remap(z: Placement, z_col: int, p: Placement, col: int):
+    """z's vector (of column z_col) -> p's vector of the same row in column `col` (None
+    where that is the same index)."""
+    if p.vpr == z.vpr and col == z_col:
+        return None
+    return lambda u: (u // z.vpr) * p.vpr + col
+
+
+def tile_parts(alloc, dtype: str, rows: int, vpr: int, lanes: int, nbytes: int,
                 avoid: frozenset[int]) -> tuple[list[Placement], int]:
     """S_PARTS placements of `rows` rows for vpr column tiles, in different slices: tile nt
     is column nt // S_PARTS of part nt % S_PARTS. A tile of one part can then be read while

@@ -1,7 +1,8 @@
-"""A quantized matmul of many rows keeps its result scales S and its accumulators in two
-placements each, column tiles in turn (ops.S_PARTS): a tile's dequantize reads one while the
-scales and results of later tiles are written to the other (a slice cannot read and write one
-bank in a cycle). The outputs are those of one placement each, bit for bit."""
+"""A quantized matmul of many rows keeps its result scales S, its accumulators and its
+rescaled results before the bias in two placements each, column tiles in turn (ops.S_PARTS):
+a tile's rescaling (or bias pass) reads one while later tiles are written to the other (a
+slice cannot read and write one bank in a cycle). The outputs are those of one placement
+each, bit for bit."""
 
 from __future__ import annotations
 
@@ -50,13 +51,14 @@ def _run(rows: int, parts: int, monkeypatch):
     scale = [e.cycle for e in code if e.mnemonic == "vxm.mul"]
     dequant = [e.cycle for e in code if e.mnemonic == "vxm.chain"
                and e.fields["ops"] & 63 == CHAIN_CVT]
-    return res, scale, dequant
+    bias = [e.cycle for e in code if e.mnemonic == "vxm.add"]
+    return res, scale, dequant, bias
 
 
 @pytest.mark.parametrize("rows", [ROWS, 8])
 def test_parts_give_the_same_outputs(rows, monkeypatch):
-    one, _, _ = _run(rows, 1, monkeypatch)
-    two, _, _ = _run(rows, 2, monkeypatch)
+    one = _run(rows, 1, monkeypatch)[0]
+    two = _run(rows, 2, monkeypatch)[0]
     np.testing.assert_array_equal(one.outputs["y"], two.outputs["y"])
     assert one.report["errors"]["y"]["max_rel"] < 5e-2
 
@@ -64,6 +66,30 @@ def test_parts_give_the_same_outputs(rows, monkeypatch):
 def test_dequantize_starts_while_scales_are_written(monkeypatch):
     # 10 column tiles of 128 rows: forming S takes 1,280 cycles, the MXM's first tile is out
     # long before; in one placement its dequantize waits for the last scale's writes
-    _, scale, dequant = _run(ROWS, 2, monkeypatch)
+    _, scale, dequant, _ = _run(ROWS, 2, monkeypatch)
     assert scale and dequant
     assert min(dequant) < max(scale)
+
+
+def test_scales_accumulators_and_rescaled_results_in_two_parts(monkeypatch):
+    made = []
+    real = ops.tile_parts
+
+    def record(alloc, dtype, rows, vpr, lanes, nbytes, avoid):
+        got = real(alloc, dtype, rows, vpr, lanes, nbytes, avoid)
+        made.append((dtype, got[0]))
+        return got
+
+    monkeypatch.setattr(ops, "tile_parts", record)
+    monkeypatch.setattr(backend, "tile_parts", record)
+    _run(ROWS, 2, monkeypatch)
+    # the rescaled results before the bias (fp32), S (fp32) and acc (int32): two parts each,
+    # in slices of their own, 5 of the 10 column tiles each
+    assert sorted(d for d, _ in made) == ["fp32", "fp32", "int32"]
+    for _, parts in made:
+        assert len(parts) == 2 and not set(parts[0].slices) & set(parts[1].slices)
+        assert [p.vpr for p in parts] == [N // 320 // 2] * 2
+    # fewer than S_PARTS_ROWS rows: one placement each
+    made.clear()
+    _run(8, 2, monkeypatch)
+    assert made == []
