@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import networkx as nx
 import numpy as np
@@ -40,7 +41,9 @@ from compiler.backend.ops import (
     lower_softmax,
     lower_softmax_one,
     lower_trilu,
+    parts_whole,
     quantize_weights,
+    remap,
     row_absmax,
     row_index,
     side_of,
@@ -1413,10 +1416,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
                     tmp_parts, nb = tile_parts(alloc, "fp32", rows, -(-cols // arch.lanes),
                                                 arch.lanes, 4, frozenset()) \
                         if rows >= S_PARTS_ROWS and cols > arch.lanes else ([], 0)
-                    if tmp_parts:  # the whole, for shapes: its tiles are in the parts
-                        p0 = tmp_parts[0]
-                        tmp = Placement("fp32", shape, rows, cols, -(-cols // arch.lanes),
-                                        p0.slices, p0.addr)
+                    if tmp_parts:
+                        tmp = parts_whole(tmp_parts, "fp32", shape)
                     else:
                         tmp, nb = alloc.alloc("fp32", shape, 4)
                     parts: list = []
@@ -2047,12 +2048,9 @@ def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready:
     part of `parts` is then vectors of one column tile."""
     parts = parts or [(range(tmp.nvec), ready)]
     first = min(t for _, t in parts)
-    held = [tmp, *tmp_parts]
-    pb, t, cp = apart(sch, alloc, bias, Placement(tmp.dtype, tmp.shape, tmp.rows, tmp.cols,
-                                                  tmp.vpr, tuple(sorted({
-                                                      s for p in held for s in p.slices})),
-                                                  tmp.addr), first, what)
-    busy = frozenset(s for p in held for s in p.slices) | frozenset(pb.slices)
+    held = tuple(sorted({s for p in tmp_parts or [tmp] for s in p.slices}))
+    pb, t, cp = apart(sch, alloc, bias, replace(tmp, slices=held), first, what)
+    busy = frozenset(held) | frozenset(pb.slices)
     y, nb = new(out, t, avoid=busy)
     extra: list[Placement] = []
     for _ in range(copies):
@@ -2066,10 +2064,9 @@ def _add_bias(sch, alloc, tmp: Placement, bias: Placement, out: str, new, ready:
     for vs, tp in parts:
         src, x_of = tmp, None
         if tmp_parts:  # y's vectors of the tile -> the part's
-            src, c = tile_part(tmp_parts, vs[0] % y.vpr, tmp)
-
-            def x_of(v, src=src, c=c):
-                return (v // y.vpr) * src.vpr + c
+            nt = vs[0] % y.vpr
+            src, c = tile_part(tmp_parts, nt, tmp)
+            x_of = remap(y, nt, src, c)
         td = lower.elementwise(sch, ["add"], src, pb, None, y, max(t, nb, tp), what + " bias",
                                vectors=vs, z_also=tuple(extra), x_of=x_of)
         done = max(done, td)

@@ -1726,7 +1726,9 @@ def quantize_weights(w: np.ndarray | None, qdtype: str = "int8"
 # of later tiles to the same slices (BERT-base int8 at seq 64..192: 16 rows 2.8% fewer cycles
 # in all than whole tiles, 8 rows 0.05% fewer again for twice the jobs)
 DQ_ROWS = 16
-# S (a quantized matmul's result scales) in this many placements, column tiles in turn
+# a quantized matmul's result scales S, accumulators and rescaled results in this many
+# placements, column tiles in turn, from this many rows on (fewer rows are latency-bound:
+# GPT-2-small's one-token step took 71,380 cycles with two, against 68,026 with one)
 S_PARTS = 2
 S_PARTS_ROWS = 32
 
@@ -1842,7 +1844,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     # column tile by column tile, in the order the MXM makes them
     t_st = []
     for nt in range(vpr):
-        sp, c = Ss[nt % k], nt // k
+        sp, c = tile_part(Ss, nt, Ss[0])
         t_st.append(lower.elementwise(sch, ["mul"], w_scale, sxp, None, sp, max(t_sx, a2),
                                       what + " scale", x_of=lambda v, nt=nt: nt,
                                       y_mode="col", vectors=range(c, sp.nvec, sp.vpr)))
@@ -1855,8 +1857,8 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
     # acc in parts too, as S: the MXM writes later tiles while a tile's dequantize reads it
     accs, a = tile_parts(alloc, acc_dtype, y.rows, vpr, arch.lanes, 4,
                           frozenset(y.slices) | s_slices) if k > 1 else ([], 0)
-    if accs:  # the whole, for the matmul's shapes: its results go to the parts
-        acc = Placement(acc_dtype, y.shape, y.rows, y.cols, vpr, accs[0].slices, accs[0].addr)
+    if accs:  # the matmul writes its tiles to the parts
+        acc = parts_whole(accs, acc_dtype, y.shape)
     else:
         acc, a = alloc.try_alloc(acc_dtype, y.shape, 4, avoid=frozenset(y.slices) | s_slices) \
             or alloc.alloc(acc_dtype, y.shape, 4, avoid=s_slices)
@@ -1887,7 +1889,7 @@ def lower_matmul_quant(sch, alloc, x: Placement, wq: Placement, w_scale: Placeme
             td = lower.elementwise(sch, ops, ap, sp, None, zp, max(tt, t_st[nt]),
                                    what + " dequantize",
                                    vectors=range(b0 * zp.vpr + zc, b1 * zp.vpr + zc, zp.vpr),
-                                   x_of=_remap(zp, zc, ap, ac), y_of=_remap(zp, zc, sp, sc))
+                                   x_of=remap(zp, zc, ap, ac), y_of=remap(zp, zc, sp, sc))
             if tiles is not None:
                 tiles.append((vs, td))
             t = max(t, td)
@@ -1905,12 +1907,20 @@ def tile_part(parts, nt: int, whole: Placement) -> tuple[Placement, int]:
     return whole, nt
 
 
-def _remap(z: Placement, z_col: int, p: Placement, col: int):
+def remap(z: Placement, z_col: int, p: Placement, col: int):
     """z's vector (of column z_col) -> p's vector of the same row in column `col` (None
     where that is the same index)."""
     if p.vpr == z.vpr and col == z_col:
         return None
     return lambda u: (u // z.vpr) * p.vpr + col
+
+
+def parts_whole(parts: list[Placement], dtype: str, shape: tuple[int, ...]) -> Placement:
+    """A placement of the whole value whose column tiles are in `parts` (tile_parts): for
+    its shape, type and row count only; its vectors are read and written through tile_part."""
+    rows, cols = rows_cols(tuple(shape))
+    return Placement(dtype, tuple(shape), rows, cols, sum(p.vpr for p in parts),
+                     parts[0].slices, parts[0].addr)
 
 
 def tile_parts(alloc, dtype: str, rows: int, vpr: int, lanes: int, nbytes: int,
