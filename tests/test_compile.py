@@ -516,17 +516,23 @@ def test_reduce_max_over_the_last_axis(cols):
     np.testing.assert_array_equal(res.outputs["y"], x.max(axis=-1, keepdims=True))
 
 
-def test_scheduler_skips_only_starts_that_cannot_fit(monkeypatch):
+@pytest.mark.parametrize("model, seq", [("hf-bert", 8), ("tiny-bert", 64)])
+def test_scheduler_skips_only_starts_that_cannot_fit(monkeypatch, model, seq):
     """place() jumps over start cycles a failed build says cannot fit; trying every cycle
-    instead must give the same program (the hints never skip a feasible start)."""
+    instead must give the same program (the hints never skip a feasible start). tiny-bert at
+    64 rows streams fp16 attention rows to the MXM every fourth cycle (stepped read ranges)
+    and reads 4-byte values from four slices at different distances (fit over many ports)."""
     from pathlib import Path
 
     from compiler.backend.resources import Reservation
+    from models.presets import build_preset
 
-    path = Path(__file__).resolve().parents[1] / "models" / "data" / "hf-bert.onnx"
-    fast = program_to_bytes(lpusim.compile_onnx(path, dims={"batch": 1, "seq": 8},
-                                                precision="int8"))
+    if model == "hf-bert":
+        m = Path(__file__).resolve().parents[1] / "models" / "data" / "hf-bert.onnx"
+        dims = {"batch": 1, "seq": seq}
+    else:
+        m, dims = build_preset(model, batch=1, seq=seq), None
+    fast = program_to_bytes(lpusim.compile_onnx(m, dims=dims, precision="int8"))
     monkeypatch.setattr(Reservation, "need", lambda self, delta: None)
-    slow = program_to_bytes(lpusim.compile_onnx(path, dims={"batch": 1, "seq": 8},
-                                                precision="int8"))
+    slow = program_to_bytes(lpusim.compile_onnx(m, dims=dims, precision="int8"))
     assert fast == slow

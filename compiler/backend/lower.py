@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.backend.placement import Placement
-from compiler.backend.resources import shifted
+from compiler.backend.resources import fit, shifted
 from compiler.backend.schedule import Emitted, Scheduler
 from compiler.errors import CompileError
 from isa.table import ALU_BY_NAME, CHAIN_CVT
@@ -103,6 +103,7 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     outs = sorted([z, *z_also], key=lambda p: -max(abs(sch.slice_pos[s] - V) for s in p.slices))
     reach = [max((sch.slice_pos[p.slices[b]] for p in outs), key=lambda q: abs(q - V))
              for b in range(len(z.slices))]
+    dests = [sch.slice_pos[s] for p in outs for s in p.slices]
     for lo in range(0, len(todo), step):
         n = min(step, len(todo) - lo)
         vs = todo[lo:lo + n]
@@ -118,6 +119,20 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
 
         def build(res, T, n=n, xa=xa, za=za, ya=(ya if y is not None else None)):
             arrive = range(T, T + n)
+            # the ALUs first: the cheapest check (the choices are independent of each other)
+            least = None  # no run of ALUs free: the least shift that frees one
+            for a in range(arch.vxm_alus - len(ops) + 1):
+                shift = 0
+                for j in range(len(ops)):
+                    alu = sch.table.alu[a + j]
+                    if alu.first_busy(T, T + n) is not None:
+                        shift = max(shift, alu.fit([(T, T + n)]))
+                if not shift:
+                    break
+                least = shift if least is None else min(least, shift)
+            else:
+                res.need(least)
+                return None
             bx = sch.read_flow(res, x, xa, arrive, V, dx, ready)
             if bx is None:
                 return None
@@ -126,27 +141,12 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
                 by = sch.read_flow(res, y, ya, arrive, V, dy, ready)
                 if by is None:
                     return None
-            least = None  # no run of ALUs free: the least shift that frees one
-            for a in range(arch.vxm_alus - len(ops) + 1):
-                shift = 0
-                for j in range(len(ops)):
-                    alu = sch.table.alu[a + j]
-                    fb = alu.first_busy(T, T + n)
-                    if fb is not None:
-                        shift = max(shift, alu.free_after(fb) - T)
-                if not shift:
-                    break
-                least = shift if least is None else min(least, shift)
-            else:
-                res.need(least)
-                return None
             for j in range(len(ops)):
                 res.take_alus(a + j, T, T + n)
             q = f"VXM{a}"
             if not res.take_issue(q, T):
                 return None
             leave = range(T + lat, T + lat + n)
-            dests = [sch.slice_pos[s] for p in outs for s in p.slices]
             bz = sch.free_group(res, len(z.slices), dz, V, dests, leave)
             if bz is None:
                 return None
@@ -481,47 +481,51 @@ def _lw_job(sch, q: str, P: int, to_mxm: int, plan, pad, zeros, n_cyc: int, read
     floor = max(0, ready)
 
     def lw(res, T):
-        for busy, off, n in checks:
-            first = T + off
-            if first < floor:
-                res.need(floor - first)
-                return None
-            fb = busy.first_busy(first, first + n)
-            if fb is not None:
-                res.need_free(busy, fb, first)
-                return None
+        move = fit([(busy, [(T + off, T + off + n)]) for busy, off, n in checks],
+                   max(0, max(floor - T - off for _b, off, _n in checks)))
+        if move:  # the least shift that frees every slice's port
+            res.need(move)
+            return None
         if not res.take_issue(q, T):
             return None
-        snap = res.snapshot()
-        for b0 in range(0, S - R * g + 1, R * g):
-            code = []
+        code: list[Emitted] = []
+
+        def group(b0: int) -> bool:  # every row on streams b0.. (first_fit: the least hint)
+            code.clear()
             for j, (p, addrs) in enumerate(plan):
                 arrive = range(T, T + len(addrs))
-                if addrs and sch.read_flow(res, p, addrs, arrive, P, to_mxm, ready,
-                                           base=b0 + j * g) is None:
-                    break
                 if addrs:
-                    code += sch.read_code(res, p, addrs, arrive, P, to_mxm, b0 + j * g) or [None]
+                    if sch.read_flow(res, p, addrs, arrive, P, to_mxm, ready,
+                                     base=b0 + j * g) is None:
+                        return False
+                    c = sch.read_code(res, p, addrs, arrive, P, to_mxm, b0 + j * g)
+                    if c is None:
+                        return False
+                    code.extend(c)
                 if pad[j]:
                     zarr = [T + i for i in pad[j]]
-                    inner = res.snapshot()
-                    for zp in zeros:  # a zero row from a slice that is free then
+                    got = []
+
+                    def zero_row(zp, j=j, zarr=zarr, got=got):  # from a slice free then
                         za = [zp.addr] * len(zarr)
                         if sch.read_flow(res, zp, za, zarr, P, to_mxm, ready,
-                                         base=b0 + j * g) is not None:
-                            code += sch.read_code(res, zp, za, zarr, P, to_mxm,
-                                                  b0 + j * g) or [None]
-                            break
-                        res.restore(inner)
-                    else:
-                        break
-            else:
-                if None not in code:
-                    return code + [Emitted(q, T, "mxm.lw", dict(
-                        dtype=_dt(plan[0][0]), src=b0, src_dir=to_mxm, aux=R * g,
-                        count=n_cyc, addr=addr))]
-            res.restore(snap)
-        return None
+                                         base=b0 + j * g) is None:
+                            return False
+                        # no read slots: the group fails (not the next zero row)
+                        got.append(sch.read_code(res, zp, za, zarr, P, to_mxm, b0 + j * g))
+                        return True
+
+                    if res.first_fit(zeros, zero_row) is None or got[0] is None:
+                        return False
+                    code.extend(got[0])
+            return True
+
+        b0 = res.first_fit(range(0, S - R * g + 1, R * g), group)
+        if b0 is None:
+            return None
+        return code + [Emitted(q, T, "mxm.lw", dict(
+            dtype=_dt(plan[0][0]), src=b0, src_dir=to_mxm, aux=R * g,
+            count=n_cyc, addr=addr))]
 
     return lw
 

@@ -66,6 +66,10 @@ def _conflict(a: int, b: int) -> bool:
     return a == b or a == ALL_BANKS or b == ALL_BANKS
 
 
+# Ports.fit's moves at most: past them it returns what it has, a shift the job needs at least
+FIT_MOVES = 64
+
+
 class Ports:
     """The cycles one port of a MEM slice is taken, as sorted disjoint runs [start, end) with
     the bank each run uses (runs of one bank that touch are merged)."""
@@ -86,6 +90,23 @@ class Ports:
             return self.starts[i + 1]
         return None
 
+    def first_busy_every(self, c0: int, c1: int, step: int) -> int | None:
+        """The first taken cycle of range(c0, c1, step), or None."""
+        if c0 >= c1:
+            return None
+        starts, ends = self.starts, self.ends
+        i = bisect_right(starts, c0) - 1
+        if i >= 0 and ends[i] > c0:
+            return c0
+        i += 1
+        n = len(starts)
+        while i < n and starts[i] < c1:
+            x = starts[i] + (c0 - starts[i]) % step  # the range's first cycle in the stretch
+            if x < ends[i] and x < c1:
+                return x
+            i += 1
+        return None
+
     def free_after(self, cycle: int) -> int:
         """The first free cycle after `cycle`."""
         i = bisect_right(self.starts, cycle) - 1
@@ -96,6 +117,10 @@ class Ports:
             i += 1
             e = self.ends[i]
         return e
+
+    def fit(self, runs, shift: int = 0) -> int:
+        """The least shift >= `shift` that leaves every run [c0, c1) of `runs` free (fit)."""
+        return fit([(self, runs)], shift)
 
     def first_conflict(self, c0: int, c1: int, bank: int) -> tuple[int, int] | None:
         """(the first cycle in [c0, c1) in which this port uses a bank colliding with `bank`,
@@ -123,6 +148,39 @@ class Ports:
         starts.insert(i, c0)
         ends.insert(i, c1)
         banks.insert(i, bank)
+
+
+def fit(items, shift: int = 0, moves: int = FIT_MOVES) -> int:
+    """The least shift >= `shift` that leaves every run [c0, c1) of cycles free on its port,
+    for every (Ports, runs) of `items` (a job's cycles all move with its start), or a lower
+    bound on it after `moves` moves; `runs` may also be a range of cycles with a step above 1
+    (every cycle a run of its own). A run that meets a taken stretch must start past its end;
+    the others are checked again from there."""
+    flat = []
+    for p, runs in items:
+        if type(runs) is range:
+            flat.append((p, runs.start, runs.stop, runs.step))
+        else:
+            flat.extend((p, c0, c1, 0) for c0, c1 in runs)
+    n = len(flat)
+    i = clean = 0
+    while clean < n:
+        p, c0, c1, step = flat[i]
+        if step:
+            fb = p.first_busy_every(c0 + shift, c1 + shift, step)
+        else:
+            fb = p.first_busy(c0 + shift, c1 + shift)
+        if fb is None:
+            clean += 1
+            i = i + 1 if i + 1 < n else 0
+            continue
+        # the run (or the one cycle of a stepped range) that met it starts past the stretch
+        shift = p.free_after(fb) - (fb - shift if step else c0)
+        clean = 0
+        moves -= 1
+        if moves <= 0:
+            break
+    return shift
 
 
 def shifted(seq, d: int):
@@ -243,19 +301,13 @@ class Reservation:
         self.skip, self._hints = least or 1, True
         return None
 
-    def need_free(self, busy, cycle: int, start: int | None = None) -> None:
-        """Record the shift to the first cycle after `cycle` that is not in `busy` (a set of
-        cycles or Ports). With `start`, the first cycle of the job's run of consecutive
-        cycles that met `cycle`: the whole run must move past the busy stretch, so the shift
-        is counted from there (every start in between overlaps it)."""
-        base = cycle if start is None else start
-        if isinstance(busy, Ports):
-            self.need(busy.free_after(cycle) - base)
-            return
+    def need_free(self, busy: set[int], cycle: int) -> None:
+        """Record the shift to the first cycle after `cycle` that is not in `busy` (a queue's
+        issue cycles; a port's stretches are Ports.fit's)."""
         c = cycle + 1
         while c in busy:
             c += 1
-        self.need(c - base)
+        self.need(c - cycle)
 
     def take_issue(self, queue: str, cycle: int) -> bool:
         if cycle < 0:
@@ -270,34 +322,37 @@ class Reservation:
         self.issue.append((queue, cycle))
         return True
 
-    def take_reads(self, sl: int, cycles, banks) -> bool:
-        """take_read of every (cycle, bank), in order; False at the first that fails."""
-        return self._take_port(sl, cycles, banks, False)
+    def take_reads(self, sl: int, cycles, banks, free: bool = False) -> bool:
+        """take_read of every (cycle, bank), in order; False at the first that fails. `free`:
+        the caller has checked that no committed read takes any of the cycles."""
+        return self._take_port(sl, cycles, banks, False, free)
 
     def take_writes(self, sl: int, cycles, banks) -> bool:
         """take_write of every (cycle, bank), in order; False at the first that fails."""
         return self._take_port(sl, cycles, banks, True)
 
-    def _take_port(self, sl: int, cycles, banks, write: bool) -> bool:
+    def _take_port(self, sl: int, cycles, banks, write: bool, free: bool = False) -> bool:
         """Take the port in every cycle, in runs. A run fails at its first cycle that is
-        negative, taken (committed: the hint says how far to move), taken by this job, or
-        in which the other port uses a colliding bank."""
+        negative, taken (committed: the hint says how far to move; not looked up when `free`),
+        taken by this job, or in which the other port uses a colliding bank."""
         t = self.t
         busy, other = (t.write_port[sl], t.read_port[sl]) if write else \
             (t.read_port[sl], t.write_port[sl])
         mine_d, other_d = (self._mine_w, self._mine_r) if write else (self._mine_r, self._mine_w)
         mine = mine_d.setdefault(sl, [])
+        earlier = list(mine)  # the runs this job took before this call
         mine_other = other_d.get(sl, ())
         taken = self.writes if write else self.reads
+        end = None  # the runs' latest end: a run from there on meets none of this call's
         for c0, c1, bank in port_runs(cycles, banks):
             if c0 < 0:
                 self.need(-c0)
                 return False
             first = c1
-            fb = busy.first_busy(c0, c1)
+            fb = None if free else busy.first_busy(c0, c1)
             if fb is not None:
                 first = fb
-            for m0, m1, _ in mine:
+            for m0, m1, _ in (earlier if end is None or c0 >= end else mine):
                 if m0 < first and c0 < m1:
                     first = max(m0, c0)
             fo = other.first_conflict(c0, first, bank)
@@ -307,13 +362,14 @@ class Reservation:
                 if m0 < first and c0 < m1 and _conflict(bank, mb):
                     first = max(m0, c0)
             if first < c1:
-                if first == fb:
-                    self.need_free(busy, fb, c0)
-                elif fo is not None and first == fo[0]:  # the other port's use must end
-                    self.need(fo[1] - fo[0])
+                if first == fb:  # the run must move to a free stretch of its length
+                    self.need(busy.fit([(c0, c1)]))
+                elif fo is not None and first == fo[0]:  # the run must start past that use
+                    self.need(fo[1] - c0)
                 return False
             mine.append((c0, c1, bank))
             taken.append((sl, c0, c1, bank))
+            end = c1 if end is None else max(end, c1)
         return True
 
     def take_alus(self, alu: int, c0: int, c1: int) -> bool:
@@ -327,7 +383,7 @@ class Reservation:
                 first = max(m0, c0)
         if first < c1:
             if first == fb:
-                self.need_free(busy, fb, c0)
+                self.need(busy.fit([(c0, c1)]))
             return False
         mine.append((c0, c1))
         self.alus.append((alu, c0, c1))

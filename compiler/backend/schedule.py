@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compiler.backend.placement import Placement
-from compiler.backend.resources import Reservation, Table, banks_of, cycle_runs, shifted, span
+from compiler.backend.resources import Reservation, Table, banks_of, cycle_runs, fit, shifted, span
 from compiler.errors import CompileError
 
 # Past the last reserved cycle every resource is free, so a job that still does not fit a
@@ -118,24 +118,30 @@ class Scheduler:
         g = len(p.slices)
         lat = self.lat("mem_read")
         wpb = self.wpb
-        plans = []
         floor = max(0, not_before)
-        for b, sl in enumerate(p.slices):
+        # the cheap checks first: too early, or a port taken; the hint is the least shift
+        # that frees every plane's port for every read (fit: the planes' slices lie at
+        # different distances, so one plane's hint alone would move the job a cycle at a time
+        # past the others')
+        rcs_of, items, early = [], [], 0
+        for sl in p.slices:
             pos = self.slice_pos[sl]
             if (direction == 0) != (pos < dest):
                 raise CompileError("internal: a read flow against the stream direction")
-            off = -lat - abs(dest - pos)
-            busy = self.table.read_port[sl]
-            rcs = shifted(arrive, off)
-            # the cheap checks first: too early, or the port taken (in the first such cycle)
-            for c0, c1 in cycle_runs(rcs):
-                if c0 < floor:
-                    res.need(floor - c0)
-                    return None
-                fb = busy.first_busy(c0, c1)
-                if fb is not None:
-                    res.need_free(busy, fb, c0)
-                    return None
+            rcs = shifted(arrive, -lat - abs(dest - pos))
+            if len(rcs):
+                early = max(early, floor - rcs[0])
+            rcs_of.append(rcs)
+            items.append((self.table.read_port[sl],
+                          rcs if type(rcs) is range and rcs.step > 1 else cycle_runs(rcs)))
+        move = fit(items, early)
+        if move:
+            res.need(move)
+            return None
+        plans = []
+        for b, sl in enumerate(p.slices):
+            pos = self.slice_pos[sl]
+            rcs = rcs_of[b]
             shift = lat - pos if direction == 0 else lat + pos
             plans.append((b, sl, rcs, shifted(rcs, shift), span(direction, pos, dest)))
         base = _free_base(res, direction,
@@ -145,7 +151,7 @@ class Scheduler:
             return None
         banks = banks_of(addrs, wpb)
         for b, sl, rcs, diags, sp in plans:
-            if not res.take_reads(sl, rcs, banks):
+            if not res.take_reads(sl, rcs, banks, free=True):  # the ports checked above
                 return None
             res.take_flow(direction, base + b, diags, sp)
         return base

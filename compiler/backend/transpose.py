@@ -29,6 +29,7 @@ from compiler.backend import lower
 from compiler.backend.gather import gather_job, plane
 from compiler.backend.ops import copy_rows, row_index
 from compiler.backend.placement import Placement
+from compiler.backend.resources import fit
 from compiler.backend.schedule import Emitted
 from compiler.errors import CompileError
 
@@ -278,14 +279,11 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
     def build(res, T):
         arrive = range(T, T + n)
         leave = range(T + lat, T + lat + n)
-        for busy, off in checks:
-            if T + off < 0:
-                res.need(-(T + off))
-                return None
-            fb = busy.first_busy(T + off, T + off + n)
-            if fb is not None:
-                res.need_free(busy, fb, T + off)
-                return None
+        move = fit([(busy, [(T + off, T + off + n)]) for busy, off in checks],
+                   max(0, max(-(T + off) for _b, off in checks)))
+        if move:  # the least shift that frees all 32 ports
+            res.need(move)
+            return None
         if not res.take_issue(q, T):
             return None
         # each stage takes the first stream group that fits (Reservation.first_fit): the
