@@ -26,7 +26,7 @@ import numpy as np
 from compiler.backend import lower
 from compiler.backend.ops import QMAX, binary, copy_rows, quantize_weights, row_index
 from compiler.backend.placement import Placement
-from compiler.backend.resources import ALL_BANKS
+from compiler.backend.resources import ALL_BANKS, as_range
 from compiler.backend.schedule import Emitted
 from compiler.errors import CompileError
 from compiler.ir import TensorType
@@ -304,18 +304,18 @@ def gather_job(sch, tsl: int, base: int, amap: Placement, mv: list[int], zb: Pla
     dout = 0 if zp > tp else 1
     q = sch.slice_names[tsl]
     n = len(mv)
-    ma = [amap.addr + v for v in mv]
-    za = [zb.addr + v for v in zv]
+    ma = as_range([amap.addr + v for v in mv])  # ranges where they can: O(1) to schedule
+    za = as_range([zb.addr + v for v in zv])
 
     def build(res, T):
-        arrive = [T + i for i in range(n)]
+        arrive = range(T, T + n)
         bm = sch.read_flow(res, amap, ma, arrive, tp, dmap, ready)
         if bm is None or not res.take_issue(q, T):
             return None
         # data-dependent addresses: no write in any bank
-        if not res.take_reads(tsl, [T + i for i in range(n)], [ALL_BANKS] * n):
+        if not res.take_reads(tsl, arrive, ALL_BANKS):
             return None
-        leave = [T + lat + i for i in range(n)]
+        leave = range(T + lat, T + lat + n)
         bz = sch.free_group(res, 1, dout, tp, [zp], leave)
         if bz is None:
             return None
@@ -327,5 +327,5 @@ def gather_job(sch, tsl: int, base: int, amap: Placement, mv: list[int], zb: Pla
                                     dict(dst=bz, dst_dir=dout, src=bm, src_dir=dmap, src_g=1,
                                          addr=base, count=n))]
 
-    T = sch.place(ready, build, what)
+    T = sch.place(sch.reaches(amap, tp, ready), build, what)
     return T + lat + n + abs(zp - tp) + arch.lat("mem_write") + 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.backend.placement import Placement
-from compiler.backend.resources import fit, shifted
+from compiler.backend.resources import as_range, fit, shifted
 from compiler.backend.schedule import Emitted, Scheduler
 from compiler.errors import CompileError
 from isa.table import ALU_BY_NAME, CHAIN_CVT
@@ -104,18 +104,20 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     reach = [max((sch.slice_pos[p.slices[b]] for p in outs), key=lambda q: abs(q - V))
              for b in range(len(z.slices))]
     dests = [sch.slice_pos[s] for p in outs for s in p.slices]
+    first = max(sch.reaches(p, V, ready) for p in ([x] if y is None else [x, y]))
     for lo in range(0, len(todo), step):
         n = min(step, len(todo) - lo)
         vs = todo[lo:lo + n]
         # consecutive vectors stay ranges: the scheduler handles them in O(1)
-        xa = shifted(vs, x.addr) if x_of is None else [x.addr + x_of(v) for v in vs]
+        # (as ranges where they are evenly spaced: the scheduler handles those in O(1))
+        xa = shifted(vs, x.addr) if x_of is None else as_range([x.addr + x_of(v) for v in vs])
         if y is not None:
             if y_of is None and y_mode == "row" and type(vs) is range and vs[-1] < y.nvec:
                 ya = shifted(vs, y.addr)
             else:
-                ya = [y.addr + (y_of(v) if y_of is not None else v % y.nvec if y_mode == "row"
-                                else v // z.vpr) for v in vs]
-        za = shifted(vs, z.addr)
+                ya = as_range([y.addr + (y_of(v) if y_of is not None else v % y.nvec
+                                         if y_mode == "row" else v // z.vpr) for v in vs])
+        za = shifted(as_range(vs), z.addr)
 
         def build(res, T, n=n, xa=xa, za=za, ya=(ya if y is not None else None)):
             arrive = range(T, T + n)
@@ -125,8 +127,9 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
                 shift = 0
                 for j in range(len(ops)):
                     alu = sch.table.alu[a + j]
-                    if alu.first_busy(T, T + n) is not None:
-                        shift = max(shift, alu.fit([(T, T + n)]))
+                    fb = alu.first_busy(T, T + n)
+                    if fb is not None:
+                        shift = max(shift, alu.free_after(fb) - T)
                 if not shift:
                     break
                 least = shift if least is None else min(least, shift)
@@ -185,7 +188,7 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
                     f["dtype2"] = _dt(z)
             return rx + ry + code + [Emitted(q, T, mn, f)]
 
-        T = sch.place(ready, build, what)
+        T = sch.place(first, build, what)
         far = max(abs(V - sch.slice_pos[s]) for p in outs for s in p.slices)
         done = max(done, T + lat + n + far + arch.lat("mem_write") + 1)
     return done
@@ -373,7 +376,8 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                 lw2 = _lw_job(sch, q, P, to_mxm,
                               [(zp, [zp.addr] * n2) for zp in distinct[:Z]],
                               [[] for _ in range(Z)], [], n2, w_ready, n1 * R)
-            loaded = sch.place(t_free, lw, f"{what} weight load") + n1
+            loaded = sch.place(max(t_free, *(sch.reaches(p, P, w_ready) for p, _a in plan)),
+                               lw, f"{what} weight load") + n1
             if lw2 is not None:
                 loaded = max(loaded, sch.place(t_free, lw2, f"{what} weight load") + n2)
             earliest_iw = max(loaded, array_busy_until - arch.lat("mxm_install") + 1, iw_clear)
@@ -412,7 +416,9 @@ def matmul(sch: Scheduler, x: Placement, w: Placement | Tiled, y: Placement, rea
                                                            addr=acc_addr,
                                                            flag=flag))]
 
-            start = max(t_iw + arch.lat("mxm_install") + 1, acc_free if kt == 0 else 0, x_in)
+            start = max(t_iw + arch.lat("mxm_install") + 1, acc_free if kt == 0 else 0,
+                        min(sch.reaches(c, P, x_in)
+                            for c in (x_parts[kt] if x_parts else (x,) + copies)))
             t_abc = sch.place(start, abc, f"{what} activations")
             last_abc_in = t_abc + (M - 1) * iv
             array_busy_until = last_abc_in + 1
@@ -586,7 +592,7 @@ def sxm_unary(sch: Scheduler, mnemonic: str, x: Placement, z: Placement | None,
                                              src=bx, src_dir=din, src_g=_log2(g), count=n,
                                              **fields))]
 
-        T = sch.place(ready, build, what)
+        T = sch.place(sch.reaches(x, X, ready), build, what)
         far = max(abs(pos - X) for pos in positions)
         done = max(done, T + lat + n + far + arch.lat("mem_write") + 1)
     return done

@@ -191,12 +191,23 @@ def shifted(seq, d: int):
     return [x + d for x in seq]
 
 
+def as_range(seq):
+    """seq as a range when its items are evenly spaced (step not 0), else seq."""
+    if type(seq) is range or len(seq) < 2:
+        return seq
+    a, step = seq[0], seq[1] - seq[0]
+    if step == 0 or seq[-1] != a + step * (len(seq) - 1):
+        return seq
+    r = range(a, seq[-1] + (1 if step > 0 else -1), step)
+    return r if len(r) == len(seq) and list(r) == list(seq) else seq
+
+
 def banks_of(addrs, words_per_bank: int):
     """The bank of every address: one int when they all lie in one bank (checked in O(1) for
     a range), else a list."""
-    if type(addrs) is range and len(addrs):
+    if type(addrs) is range and len(addrs):  # monotone: one bank if its ends are
         b0 = addrs[0] // words_per_bank
-        if addrs[-1] // words_per_bank == b0 and addrs.step in (1, -1):
+        if addrs[-1] // words_per_bank == b0:
             return b0
     return [a // words_per_bank for a in addrs]
 

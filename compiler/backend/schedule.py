@@ -108,6 +108,12 @@ class Scheduler:
         hemi = "W" if west else "E"
         return f"SXM_{hemi}", self.arch.sxm_position(hemi)
 
+    def reaches(self, p: Placement, dest: int, ready: int) -> int:
+        """The first cycle p's vectors, read from `ready` on, can reach position dest (a job
+        streaming them starts no earlier: place() need not try the cycles before)."""
+        return max(0, ready) + self.lat("mem_read") + max(abs(dest - self.slice_pos[s])
+                                                          for s in p.slices)
+
     # -- flows --------------------------------------------------------------------------------
     def read_flow(self, res: Reservation, p: Placement, addrs: list[int], arrive: list[int],
                   dest: int, direction: int, not_before: int = 0,

@@ -319,7 +319,7 @@ def _corner_turn(sch, ins: list[Placement], outs: list[Placement], n: int, ready
         return code + [Emitted(q, T, "sxm.transpose",
                                dict(dst=bd, dst_dir=dout, src=bs, src_dir=din, count=n, aux=1))]
 
-    T = sch.place(ready, build, what)
+    T = sch.place(max(sch.reaches(p, X, ready) for p in ins), build, what)
     far = max(abs(sch.slice_pos[p.slices[0]] - X) for p in outs)
     return T + lat + n + far + arch.lat("mem_write") + 1
 
