@@ -410,7 +410,8 @@ class Reservation:
         way ends at diagonal x1: the job's run of diagonals from d0 must move past it; a
         diagonal moves with the job's start)."""
         a0, a1 = sp
-        tget, mget = self.t.streams.get, self._mine_streams.get
+        tget = self.t.streams.get
+        mget = self._mine_streams.get if self._mine_streams else None
         k0 = direction * _SK + s
         for d0, d1 in _diag_runs(diags):
             for bucket in range(d0 >> _BUCKET, ((d1 - 1) >> _BUCKET) + 1):
@@ -420,7 +421,7 @@ class Reservation:
                     for x0, x1, a, b in occ:
                         if x0 < d1 and d0 < x1 and a < a1 and a0 < b:
                             return max(1, x1 - d0)
-                occ = mget(key)
+                occ = mget(key) if mget is not None else None
                 if occ:
                     for x0, x1, a, b in occ:
                         if x0 < d1 and d0 < x1 and a < a1 and a0 < b:

@@ -67,3 +67,34 @@ def test_first_busy_every():
         r = range(c0, c0 + rng.randint(0, 30), rng.randint(2, 5))
         want = next((c for c in r if c in taken), None)
         assert p.first_busy_every(r.start, r.stop, r.step) == want, seed
+
+
+def test_first_conflict_by_bank():
+    """A read of bank b collides with a write of bank b or of any bank (a gather's reads:
+    ALL_BANKS), and a gather with every write: the first such use and the end of its run."""
+    from compiler.backend.resources import ALL_BANKS
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        p, runs = Ports(), []
+        c = rng.randrange(5)
+        for _ in range(rng.randint(0, 12)):
+            c0, c1 = c, c + rng.randint(1, 5)
+            bank = rng.choice([0, 1, ALL_BANKS])
+            p.add(c0, c1, bank)
+            runs.append((c0, c1, bank))
+            c = c1 + rng.choice([0, 0, 1, 3])
+        # runs of one bank that touch are one use
+        merged = []
+        for c0, c1, bank in runs:
+            if merged and merged[-1][1] == c0 and merged[-1][2] == bank:
+                merged[-1] = (merged[-1][0], c1, bank)
+            else:
+                merged.append((c0, c1, bank))
+        c0 = rng.randrange(40)
+        c1 = c0 + rng.randint(1, 20)
+        bank = rng.choice([0, 1, ALL_BANKS])
+        want = next(((max(a, c0), e) for a, e, b in merged
+                     if a < c1 and c0 < e and ALL_BANKS in (b, bank) or
+                     a < c1 and c0 < e and b == bank), None)
+        assert p.first_conflict(c0, c1, bank) == want, seed
