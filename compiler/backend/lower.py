@@ -108,8 +108,8 @@ def elementwise(sch: Scheduler, ops: list[str], x: Placement, y: Placement | Non
     for lo in range(0, len(todo), step):
         n = min(step, len(todo) - lo)
         vs = todo[lo:lo + n]
-        # consecutive vectors stay ranges: the scheduler handles them in O(1)
-        # (as ranges where they are evenly spaced: the scheduler handles those in O(1))
+        # consecutive vectors stay ranges, and evenly spaced addresses become ones: the
+        # scheduler handles ranges in O(1)
         xa = shifted(vs, x.addr) if x_of is None else as_range([x.addr + x_of(v) for v in vs])
         if y is not None:
             if y_of is None and y_mode == "row" and type(vs) is range and vs[-1] < y.nvec:

@@ -66,7 +66,7 @@ def _conflict(a: int, b: int) -> bool:
     return a == b or a == ALL_BANKS or b == ALL_BANKS
 
 
-# Ports.fit's moves at most: past them it returns what it has, a shift the job needs at least
+# fit's moves at most: past them it returns what it has, a shift the job needs at least
 FIT_MOVES = 64
 
 
