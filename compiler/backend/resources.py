@@ -199,7 +199,7 @@ def as_range(seq):
     if step == 0 or seq[-1] != a + step * (len(seq) - 1):
         return seq
     r = range(a, seq[-1] + (1 if step > 0 else -1), step)
-    return r if len(r) == len(seq) and list(r) == list(seq) else seq
+    return r if list(r) == list(seq) else seq
 
 
 def banks_of(addrs, words_per_bank: int):

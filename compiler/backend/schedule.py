@@ -129,7 +129,7 @@ class Scheduler:
         # that frees every plane's port for every read (fit: the planes' slices lie at
         # different distances, so one plane's hint alone would move the job a cycle at a time
         # past the others')
-        rcs_of, items, early = [], [], 0
+        reads, items, early = [], [], 0
         for sl in p.slices:
             pos = self.slice_pos[sl]
             if (direction == 0) != (pos < dest):
@@ -137,19 +137,16 @@ class Scheduler:
             rcs = shifted(arrive, -lat - abs(dest - pos))
             if len(rcs):
                 early = max(early, floor - rcs[0])
-            rcs_of.append(rcs)
+            reads.append((pos, rcs))
             items.append((self.table.read_port[sl],
                           rcs if type(rcs) is range and rcs.step > 1 else cycle_runs(rcs)))
         move = fit(items, early)
         if move:
             res.need(move)
             return None
-        plans = []
-        for b, sl in enumerate(p.slices):
-            pos = self.slice_pos[sl]
-            rcs = rcs_of[b]
-            shift = lat - pos if direction == 0 else lat + pos
-            plans.append((b, sl, rcs, shifted(rcs, shift), span(direction, pos, dest)))
+        plans = [(b, sl, rcs, shifted(rcs, lat - pos if direction == 0 else lat + pos),
+                  span(direction, pos, dest))
+                 for b, (sl, (pos, rcs)) in enumerate(zip(p.slices, reads, strict=True))]
         base = _free_base(res, direction,
                           [base] if base is not None else range(0, self.S - g + 1, g),
                           [(b, diags, sp) for b, _, _, diags, sp in plans])
