@@ -47,6 +47,12 @@ def fold_constants(graph: Graph, *, max_elements: int = 1 << 24) -> bool:
             if r is None:
                 continue
             results = [r]
+        elif a["op"] in GATHERS and _uniform(graph, a["inputs"][0]) is not None \
+                and a["outputs"][0] in graph.values and not a.get("domain"):
+            # every element of the data is one value: so is every gathered one, whatever the
+            # indices (RoBERTa's token types, zeros gathered at its position ids)
+            results = [np.full(graph.values[a["outputs"][0]].shape,
+                               _uniform(graph, a["inputs"][0]))]
         else:
             ins = [v for v in a["inputs"] if v]
             if not ins or not all(graph.is_const(v) for v in ins):
@@ -92,6 +98,21 @@ def fold_constants(graph: Graph, *, max_elements: int = 1 << 24) -> bool:
     before = (graph.g.number_of_nodes(), len(graph.consts))
     graph.prune()
     return changed or before != (graph.g.number_of_nodes(), len(graph.consts))
+
+
+GATHERS = ("Gather", "GatherElements", "GatherND")  # ops that only pick elements of input 0
+
+
+def _uniform(graph: Graph, v: str) -> np.ndarray | None:
+    """The one value of every element of const v (a 0-d array), or None."""
+    arr = graph.const_array(v) if v else None
+    if arr is None or not arr.size:
+        return None
+    first = arr.reshape(-1)[0]
+    if not np.all((arr == first) | (np.isnan(arr) & np.isnan(first))
+                  if arr.dtype.kind == "f" else arr == first):
+        return None
+    return np.asarray(first)
 
 
 def _constant_attr(node: str, attrs: dict) -> np.ndarray:

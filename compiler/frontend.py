@@ -18,11 +18,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler.errors import CompileError
 from compiler.fold import fold_constants
+from compiler.interp import gathernd_flat
 from compiler.ir import Graph, TensorType, const_kind, dtype_name
 
 # Ops of the ai.onnx domain the compiler accepts: the list of issue 3 point 2, plus ops the
 # torch exporter writes into mask and position subgraphs (LessOrEqual, GreaterOrEqual, Cos,
-# Sin) and Size.
+# Sin, and GatherND: the dynamo exporter's attention_mask[batch_idx, kv_idx]), CumSum
+# (RoBERTa's position ids from input_ids) and Size.
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted((
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Exp", "Log", "Erf",
     "Tanh", "Sigmoid", "Relu", "Gelu", "Softmax", "LogSoftmax", "LayerNormalization",
@@ -31,7 +33,8 @@ SUPPORTED_OPS: tuple[str, ...] = tuple(sorted((
     "Unsqueeze", "Squeeze", "Expand", "Where", "Equal", "Less", "Greater", "Not", "And",
     "IsNaN", "Cast", "Constant", "ConstantOfShape", "Shape", "Range", "Trilu", "Identity",
     "Max", "Min", "Clip", "Attention", "RotaryEmbedding", "Size", "LessOrEqual",
-    "GreaterOrEqual", "Cos", "Sin", "Or", "CastLike", "Sum", "Mod", "Pad",
+    "GreaterOrEqual", "Cos", "Sin", "Or", "CastLike", "Sum", "Mod", "Pad", "GatherND",
+    "CumSum",
 )))
 
 SHAPE_ONLY_LOCATION = "__lpusim_shape_only__"  # models/common.py's convention
@@ -337,6 +340,8 @@ def import_onnx(model: str | Path | onnx.ModelProto,
     _check_static(graph, strict_error)
     _castlike_to_cast(graph)
     _sum_to_adds(graph)
+    _gathernd_to_gather(graph)
+    _cumsum_to_adds(graph)
     graph.verify()
     return graph
 
@@ -377,6 +382,143 @@ def _sum_to_adds(graph: Graph) -> None:
             graph.add_node(graph.fresh_name(f"{n}_add{i}"), "Add", [acc, x], [out],
                            types=None if ty is None else [ty], order=order)
             acc = out
+
+
+def _gathernd_to_gather(graph: Graph) -> None:
+    """GatherND(x, idx) with idx known at compile time (the dynamo exporter's
+    attention_mask[batch_idx, kv_idx], whose indices are ranges over bound dims) as
+    Gather(Reshape(x, [prod(x.shape[:b + k]), *x.shape[b + k:]]), flat idx, axis=0): one op
+    the backend has; a Reshape alone when the indices take every element once, in order.
+    Indices computed at run time are an error."""
+    for n in graph.topo_order():
+        a = graph.node(n)
+        if a["op"] == "GatherND" and not a.get("domain"):
+            _gathernd_node(graph, n, a)
+
+
+def _gathernd_node(graph: Graph, n: str, a: dict) -> None:
+    x, idx = a["inputs"][:2]
+    arr = graph.const_array(idx)
+    if arr is None:
+        raise CompileError(f"GatherND (node {n!r}): indices computed at run time are not "
+                           "lowered yet; only indices known at compile time (for example "
+                           "ranges over the bound dims) are")
+    b = int(a["attrs"].get("batch_dims", 0))
+    xt = graph.values[x]
+    try:
+        flat = gathernd_flat(arr, xt.shape, b)
+    except ValueError as e:
+        raise CompileError(f"GatherND (node {n!r}): {e}") from None
+    k = int(arr.shape[-1])
+    y, order = a["outputs"][0], a["order"]
+    yt = graph.values[y]
+    graph.remove_node(n)
+    if flat.size == xt.size and np.array_equal(flat.reshape(-1), np.arange(flat.size)):
+        _reshape_node(graph, n, x, yt.shape, y, order)  # every element once, in order
+        return
+    # rows of at least one column: the backend gathers rows, not lanes
+    rest = tuple(xt.shape[b + k:]) or (1,)
+    flat_x = _reshape_node(graph, n, x, (int(np.prod(xt.shape[:b + k], dtype=np.int64)),)
+                           + rest, None, order)
+    at = graph.add_const(graph.fresh_name(f"{n}_indices"), flat, kind="const")
+    if rest == tuple(xt.shape[b + k:]):
+        graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, at], [y],
+                       {"axis": 0}, order=order)
+        return
+    rows = graph.fresh_name(f"{y}_rows")
+    graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, at], [rows],
+                   {"axis": 0}, types=[TensorType(xt.dtype, tuple(flat.shape) + (1,))],
+                   order=order)
+    _reshape_node(graph, n, rows, yt.shape, y, order)
+
+
+def _reshape_node(graph: Graph, n: str, v: str, shape: tuple[int, ...], out: str | None,
+                  order: float) -> str:
+    """A Reshape of v to `shape` (named after node n) into out, or a new value; its name."""
+    c = graph.add_const(graph.fresh_name(f"{n}_shape"), np.array(shape, dtype=np.int64),
+                        kind="const")
+    new = out is None
+    out = out or graph.fresh_name(f"{v}_{n}")
+    graph.add_node(graph.fresh_name(f"{n}_reshape"), "Reshape", [v, c], [out],
+                   types=[TensorType(graph.values[v].dtype, tuple(shape))] if new else None,
+                   order=order)
+    return out
+
+
+def _cumsum_to_adds(graph: Graph) -> None:
+    """CumSum(x, axis) as a scan in log2(n) steps (n: the axis' extent): x += x shifted by 1,
+    2, 4, ... along the axis (a Concat of zeros and a Slice of x), then (exclusive) shifted
+    once more. Exact for integers (RoBERTa's position ids); for floats the additions' order
+    differs from a running sum."""
+    for n in graph.topo_order():
+        a = graph.node(n)
+        if a["op"] == "CumSum" and not a.get("domain"):
+            _cumsum_node(graph, n, a)
+
+
+def _cumsum_node(graph: Graph, n: str, a: dict) -> None:
+    x, axis_v = a["inputs"][:2]
+    y, order = a["outputs"][0], a["order"]
+    axis_a = graph.const_array(axis_v)
+    if axis_a is None or axis_a.size != 1:
+        raise CompileError(f"CumSum (node {n!r}): an axis computed at run time is not "
+                           "lowered; it must be a constant")
+    xt = graph.values[x]
+    if not xt.rank:
+        raise CompileError(f"CumSum (node {n!r}): the input is a scalar")
+    axis = int(axis_a.reshape(-1)[0])
+    if not -xt.rank <= axis < xt.rank:
+        raise CompileError(f"CumSum (node {n!r}): axis {axis} is out of range for rank "
+                           f"{xt.rank}")
+    axis %= xt.rank
+    reverse = bool(a["attrs"].get("reverse", 0))
+    exclusive = bool(a["attrs"].get("exclusive", 0))
+    graph.remove_node(n)
+    steps = []
+    s = 1
+    while s < xt.shape[axis]:
+        steps.append(s)
+        s *= 2
+    cur = x
+    for i, s in enumerate(steps):
+        last = i == len(steps) - 1 and not exclusive
+        out = y if last else graph.fresh_name(f"{y}_scan{s}")
+        moved = _shifted(graph, n, cur, s, axis, reverse, None, order)
+        graph.add_node(graph.fresh_name(f"{n}_add"), "Add", [cur, moved], [out],
+                       types=None if last else [xt], order=order)
+        cur = out
+    if exclusive and xt.shape[axis]:
+        _shifted(graph, n, cur, 1, axis, reverse, y, order)
+    elif cur != y:  # one element (or none) along the axis: the sum is the input
+        graph.add_node(graph.fresh_name(f"{n}_identity"), "Identity", [cur], [y], order=order)
+
+
+def _shifted(graph: Graph, n: str, v: str, s: int, axis: int, reverse: bool,
+             out: str | None, order: float) -> str:
+    """v moved s places along the axis (towards its end, or its start with reverse), zeros
+    where nothing moved in: a Slice and a Concat named after node n, into out or a new value."""
+    vt = graph.values[v]
+    size = vt.shape[axis]
+
+    def const(name: str, arr: np.ndarray) -> str:
+        return graph.add_const(graph.fresh_name(f"{n}_{name}"), arr, kind="const")
+
+    part = tuple(s if d == axis else e for d, e in enumerate(vt.shape))
+    rest = tuple(size - s if d == axis else e for d, e in enumerate(vt.shape))
+    zeros = const("zeros", np.zeros(part, dtype=np.dtype(vt.dtype)))
+    lo, hi = (s, size) if reverse else (0, size - s)
+    kept = graph.fresh_name(f"{v}_kept")
+    graph.add_node(graph.fresh_name(f"{n}_slice"), "Slice",
+                   [v, const("start", np.array([lo], np.int64)),
+                    const("end", np.array([hi], np.int64)),
+                    const("axes", np.array([axis], np.int64))], [kept],
+                   types=[TensorType(vt.dtype, rest)], order=order)
+    new = out is None
+    out = out or graph.fresh_name(f"{v}_shift{s}")
+    graph.add_node(graph.fresh_name(f"{n}_concat"), "Concat",
+                   [kept, zeros] if reverse else [zeros, kept], [out], {"axis": axis},
+                   types=[vt] if new else None, order=order)
+    return out
 
 
 def _elem_type(dtype: str) -> int:

@@ -127,6 +127,62 @@ def _gather(ins: Sequence[Array | None], attrs: Mapping[str, Any]) -> list[Array
     return [np.take(x, idx, axis=axis)]
 
 
+def gathernd_flat(idx: np.ndarray, data_shape: Sequence[int], batch_dims: int) -> np.ndarray:
+    """GatherND's indices as indices into data reshaped to [prod(data.shape[:b + k]), ...]
+    (b = batch_dims, k = idx.shape[-1]): one flat index per gathered slice, of shape
+    idx.shape[:-1]. Negative indices count from the end; out of range is a ValueError."""
+    b, k = batch_dims, int(idx.shape[-1])
+    dims = [int(d) for d in data_shape[b:b + k]]
+    if b + k > len(data_shape) or tuple(idx.shape[:b]) != tuple(data_shape[:b]):
+        raise ValueError(f"indices of shape {list(idx.shape)} do not fit data of shape "
+                         f"{list(data_shape)} with batch_dims {b}")
+    idx = idx.astype(np.int64)
+    idx = np.where(idx < 0, idx + np.array(dims, dtype=np.int64), idx)
+    if np.any(idx < 0) or np.any(idx >= np.array(dims, dtype=np.int64)):
+        raise ValueError("an index is out of range")
+    flat = np.zeros(idx.shape[:-1], dtype=np.int64)
+    for j, d in enumerate(dims):
+        flat = flat * d + idx[..., j]
+    inner = int(np.prod(dims, dtype=np.int64))
+    for j in range(b):  # batch position j of the outer dims
+        step = int(np.prod(data_shape[j + 1:b], dtype=np.int64)) * inner
+        flat = flat + (np.arange(data_shape[j], dtype=np.int64) * step).reshape(
+            (-1,) + (1,) * (flat.ndim - j - 1))
+    return flat
+
+
+def _gather_elements(ins: Sequence[Array | None], attrs: Mapping[str, Any]) -> list[Array]:
+    x, idx = ins[0], ins[1]
+    assert x is not None and idx is not None
+    axis = int(attrs.get("axis", 0)) % x.ndim
+    idx = np.where(idx < 0, idx + x.shape[axis], idx).astype(np.int64)
+    # off the axis, the indices' extent may be shorter than the data's
+    x = x[tuple(slice(None) if d == axis else slice(0, idx.shape[d]) for d in range(x.ndim))]
+    return [np.take_along_axis(x, idx, axis=axis)]
+
+
+def _cumsum(ins: Sequence[Array | None], attrs: Mapping[str, Any]) -> list[Array]:
+    x, axis = ins[0], ins[1]
+    assert x is not None and axis is not None
+    ax = int(np.asarray(axis).reshape(-1)[0]) % x.ndim
+    rev = bool(attrs.get("reverse", 0))
+    v = np.flip(x, ax) if rev else x
+    out = np.cumsum(v, axis=ax, dtype=x.dtype)
+    if attrs.get("exclusive", 0):
+        out = np.concatenate([np.zeros_like(np.take(out, [0], axis=ax)),
+                              np.take(out, range(x.shape[ax] - 1), axis=ax)], axis=ax)
+    return [np.flip(out, ax) if rev else out]
+
+
+def _gathernd(ins: Sequence[Array | None], attrs: Mapping[str, Any]) -> list[Array]:
+    x, idx = ins[0], ins[1]
+    assert x is not None and idx is not None
+    b = int(attrs.get("batch_dims", 0))
+    k = int(idx.shape[-1])
+    flat = gathernd_flat(idx, x.shape, b)
+    return [np.take(x.reshape((-1,) + x.shape[b + k:]), flat, axis=0)]
+
+
 def _reshape(ins: Sequence[Array | None], attrs: Mapping[str, Any]) -> list[Array]:
     x, shape = ins[0], ins[1]
     assert x is not None and shape is not None
@@ -205,7 +261,9 @@ _OPS: dict[str, Callable[[Sequence[Array | None], Mapping[str, Any]], list[Array
     "Softmax": _softmax, "Gelu": _gelu, "LayerNormalization": _layernorm,
     "RMSNormalization": _rmsnorm, "MatMulBias": _matmul_bias,
     "ReduceMean": _reduce(np.mean), "ReduceSum": _reduce(np.sum), "ReduceMax": _reduce(np.max),
-    "Gather": _gather, "Reshape": _reshape, "Slice": _slice, "Where": _where,
+    "Gather": _gather, "GatherElements": _gather_elements, "GatherND": _gathernd,
+    "CumSum": _cumsum,
+    "Reshape": _reshape, "Slice": _slice, "Where": _where,
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze,
     "Transpose": lambda ins, a: [np.transpose(ins[0], a.get("perm"))],
     "Shape": lambda ins, a: [np.array(ins[0].shape[a.get("start", 0):a.get("end")],

@@ -339,13 +339,19 @@ def test_bundled_tiny_models_are_current(name):
     onnx.checker.check_model(str(path), full_check=True)
 
 
-HF = ["hf-gpt2", "hf-llama", "hf-bert"]
+HF = ["hf-gpt2", "hf-llama", "hf-bert", "hf-gpt2-dynamo", "hf-llama-dynamo", "hf-bert-dynamo",
+      "hf-roberta-dynamo"]
+ENCODERS = ("hf-bert", "hf-bert-dynamo", "hf-roberta-dynamo")
+# onnx's ReferenceEvaluator cannot run these (onnxruntime, the other runtime, does)
+REFERENCE_FAILS = {"hf-roberta-dynamo": "the ReferenceEvaluator's GatherElements fails along an "
+                   "axis of more entries than np.choose takes (its fallback keeps one element "
+                   "per row): RoBERTa gathers token types along an axis of 66"}
 
 
 def hf_feeds(name, b, s, seed=0):
     ids = token_ids(b=b, s=s, seed=seed)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    if name == "hf-bert":
+    if name.startswith("hf-bert"):
         feeds["token_type_ids"] = np.zeros_like(ids)
     return feeds
 
@@ -355,6 +361,8 @@ def hf_feeds(name, b, s, seed=0):
 def test_hf_exports_run_and_match_torch(name, runtime):
     """The torch.onnx.export graphs load, pass the checker, run at shapes other than the traced
     one, and reproduce torch's own outputs (saved by tools/export_hf.py)."""
+    if runtime == "reference" and name in REFERENCE_FAILS:
+        pytest.skip(REFERENCE_FAILS[name])
     path = models.bundled_path(name)
     assert path.stat().st_size < 1 << 20
     onnx.checker.check_model(str(path), full_check=True)
@@ -366,7 +374,7 @@ def test_hf_exports_run_and_match_torch(name, runtime):
         out = run(model, hf_feeds(name, b, s), runtime)
         for n in out_names:
             assert np.isfinite(out[n]).all(), f"{name} {n} not finite at b={b} s={s}"
-        if name == "hf-bert":
+        if name in ENCODERS:
             assert out["last_hidden_state"].shape == (b, s, 64)
             assert out["pooler_output"].shape == (b, 64)
         else:

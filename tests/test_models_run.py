@@ -1,6 +1,7 @@
 """The bundled transformer graphs, compiled and simulated end to end against onnxruntime
 (issue 3's acceptance point): tiny GPT-2, Llama and BERT from models/, and the same families
-exported by torch.onnx.export from Hugging Face transformers (models/data/hf-*.onnx).
+(and RoBERTa) exported by torch.onnx.export from Hugging Face transformers, by its
+TorchScript exporter and by the dynamo one (models/data/hf-*.onnx).
 
 Tolerances are normwise (max |error| / max |reference|); measured over the six graphs at
 sequence 8:
@@ -26,7 +27,8 @@ import pytest
 import lpusim
 
 DATA = Path(__file__).resolve().parents[1] / "models" / "data"
-MODELS = ["tiny-gpt2", "tiny-llama", "tiny-bert", "hf-gpt2", "hf-llama", "hf-bert"]
+MODELS = ["tiny-gpt2", "tiny-llama", "tiny-bert", "hf-gpt2", "hf-llama", "hf-bert",
+          "hf-gpt2-dynamo", "hf-llama-dynamo", "hf-bert-dynamo", "hf-roberta-dynamo"]
 TOL = {"fp32": 1e-4, "fp16": 4 * 2.0 ** -11, "bf16": 4 * 2.0 ** -8, "int8": 5e-2,
        "fp8": 2 * 2.0 ** -4 + 2.0 ** -8}
 
@@ -48,14 +50,15 @@ def test_bundled_models_match_the_reference_in_fp32(name):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "int8", "fp8"])
-@pytest.mark.parametrize("name", ["tiny-gpt2", "hf-llama", "hf-bert"])
+@pytest.mark.parametrize("name", ["tiny-gpt2", "hf-llama", "hf-bert", "hf-roberta-dynamo"])
 def test_bundled_models_in_reduced_precision(name, precision):
     _run(name, precision)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "int8", "fp8"])
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "hf-gpt2"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "hf-gpt2", "hf-gpt2-dynamo",
+                                  "hf-llama-dynamo", "hf-bert-dynamo"])
 def test_other_bundled_models_in_reduced_precision(name, precision):
     _run(name, precision)
 

@@ -21,7 +21,9 @@ Each case gets one status:
 
 `--freeze-shape-inputs` runs the value-dependent-shape cases anyway, with the operands that
 set the shape folded into initializers (as exporters write them); their status is then that
-of the frozen run and the reason says so.
+of the frozen run and the reason says so. It also freezes the operands the compiler needs as
+constants though they set no shape (CumSum's axis, GatherND's indices), which otherwise make
+a case NOT LOWERED.
 
     python tools/conformance.py                 # all supported ops
     python tools/conformance.py Add Relu        # some ops
@@ -68,6 +70,10 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
     "Loop": (0,),  # the trip count sets the length of the scan outputs (Range's function body)
 }
 _SHAPE_ONLY = {"Shape", "Size"}  # outputs depend on the shape of the input, not its values
+# (op, input indices) the compiler needs as constants though they set no shape (exporters
+# write them so); as graph inputs the compiler refuses them (NOT LOWERED), and
+# --freeze-shape-inputs freezes them too
+CONST_OPERANDS: dict[str, tuple[int, ...]] = {"CumSum": (1,), "GatherND": (1,)}
 
 
 @dataclass
@@ -146,14 +152,15 @@ def _elem_types(vis):
             yield vi.name, None  # sequence / optional / map
 
 
-def _value_shape_operands(model) -> list[str]:
-    """Operands fed (through value-preserving ops) by graph inputs that set an output shape."""
+def _value_shape_operands(model, operands=SHAPE_OPERANDS) -> list[str]:
+    """Operands fed (through value-preserving ops) by graph inputs that set an output shape
+    (or, with CONST_OPERANDS, that the compiler needs as constants)."""
     g = model.graph
     inits = {t.name for t in g.initializer}
     tainted = {vi.name for vi in g.input if vi.name not in inits}
     found = []
     for node in g.node:
-        slots = SHAPE_OPERANDS.get(node.op_type, ())
+        slots = operands.get(node.op_type, ())
         for i in slots:
             if i < len(node.input) and node.input[i] in tainted:
                 found.append(f"{node.op_type} input {i} ({node.input[i]!r})")
@@ -174,7 +181,8 @@ def _exclusion(model) -> str:
 
 
 def _freeze(model, inputs: dict) -> tuple:
-    """The model with the graph inputs that set shapes turned into initializers."""
+    """The model with the graph inputs that set shapes (or are CONST_OPERANDS) turned into
+    initializers."""
     import onnx
     from onnx import numpy_helper
 
@@ -183,7 +191,7 @@ def _freeze(model, inputs: dict) -> tuple:
     g = m.graph
     names = set()
     for node in g.node:
-        for i in SHAPE_OPERANDS.get(node.op_type, ()):
+        for i in SHAPE_OPERANDS.get(node.op_type, ()) + CONST_OPERANDS.get(node.op_type, ()):
             if i < len(node.input) and node.input[i] in inputs:
                 names.add(node.input[i])
     keep = [vi for vi in g.input if vi.name not in names]
@@ -271,6 +279,9 @@ def run_case(op: str, case, freeze_shape_inputs: bool = False) -> CaseResult:
             return done(EXCLUDED, why)
         model, inputs = _freeze(model, inputs)
         frozen_note = " [shape inputs frozen to constants]"
+    elif freeze_shape_inputs and _value_shape_operands(model, CONST_OPERANDS):
+        model, inputs = _freeze(model, inputs)
+        frozen_note = " [constant operands frozen]"
     rtol = float(getattr(case, "rtol", None) or 1e-3)  # the ONNX backend test's defaults
     atol = float(getattr(case, "atol", None) or 1e-7)
     try:

@@ -1,16 +1,23 @@
 """Export tiny Hugging Face transformers models to ONNX with torch.onnx.export, so the real
 exporter's graph patterns are tested in CI without torch (models/data/hf-*.onnx).
 
-    python tools/export_hf.py            # rewrites models/data/hf-{gpt2,llama,bert}.onnx
-    python tools/export_hf.py --out DIR
+    python tools/export_hf.py            # rewrites every models/data/hf-*.onnx
+    python tools/export_hf.py hf-gpt2-dynamo --out DIR
 
 Nothing is downloaded: each model is built from a small config with random initialisation
 under a fixed torch seed. Needs torch and transformers (not project dependencies; CI never runs
-this script). The committed files were made with:
+this script); the dynamo exports need onnxscript too. The committed files were made with:
 
-    python 3.11.7, torch 2.13.0+cpu, transformers 5.24.0, onnx 1.23.2
-    exporter: the TorchScript-based torch.onnx.export (dynamo=False), opset 17,
-    dynamic axes batch/seq on every input and output, eager attention.
+    python 3.11.7, torch 2.13.0+cpu, transformers 5.24.0, onnx 1.23.2, onnxscript 0.7.2
+    hf-gpt2, hf-llama, hf-bert: the TorchScript-based torch.onnx.export (dynamo=False),
+        opset 17, eager attention;
+    hf-*-dynamo: torch.onnx.export(dynamo=True) (torch.export, the default exporter since
+        torch 2.9), opset 20; transformers' default (sdpa) attention for the encoders, eager
+        for the decoders (their sdpa graphs differ from torch in the query rows that left
+        padding masks completely: 0.07 to 0.31 in the logits there, onnxruntime against
+        torch); hf-roberta-dynamo adds RoBERTa (position ids from a cumulative sum over
+        input_ids != pad);
+    all with dynamic axes batch/seq on every input and output.
 
 Beside each model, NAME.expected.npz holds torch's inputs and outputs for a shape other than
 the traced one (batch 3, seq 11, one left-padded row), so tests can compare a runtime against
@@ -28,15 +35,26 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-OPSET = 17
+OPSET = 17  # the TorchScript exports
+OPSET_DYNAMO = 20  # torch 2.13's default for dynamo=True
 SEED = 0
 DATA_DIR = Path(__file__).resolve().parent.parent / "models" / "data"
 
 
+# export name -> (model family, dynamo exporter)
+EXPORTS = {"hf-gpt2": ("hf-gpt2", False), "hf-llama": ("hf-llama", False),
+           "hf-bert": ("hf-bert", False), "hf-gpt2-dynamo": ("hf-gpt2", True),
+           "hf-llama-dynamo": ("hf-llama", True), "hf-bert-dynamo": ("hf-bert", True),
+           "hf-roberta-dynamo": ("hf-roberta", True)}
+
+
 def _configs():
-    from transformers import BertConfig, GPT2Config, LlamaConfig
+    from transformers import BertConfig, GPT2Config, LlamaConfig, RobertaConfig
 
     return {
+        "hf-roberta": RobertaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=128, vocab_size=256, type_vocab_size=1,
+                                    max_position_embeddings=66, pad_token_id=1),
         "hf-gpt2": GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64,
                               n_inner=128, bos_token_id=0, eos_token_id=0, use_cache=False),
         "hf-llama": LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
@@ -52,19 +70,40 @@ def _configs():
 def export(name: str, out_dir: Path) -> Path:
     import torch
     import transformers
-    from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM
+    from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM, RobertaModel
 
-    config = _configs()[name]
-    config._attn_implementation = "eager"
+    family, dynamo = EXPORTS[name]
+    config = _configs()[family]
+    # sdpa, transformers' default, for the dynamo encoders; eager for the rest (the decoders'
+    # sdpa graphs give other values than torch in fully masked rows: left padding)
+    config._attn_implementation = "sdpa" if dynamo and family in ("hf-bert", "hf-roberta") \
+        else "eager"
     torch.manual_seed(SEED)
-    cls = {"hf-gpt2": GPT2LMHeadModel, "hf-llama": LlamaForCausalLM, "hf-bert": BertModel}[name]
+    cls = {"hf-gpt2": GPT2LMHeadModel, "hf-llama": LlamaForCausalLM, "hf-bert": BertModel,
+           "hf-roberta": RobertaModel}[family]
     model = cls(config).eval()
 
     batch, seq = 2, 8
     g = torch.Generator().manual_seed(SEED)
     ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
     dyn = {0: "batch", 1: "seq"}
-    if name == "hf-bert":
+    if family == "hf-roberta":
+        class Wrapped(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask):
+                out = self.m(input_ids=input_ids, attention_mask=attention_mask,
+                             return_dict=False)
+                return out[0], out[1]
+
+        args = (ids, torch.ones_like(ids))
+        in_names = ["input_ids", "attention_mask"]
+        out_names = ["last_hidden_state", "pooler_output"]
+        axes = {n: dyn for n in in_names} | {"last_hidden_state": dyn,
+                                             "pooler_output": {0: "batch"}}
+    elif family == "hf-bert":
         class Wrapped(torch.nn.Module):
             def __init__(self, m):
                 super().__init__()
@@ -99,12 +138,18 @@ def export(name: str, out_dir: Path) -> Path:
     wrapped = Wrapped(model).eval()
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(wrapped, args, buf, input_names=in_names,
-                          output_names=out_names, dynamic_axes=axes, opset_version=OPSET,
-                          do_constant_folding=True, dynamo=False)
-    proto = onnx.load_from_string(buf.getvalue())
+        if dynamo:
+            program = torch.onnx.export(wrapped, args, input_names=in_names,
+                                        output_names=out_names, dynamic_axes=axes,
+                                        opset_version=OPSET_DYNAMO, dynamo=True)
+            proto = program.model_proto
+        else:
+            torch.onnx.export(wrapped, args, buf, input_names=in_names,
+                              output_names=out_names, dynamic_axes=axes, opset_version=OPSET,
+                              do_constant_folding=True, dynamo=False)
+            proto = onnx.load_from_string(buf.getvalue())
     onnx.helper.set_model_props(proto, {
-        "lpusim.export.tool": "torch.onnx.export(dynamo=False)",
+        "lpusim.export.tool": f"torch.onnx.export(dynamo={dynamo})",
         "lpusim.export.torch": torch.__version__,
         "lpusim.export.transformers": transformers.__version__,
         "lpusim.export.config": config.to_json_string(use_diff=True).replace("\n", " "),
@@ -119,8 +164,10 @@ def export(name: str, out_dir: Path) -> Path:
     ids2 = torch.randint(0, config.vocab_size, (b2, s2), generator=g)
     mask2 = torch.ones_like(ids2)
     mask2[1, :3] = 0  # left padding in one row
+    if config.pad_token_id is not None and family == "hf-roberta":
+        ids2[1, :3] = config.pad_token_id  # RoBERTa's positions skip pad tokens
     feeds = {"input_ids": ids2, "attention_mask": mask2}
-    if name == "hf-bert":
+    if family == "hf-bert":
         types2 = torch.zeros_like(ids2)
         types2[:, s2 // 2:] = 1
         feeds["token_type_ids"] = types2
@@ -150,8 +197,12 @@ def _check_with_onnxruntime(path, arrays, in_names, out_names) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DATA_DIR)
-    parser.add_argument("names", nargs="*", default=list(_configs()))
+    parser.add_argument("names", nargs="*", default=list(EXPORTS),
+                        help=f"exports to write (default all): {', '.join(EXPORTS)}")
     args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in EXPORTS]
+    if unknown:
+        parser.error(f"unknown export {unknown[0]!r}; choose from {', '.join(EXPORTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.names:
         path = export(name, args.out)

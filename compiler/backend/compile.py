@@ -136,8 +136,10 @@ def _type_ok(op: str, v: str, ins: list[str], dtype: str) -> bool:
     """May op read (or write) value v, an integer or narrow float of IR type dtype?"""
     if dtype in _NARROW_FLOATS:
         return op in _NARROW_FLOAT_OPS
-    if op == "Mod" or op in MOVES or op == "Expand":  # exact on any integer the machine
-        return True  # holds: Mod (see lower_mod), moves of values
+    if op == "Mod" or op in MOVES or op in ("Expand", "Gather"):  # exact on any integer the
+        return True  # machine holds: Mod (see lower_mod), moves of values (Gather: picks)
+    if op == "Cast" and v not in ins:  # lower_cast: integer results only from bools and
+        return True  # integers (whose values it converts exactly)
     if v in ins and (op in _COMPARE or (op in ("Pow", "Trilu") and ins[1:2] == [v])):
         return True  # exact on any integer the machine holds (Pow: the exponent, to fp32)
     if dtype in _WIDENED and op in _SELECT and not (op == "Where" and v == ins[0]):

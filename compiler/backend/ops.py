@@ -2290,7 +2290,8 @@ def lower_cast(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[i
         ops = ["or"] if src != "bool" else ["copy"]
         return lower.elementwise(sch, ops, x, None, 0.0 if src != "bool" else None, z, t,
                                  what), True
-    if not dtype_info(z.dtype).is_float:
+    if not dtype_info(z.dtype).is_float and src != "bool" \
+            and dtype_info(x.dtype).is_float:  # bools and integers convert exactly
         raise CompileError(f"{what}: a cast to {dst} is not lowered yet (the VXM rounds to "
                            "nearest where Cast truncates)")
     if x.dtype == z.dtype:

@@ -113,6 +113,16 @@ def _propagate(graph: Graph, given: dict) -> tuple[dict, set]:
                 if lo < _INT32[0] or hi > _INT32[1]:
                     bad.add(o)
                 r[o] = (lo, hi)
+            elif op in ARITH and len(ints) == 2:  # a native type: exact where it fits, else
+                (a0, a1), (b0, b1) = ints  # it wraps anywhere in its type
+                ps = (a0 * b0, a0 * b1, a1 * b0, a1 * b1) if op == "Mul" else \
+                    (a0 + b0, a1 + b1) if op == "Add" else (a0 - b1, a1 - b0)
+                lo, hi = min(ps), max(ps)
+                r[o] = (lo, hi) if HELD[dt][0] <= lo and hi <= HELD[dt][1] else HELD[dt]
+            elif op == "Cast" and ins:  # a bool is 0 or 1; an integer keeps its range where
+                src = graph.values[ins[0]].dtype  # the new type holds it
+                lo, hi = (0, 1) if src == "bool" else ints[0] if ints else HELD[dt]
+                r[o] = (lo, hi) if HELD[dt][0] <= lo and hi <= HELD[dt][1] else HELD[dt]
             elif op == "Neg" and dt in WIDE and ints:
                 r[o] = (-ints[0][1], -ints[0][0])
             elif op in ("Max", "Min") and ints:
