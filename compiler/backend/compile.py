@@ -2094,7 +2094,10 @@ def _copies_for(graph: Graph, v: str, lanes: int) -> int:
     t = graph.values[v]
     if len(users) != 1 or graph.node(users[0])["op"] != "Gelu" or v in graph.outputs:
         return 0
-    vectors = _rows(graph, v) * -(-(t.shape[-1] if t.shape else 1) // lanes)
+    vpr = -(-(t.shape[-1] if t.shape else 1) // lanes)
+    if _rows(graph, v) == 1 and vpr > 1:  # a decode step: the Gelu's bound pairs the row's
+        return 1  # vectors in a max tree, one of each pair from the copy (ops.gelu_absmax_bound)
+    vectors = _rows(graph, v) * vpr
     return max(0, min(SEQUENCE_BLOCKS, vectors // SEQUENCE_BLOCK_VECTORS) - 1)
 
 

@@ -1617,9 +1617,11 @@ def gelu_absmax_bound(graph, sch, alloc, place, x: Placement, ready: int, what: 
     if name not in graph.consts:
         graph.add_const(name, np.full(shape, GELU_FLOOR, numpy_dtype(x.dtype)), kind="const")
     low = place[name]
-    if x.rows == 1:
-        items = [(Placement(x.dtype, shape, 1, arch.lanes, 1, x.slices, x.addr + c), ready)
-                 for c in range(x.vpr)]
+    if x.rows == 1:  # the row's vectors, every other one from a copy of x if it has one (a
+        # tree's pair in one slice would wait for an operand copy)
+        srcs = [x] + list(alloc.derived_value(x, ("copies",)) or ())
+        items = [(Placement(x.dtype, shape, 1, arch.lanes, 1, src.slices, src.addr + c), ready)
+                 for c in range(x.vpr) for src in [srcs[c % len(srcs)]]]
     else:  # rows of one vector each: x itself
         items = [(x, ready)]
     m, t = _max_tree(sch, alloc, items + [(low, 0)], shape, what + " row max",
@@ -1675,9 +1677,16 @@ def _max_tree(sch, alloc, items: list[tuple[Placement, int]], shape, what: str,
     those in `keep` is freed after its last read. Returns the result and its ready cycle."""
     while len(items) > 1:
         joined = []
-        for (p, tp), (q, tq) in zip(items[0::2], items[1::2], strict=False):
+        pairs = len(items) // 2
+        for k, ((p, tp), (q, tq)) in enumerate(zip(items[0::2], items[1::2], strict=False)):
+            # apart from its inputs, and from what it meets at the next level (the output
+            # before it, or the odd item carried over): a slice reads one vector a cycle,
+            # else binary copies one of them first
+            mate = joined[k - 1][0].slices if k % 2 else \
+                items[-1][0].slices if k == pairs - 1 and len(items) % 2 else ()
             out, a = _temp_in(alloc, p.dtype, shape, len(p.slices),
-                              frozenset(p.slices) | frozenset(q.slices), only)
+                              frozenset(p.slices) | frozenset(q.slices) | frozenset(mate),
+                              only)
             tt = binary(sch, alloc, [alu], p, q, out, max(tp, tq, a), what)
             for done in (p, q):
                 if all(done is not k for k in keep):
