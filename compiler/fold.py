@@ -47,8 +47,9 @@ def fold_constants(graph: Graph, *, max_elements: int = 1 << 24) -> bool:
             if r is None:
                 continue
             results = [r]
-        elif a["op"] in GATHERS and _uniform(graph, a["inputs"][0]) is not None \
-                and a["outputs"][0] in graph.values and not a.get("domain"):
+        elif a["op"] in GATHERS and a["outputs"][0] in graph.values \
+                and graph.values[a["outputs"][0]].size <= max_elements \
+                and not a.get("domain") and _uniform(graph, a["inputs"][0]) is not None:
             # every element of the data is one value: so is every gathered one, whatever the
             # indices (RoBERTa's token types, zeros gathered at its position ids)
             results = [np.full(graph.values[a["outputs"][0]].shape,

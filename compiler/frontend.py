@@ -388,7 +388,7 @@ def _gathernd_to_gather(graph: Graph) -> None:
     """GatherND(x, idx) with idx known at compile time (the dynamo exporter's
     attention_mask[batch_idx, kv_idx], whose indices are ranges over bound dims) as
     Gather(Reshape(x, [prod(x.shape[:b + k]), *x.shape[b + k:]]), flat idx, axis=0): one op
-    the backend has; a Reshape alone when the indices take every element once, in order.
+    the backend has; a Reshape alone when the indices take every slice once, in order.
     Indices computed at run time are an error."""
     for n in graph.topo_order():
         a = graph.node(n)
@@ -413,13 +413,13 @@ def _gathernd_node(graph: Graph, n: str, a: dict) -> None:
     y, order = a["outputs"][0], a["order"]
     yt = graph.values[y]
     graph.remove_node(n)
-    if flat.size == xt.size and np.array_equal(flat.reshape(-1), np.arange(flat.size)):
-        _reshape_node(graph, n, x, yt.shape, y, order)  # every element once, in order
+    lead = int(np.prod(xt.shape[:b + k], dtype=np.int64))
+    if flat.size == lead and np.array_equal(flat.reshape(-1), np.arange(lead)):
+        _reshape_node(graph, n, x, yt.shape, y, order)  # every slice once, in order
         return
     # rows of at least one column: the backend gathers rows, not lanes
     rest = tuple(xt.shape[b + k:]) or (1,)
-    flat_x = _reshape_node(graph, n, x, (int(np.prod(xt.shape[:b + k], dtype=np.int64)),)
-                           + rest, None, order)
+    flat_x = _reshape_node(graph, n, x, (lead,) + rest, None, order)
     at = graph.add_const(graph.fresh_name(f"{n}_indices"), flat, kind="const")
     if rest == tuple(xt.shape[b + k:]):
         graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, at], [y],

@@ -302,3 +302,17 @@ def test_onnx_node_cases_with_the_constant_operands_frozen():
                         "test_gathernd_example_int32_batch_dim1": conf.PASS,
                         "test_cumsum_2d_int32": conf.PASS,
                         "test_cumsum_1d_int32_exclusive": conf.PASS}
+
+
+def test_gathernd_of_every_row_in_order_is_a_reshape():
+    """attention_mask-like indices over the leading axes of a 3-D value: rows in order."""
+    b, s = np.meshgrid(np.arange(2), np.arange(5), indexing="ij")
+    idx = np.stack([b, s], -1)[:, None]  # [2, 1, 5, 2]
+    m = _model([helper.make_node("GatherND", ["x", "idx"], ["y"])],
+               [helper.make_tensor_value_info("x", F, [2, 5, 7])],
+               [helper.make_tensor_value_info("y", F, [2, 1, 5, 7])], [_const("idx", idx)])
+    assert _ops(m) == ["Reshape"]
+    x = np.random.default_rng(7).standard_normal((2, 5, 7)).astype(np.float32)
+    res = lpusim.run_onnx(m, {"x": x})
+    _exact(res)
+    np.testing.assert_array_equal(res.outputs["y"], x[:, None])
