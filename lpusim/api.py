@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lpusim.errors import LpusimError
+
 
 @dataclass
 class RunResult:
@@ -75,7 +77,9 @@ def random_inputs_for(program, seed: int = 0) -> dict[str, np.ndarray]:
 
 def reference_outputs(model, inputs: dict[str, np.ndarray], dims=None) -> tuple[dict, str]:
     """Outputs of the reference runtime: onnxruntime where installed (the onnx package's
-    ReferenceEvaluator fails on some valid exported graphs), else the ReferenceEvaluator."""
+    ReferenceEvaluator fails on some valid exported graphs), else, or when onnxruntime cannot
+    run the model (e.g. a bfloat16 output it cannot hand to numpy), the ReferenceEvaluator.
+    Raises ReferenceUnavailable (one line per runtime's reason) when neither can."""
     import onnx
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
@@ -83,20 +87,42 @@ def reference_outputs(model, inputs: dict[str, np.ndarray], dims=None) -> tuple[
              for i in proto.graph.input if i.type.tensor_type.elem_type}
     # the program may hold an input in a narrower type (int64 indices load as int32)
     inputs = {k: np.asarray(v).astype(types[k]) if k in types else v for k, v in inputs.items()}
+    failed = []
     try:
         import onnxruntime as ort
     except ImportError:
-        from onnx.reference import ReferenceEvaluator
+        ort = None
+    if ort is not None:
+        try:
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            sess = ort.InferenceSession(proto.SerializeToString(), so,
+                                        providers=["CPUExecutionProvider"])
+            names = [o.name for o in sess.get_outputs()]
+            got = sess.run(None, inputs)
+            return dict(zip(names, got, strict=True)), f"onnxruntime {ort.__version__}"
+        except Exception as e:  # noqa: BLE001 - any failure of the runtime: try the other
+            failed.append(f"onnxruntime {ort.__version__}: {_first_line(e)}")
+    from onnx.reference import ReferenceEvaluator
 
+    try:
         names = [o.name for o in proto.graph.output]
         got = ReferenceEvaluator(proto).run(None, inputs)
-        return dict(zip(names, got, strict=True)), f"onnx.reference {onnx.__version__}"
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    got = sess.run(None, inputs)
-    return dict(zip(names, got, strict=True)), f"onnxruntime {ort.__version__}"
+    except Exception as e:  # noqa: BLE001
+        failed.append(f"onnx.reference {onnx.__version__}: {_first_line(e)}")
+        raise ReferenceUnavailable("; ".join(failed)) from e
+    name = f"onnx.reference {onnx.__version__}"
+    return dict(zip(names, got, strict=True)), \
+        name + (f" ({failed[0]})" if failed else "")
+
+
+class ReferenceUnavailable(LpusimError):
+    """No reference runtime could run the model (the reason of each, in one line)."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def run_onnx(model, inputs=None, *, arch="tsp-v1", precision: str = "fp32", dims=None,
@@ -112,11 +138,14 @@ def run_onnx(model, inputs=None, *, arch="tsp-v1", precision: str = "fp32", dims
     for name, v in random_inputs_for(program, seed).items():
         given.setdefault(name, v)
     res = simulate(program, given, engine=engine)
-    ref, ref_name = reference_outputs(model, {k: v for k, v in given.items()
-                                              if any(t.name == k and t.kind == "input"
-                                                     for t in program.tensors)})
+    try:
+        ref, ref_name = reference_outputs(model, {k: v for k, v in given.items()
+                                                  if any(t.name == k and t.kind == "input"
+                                                         for t in program.tensors)})
+    except ReferenceUnavailable as e:  # the outputs stand; nothing to compare them with
+        ref, ref_name = {}, f"none (no runtime could run the model: {e})"
     errors = {}
-    for name, got in res.outputs.items():
+    for name, got in res.outputs.items() if ref else ():
         want = np.asarray(ref[name], dtype=np.float64)
         g64 = got.astype(np.float64)
         with np.errstate(invalid="ignore"):

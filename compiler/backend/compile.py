@@ -114,7 +114,7 @@ _NARROW_FLOATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 _NARROW_FLOAT_OPS = {"Cast", "IsNaN", "Max", "Min", "Add", "Sub", "Mul", "Div", "Neg", "Abs",
                      "Relu", "Trilu", "Equal", "Less", "Greater", "LessOrEqual",
                      "GreaterOrEqual", "ReduceMax", "Expand", "Where", "Softmax",
-                     "LogSoftmax"} | MOVES
+                     "LogSoftmax", "Gather"} | MOVES
 _PASS_THROUGH = lower.ALIASES | {"Identity"}  # take any element type the machine holds
 _AS_FLOAT = ("float32", "bool")
 # ops that compute int8/16/32 results in their own type

@@ -113,10 +113,16 @@ def lower_gather(graph, arch, sch, alloc, nd, place, new, start, what, clean,
         f, af = alloc.alloc("fp32", z.shape, 4, avoid=frozenset(acc.slices) | frozenset(z.slices))
         done = lower.elementwise(sch, ["cvt"], acc, None, None, f, max(done, af), what)
         alloc.release(acc, done)
-        done = binary(sch, alloc, ["mul"], f, place[f"{data}@{md}.scale"], z, max(done, a),
+        # (into z, or an fp32 temporary that a cvt then rounds to z's narrower type)
+        zs = z
+        if z.dtype != "fp32":
+            zs, az = alloc.alloc("fp32", z.shape, 4,
+                                 avoid=frozenset(f.slices) | frozenset(z.slices))
+            done = max(done, az)
+        done = binary(sch, alloc, ["mul"], f, place[f"{data}@{md}.scale"], zs, max(done, a),
                       what + " scale")
         alloc.release(f, done)
-        acc = z
+        acc = zs
     if acc is not z:
         done = lower.elementwise(sch, ["cvt"] if md != z.dtype else ["copy"], acc, None, None,
                                  z, max(done, a), what)

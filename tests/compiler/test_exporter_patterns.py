@@ -316,3 +316,65 @@ def test_gathernd_of_every_row_in_order_is_a_reshape():
     res = lpusim.run_onnx(m, {"x": x})
     _exact(res)
     np.testing.assert_array_equal(res.outputs["y"], x[:, None])
+
+
+def _table_gather(elem):
+    """Gather of a float16 (or bfloat16) [10, 64] table at run-time ids: (model, table)."""
+    import ml_dtypes
+
+    np_t = np.float16 if elem == TensorProto.FLOAT16 else ml_dtypes.bfloat16
+    table = np.random.default_rng(8).standard_normal((10, 64)).astype(np_t)
+    t = numpy_helper.from_array(table, "table")
+    assert t.data_type == elem
+    m = _model([helper.make_node("Gather", ["table", "ids"], ["e"], axis=0)],
+               [helper.make_tensor_value_info("ids", I64, [1, 5])],
+               [helper.make_tensor_value_info("e", elem, [1, 5, 64])], [t])
+    return m, table
+
+
+IDS = np.array([[3, 0, 9, 3, 7]])
+
+
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT16, TensorProto.BFLOAT16])
+def test_gather_of_a_narrow_float_table(elem):
+    """A model exported in half precision (model.half()): its embedding table is float16 (or
+    bfloat16), gathered at run-time ids exactly."""
+    m, table = _table_gather(elem)
+    res = lpusim.run_onnx(m, {"ids": IDS}, precision="fp16")
+    got = res.outputs["e"]
+    assert got.dtype == table.dtype
+    np.testing.assert_array_equal(got.view(np.uint16), table[IDS].view(np.uint16))
+    assert res.report["errors"]["e"]["max_abs"] == 0.0
+    if elem == TensorProto.BFLOAT16:  # onnxruntime cannot hand bfloat16 to numpy: the other
+        assert res.report["reference"].startswith("onnx.reference")  # reference, and why
+        assert "onnxruntime" in res.report["reference"]
+
+
+def test_a_model_no_reference_can_run_still_gives_its_outputs(monkeypatch):
+    """When neither onnxruntime nor onnx's ReferenceEvaluator runs a model, run_onnx keeps
+    the simulated outputs and says so in the report instead of raising."""
+    import onnx.reference
+
+    def broken(self, *a, **k):
+        raise RuntimeError("no kernel\nsecond line")
+
+    monkeypatch.setattr(onnx.reference.ReferenceEvaluator, "run", broken)
+    m, table = _table_gather(TensorProto.BFLOAT16)
+    res = lpusim.run_onnx(m, {"ids": IDS}, precision="fp16")
+    np.testing.assert_array_equal(res.outputs["e"].view(np.uint16),
+                                  table[IDS].view(np.uint16))
+    assert res.report["errors"] == {}
+    ref = res.report["reference"]
+    assert ref.startswith("none (no runtime could run the model: onnxruntime ")
+    assert "onnx.reference" in ref and "no kernel" in ref and "second line" not in ref
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_a_quantized_table_gathered_into_float16(precision):
+    """The int8 and fp8 policies quantize an embedding table per column; a float16 model's
+    rows come back from fp32 through a conversion (a scale multiply wrote fp32 results into
+    the float16 placement, an invalid program, before)."""
+    m, table = _table_gather(TensorProto.FLOAT16)
+    res = lpusim.run_onnx(m, {"ids": IDS}, precision=precision)
+    assert res.outputs["e"].dtype == np.float16
+    assert 0.0 < res.report["errors"]["e"]["max_rel"] <= {"int8": 5e-2, "fp8": 0.129}[precision]
