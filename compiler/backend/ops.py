@@ -2303,6 +2303,10 @@ def lower_cast(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[i
             and dtype_info(x.dtype).is_float:  # bools and integers convert exactly
         raise CompileError(f"{what}: a cast to {dst} is not lowered yet (the VXM rounds to "
                            "nearest where Cast truncates)")
+    if not dtype_info(z.dtype).is_float and not dtype_info(x.dtype).is_float \
+            and dtype_info(z.dtype).nbytes < dtype_info(x.dtype).nbytes:
+        raise CompileError(f"{what}: a narrowing cast from {src} to {dst} is not lowered yet "
+                           "(the VXM saturates where Cast wraps)")
     if x.dtype == z.dtype:
         return lower.elementwise(sch, ["copy"], x, None, None, z, t, what), x_clean
     cur, temps = x, []

@@ -243,7 +243,7 @@ def test_casts_from_bools_and_integers_to_integers():
     nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"]),
              helper.make_node("Cast", ["pos"], ["p32"], to=TensorProto.INT32),
              helper.make_node("Cast", ["p32"], ["p64"], to=I64),
-             helper.make_node("Cast", ["p32"], ["p16"], to=TensorProto.INT16),
+             helper.make_node("Cast", ["pos"], ["p16"], to=TensorProto.INT16),
              helper.make_node("Add", ["p64", "ids"], ["y"])]
     m = _model(nodes, [helper.make_tensor_value_info("x", F, [2, 5]),
                        helper.make_tensor_value_info("ids", I64, [2, 5])],
@@ -378,3 +378,13 @@ def test_a_quantized_table_gathered_into_float16(precision):
     res = lpusim.run_onnx(m, {"ids": IDS}, precision=precision)
     assert res.outputs["e"].dtype == np.float16
     assert 0.0 < res.report["errors"]["e"]["max_rel"] <= {"int8": 5e-2, "fp8": 0.129}[precision]
+
+
+def test_a_narrowing_integer_cast_is_refused():
+    """int32 -> int8 wraps in ONNX (onnxruntime); the VXM's conversion saturates: refused
+    rather than a wrong number for values out of range."""
+    m = _model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.INT8, name="c")],
+               [helper.make_tensor_value_info("x", TensorProto.INT32, [2, 5])],
+               [helper.make_tensor_value_info("y", TensorProto.INT8, [2, 5])])
+    with pytest.raises(CompileError, match="narrowing cast from int32 to int8"):
+        lpusim.compile_onnx(m)
