@@ -388,3 +388,29 @@ def test_a_narrowing_integer_cast_is_refused():
                [helper.make_tensor_value_info("y", TensorProto.INT8, [2, 5])])
     with pytest.raises(CompileError, match="narrowing cast from int32 to int8"):
         lpusim.compile_onnx(m)
+
+
+def test_a_large_constant_transposed_folds_past_the_size_limit():
+    """The dynamo exporter ties GPT-2's LM head to its embedding: one initializer read by the
+    Gather and by a Transpose (38.6 M elements, over the fold's limit). The Transpose folds
+    whatever its size (it makes no new elements), so the head is a constant weight; ops that
+    make more elements than they read (Expand) keep the limit."""
+    from compiler.fold import fold_constants
+    from compiler.ir import Graph, TensorType
+
+    g = Graph()
+    w = np.arange(24, dtype=np.float32).reshape(4, 6)
+    g.add_const("w", w, kind="weight")
+    g.add_const("shape", np.array([3, 4, 6], np.int64))
+    g.add_input("x", TensorType("float32", (2, 4)))
+    g.add_node("t", "Transpose", ["w"], ["wt"], {"perm": (1, 0)},
+               types=[TensorType("float32", (6, 4))])
+    g.add_node("e", "Expand", ["w", "shape"], ["big"], types=[TensorType("float32", (3, 4, 6))])
+    g.add_node("m", "MatMul", ["x", "w"], ["y"], types=[TensorType("float32", (2, 6))])
+    g.add_node("a", "Add", ["big", "y"], ["z"], types=[TensorType("float32", (3, 2, 6))])
+    g.add_node("b", "MatMul", ["y", "wt"], ["u"],
+               types=[TensorType("float32", (2, 4))])
+    g.outputs = ["z", "u"]
+    fold_constants(g, max_elements=16)
+    assert g.is_const("wt") and np.array_equal(g.const_array("wt"), w.T)
+    assert not g.is_const("big") and "e" in g.g
