@@ -82,6 +82,8 @@ def reference_outputs(model, inputs: dict[str, np.ndarray], dims=None) -> tuple[
     Raises ReferenceUnavailable (one line per runtime's reason) when neither can."""
     import onnx
 
+    from compiler.frontend import _first_line
+
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
              for i in proto.graph.input if i.type.tensor_type.elem_type}
@@ -118,11 +120,6 @@ def reference_outputs(model, inputs: dict[str, np.ndarray], dims=None) -> tuple[
 
 class ReferenceUnavailable(LpusimError):
     """No reference runtime could run the model (the reason of each, in one line)."""
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def run_onnx(model, inputs=None, *, arch="tsp-v1", precision: str = "fp32", dims=None,
