@@ -194,7 +194,7 @@ def _numerators_only(graph, nd, place, sum_dtype: str | None) -> bool:
     out = nd["outputs"][0]
     users = graph.consumers(out)
     if nd["op"] != "Softmax" or sum_dtype != "fp16" or out in graph.outputs or len(users) != 1 \
-            or place[nd["inputs"][0]].dtype != "fp32":
+            or place[nd["inputs"][0]].dtype != "fp32" or nd["attrs"].get("nan_to_zero"):
         return False
     user = graph.node(users[0])
     return user["op"] == "HeadMatMul" and user["inputs"][0] == out
@@ -952,6 +952,45 @@ def _split_columns(graph: Graph, sp: str, v: str) -> tuple[int, int] | None:
     return None
 
 
+def _guarded_softmax(graph: Graph) -> None:
+    """Where(IsNaN(s), 0, s) with s = Softmax(x) read by nothing else (the guard an exporter
+    writes around attention's Softmax when its mask holds -inf; DecomposeSoftmaxGuards keeps
+    it then): one Softmax node with attribute nan_to_zero, whose lowering divides by
+    max(row sum, 1) instead of the row sum (lower_softmax). A row sum is at least 1 (its
+    largest term is exp(0)) unless every column is -inf, where it is 0: such a row is then all
+    0, as the guard makes it, and its lanes past the last column stay finite (the row's pads
+    are exp(0) = 1 there, and 1 / 0 would be inf, which the guard does not see and a MatMul
+    turns into NaN). One pass over the probabilities fewer, too."""
+    for name in graph.topo_order():
+        if name not in graph.g.nodes:
+            continue
+        nd = graph.node(name)
+        if nd["op"] != "Softmax" or nd["attrs"].get("nan_to_zero"):
+            continue
+        s = nd["outputs"][0]
+        users = graph.consumers(s)
+        if s in graph.outputs or len(users) != 2 or graph.values[s].shape[-1:] in ((1,), ()):
+            continue  # (over one element: lower_softmax_one, guard kept)
+        isnan = next((u for u in users if graph.node(u)["op"] == "IsNaN"), None)
+        where = next((u for u in users if graph.node(u)["op"] == "Where"), None)
+        if isnan is None or where is None:
+            continue
+        c = graph.node(isnan)["outputs"][0]
+        cond, zero, val = graph.node(where)["inputs"]
+        arr = graph.const_array(zero) if graph.is_const(zero) else None
+        if cond != c or val != s or graph.consumers(c) != [where] or c in graph.outputs \
+                or arr is None or arr.size != 1 or float(np.asarray(arr).reshape(-1)[0]) != 0 \
+                or graph.values[graph.node(where)["outputs"][0]] != graph.values[s]:
+            continue
+        y = graph.node(where)["outputs"][0]
+        attrs = dict(nd["attrs"], nan_to_zero=1)
+        ins, order, ty = list(nd["inputs"]), nd["order"], graph.values[y]
+        for n in (where, isnan, name):
+            graph.remove_node(n)
+        graph.add_node(name, "Softmax", ins, [y], attrs, types=[ty], order=order)
+    graph.prune()
+
+
 def _mask_into_softmax(graph: Graph) -> None:
     """Softmax(x + mask) over the last axis, with mask one row broadcast over all of x's rows
     (attention's padding mask [1, 1, 1, keys]), and the sum read by nothing else: a Softmax
@@ -1042,6 +1081,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _one_key_fused_projection(graph)
     _merged_values_product(graph, arch.lanes)
     _drop_unread_split_columns(graph)
+    _guarded_softmax(graph)
     ranges = integer_ranges(graph)
     if precision not in PRECISIONS:
         raise CompileError(f"unknown precision {precision!r} (choose from "

@@ -467,7 +467,7 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     sd = sum_dtype or x.dtype
     if sd != x.dtype and nd["op"] == "Softmax" and not narrow:
         return _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero,
-                                 sd, graph, place, numerators)
+                                 sd, graph, place, numerators, nd)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
     if narrow:
         d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
@@ -500,6 +500,7 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
         t = binary(sch, alloc, ["sub"], d, ls, y, max(t, a), what, y_mode="col")
         temps += [d, ls]
     else:
+        s, t = _guard_sum(sch, alloc, nd, s, t, what)
         y, a = out(t)
         t = binary(sch, alloc, ["div"], e, s, y, max(t, a), what, y_mode="col")
     alloc.release(m, t)
@@ -508,8 +509,20 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
     return t
 
 
+def _guard_sum(sch, alloc, nd, s: Placement, t: int, what: str) -> tuple[Placement, int]:
+    """The row sums Softmax node nd divides by: with nan_to_zero (compile._guarded_softmax),
+    max(s, 1) in place of s, one VXM pass over a vector per row (exact: a row's sum is at
+    least 1 unless all its columns are -inf, where it is 0 and the row becomes 0 / 1)."""
+    if not nd["attrs"].get("nan_to_zero"):
+        return s, t
+    s2, a = alloc.alloc(s.dtype, s.shape, len(s.slices), avoid=frozenset(s.slices))
+    t = lower.elementwise(sch, ["max"], s, None, 1.0, s2, max(t, a), what + " sum at least 1")
+    alloc.release(s, t)
+    return s2, t
+
+
 def _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero, sd,
-                      graph, place, numerators: bool = False) -> int:
+                      graph, place, numerators: bool = False, nd=None) -> int:
     """The rest of an fp32 Softmax whose row sums run in the narrow type sd: e = exp(xm - m)
     rounded to sd in the same chain, s = e @ ones (MXM, fp32 sums), y = float(e) / s. The
     division reads the e the sums add up, so every row of y sums to 1 within fp32 rounding,
@@ -529,6 +542,8 @@ def _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, ze
     J = row_matrix(graph, arch, place, x.cols, 1.0, sd)
     s, a = alloc.alloc("fp32", (x.rows, arch.lanes), 4, avoid=frozenset(es.slices))
     t = lower.matmul(sch, es, J, s, max(t, a), what + " sum", zero=zero(sd))
+    if nd is not None:
+        s, t = _guard_sum(sch, alloc, nd, s, t, what)
     y, a = out(t)
     t = binary(sch, alloc, ["cvt", "div"], es, s, y, max(t, a), what, y_mode="col")
     alloc.release(m, t)
