@@ -34,8 +34,9 @@ def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread, s
     branches may be broadcast over leading dims, or along the last dim from [..., 1] (one
     vector per row with the value in every lane: spread through the MXM, or the SXM for
     integers, when it is not).
-    Scalar constant branches are immediates; a non-finite one is a constant row, so that
-    lanes past the last column stay finite. Returns (ready cycle, whether those lanes stay
+    Scalar constant branches are immediates; a non-finite one, or one so large that two of
+    them add up to inf (a mask's float32 min: GPT-Neo adds two such masks), is a constant row,
+    so that lanes past the last column stay 0 and finite whatever is added to them. Returns (ready cycle, whether those lanes stay
     finite)."""
     c, a, b = nd["inputs"]
     out = nd["outputs"][0]
@@ -54,7 +55,7 @@ def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread, s
         arr = graph.const_array(v) if graph.is_const(v) and v != c else None
         if arr is not None and arr.size == 1:
             val = np.asarray(arr).reshape(-1)[0]
-            if dtype_info(z.dtype).is_float and not np.isfinite(np.float64(val)):
+            if dtype_info(z.dtype).is_float and not _small(val, z.dtype):
                 cols = full[-1] if full else 1
                 name = f"__fill_{z.dtype}_{cols}_{val!r}"
                 if name not in graph.consts:
@@ -125,6 +126,16 @@ def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread, s
     for p in parts + temps:
         alloc.release(p, done)
     return done, pads_ok
+
+
+def _small(val, mdtype: str) -> bool:
+    """Is val, in machine type mdtype, finite and at most half its largest finite value (so
+    that the sum of two such values is finite)?"""
+    import ml_dtypes  # its finfo knows bfloat16 too
+
+    t = numpy_dtype(mdtype)
+    v = np.float64(np.asarray(val).astype(t))
+    return bool(np.isfinite(v)) and abs(v) <= float(ml_dtypes.finfo(t).max) / 2
 
 
 def _bits(arr, mdtype: str, kind: str) -> int:
