@@ -45,6 +45,7 @@ _AT_ZERO = {
     "rsqrt": lambda x, b: 1 / math.sqrt(x), "recip": lambda x, b: 1 / x, "cvt": lambda x, b: x,
     "log": lambda x, b: math.log(x), "div": lambda x, b: x / b,
     "sub": lambda x, b: x - b, "mul": lambda x, b: x * b, "max": max, "min": min,
+    "pow": math.pow,  # (0 ** -1 raises: not finite)
     # comparisons and logical ops give 0 or 1
     **{o: (lambda x, b: 0.0) for o in ("and", "or", "xor", "not", "eq", "lt", "le", "gt", "ge",
                                        "isnan")},
