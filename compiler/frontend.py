@@ -34,7 +34,7 @@ SUPPORTED_OPS: tuple[str, ...] = tuple(sorted((
     "IsNaN", "Cast", "Constant", "ConstantOfShape", "Shape", "Range", "Trilu", "Identity",
     "Max", "Min", "Clip", "Attention", "RotaryEmbedding", "Size", "LessOrEqual",
     "GreaterOrEqual", "Cos", "Sin", "Or", "CastLike", "Sum", "Mod", "Pad", "GatherND",
-    "CumSum",
+    "CumSum", "Tile",
 )))
 
 SHAPE_ONLY_LOCATION = "__lpusim_shape_only__"  # models/common.py's convention
@@ -342,6 +342,7 @@ def import_onnx(model: str | Path | onnx.ModelProto,
     _sum_to_adds(graph)
     _gathernd_to_gather(graph)
     _cumsum_to_adds(graph)
+    _tile_to_concats(graph)
     graph.verify()
     return graph
 
@@ -491,6 +492,47 @@ def _cumsum_node(graph: Graph, n: str, a: dict) -> None:
         _shifted(graph, n, cur, 1, axis, reverse, y, order)
     elif cur != y:  # one element (or none) along the axis: the sum is the input
         graph.add_node(graph.fresh_name(f"{n}_identity"), "Identity", [cur], [y], order=order)
+
+
+def _tile_to_concats(graph: Graph) -> None:
+    """Tile(x, repeats) as a Concat of r copies along every axis repeated r > 1 times (the
+    TorchScript exporter writes repeat_interleave, in GPT-J's, CodeGen's and Cohere's rotary
+    tables, as Unsqueeze, Tile and Reshape). The repeats must be constants once the dims are
+    bound (they are Shape arithmetic when they are not literals)."""
+    for n in graph.topo_order():
+        a = graph.node(n)
+        if a["op"] != "Tile" or a.get("domain"):
+            continue
+        x, rep_v = a["inputs"][:2]
+        y, order = a["outputs"][0], a["order"]
+        reps = graph.const_array(rep_v)
+        xt = graph.values[x]
+        if reps is None:
+            raise CompileError(f"Tile (node {n!r}): repeats computed at run time are not "
+                               "lowered; they must be constants once the dims are bound")
+        reps = [int(r) for r in np.asarray(reps).reshape(-1)]
+        if len(reps) != xt.rank or any(r < 0 for r in reps):
+            raise CompileError(f"Tile (node {n!r}): repeats {reps} do not fit an input of rank "
+                               f"{xt.rank} (one count of 0 or more per axis)")
+        if 0 in reps:
+            raise CompileError(f"Tile (node {n!r}): repeats {reps} give an empty tensor, which "
+                               "is not lowered")
+        graph.remove_node(n)
+        shape = list(xt.shape)
+        cur = x
+        axes = [d for d, r in enumerate(reps) if r != 1]
+        for i, d in enumerate(axes):
+            shape[d] *= reps[d]
+            last = i == len(axes) - 1
+            out = y if last else graph.fresh_name(f"{y}_tile{d}")
+            graph.add_node(graph.fresh_name(f"{n}_concat"), "Concat", [cur] * reps[d], [out],
+                           {"axis": d}, types=None if last else [TensorType(xt.dtype,
+                                                                            tuple(shape))],
+                           order=order)
+            cur = out
+        if cur != y:  # every count 1: the input itself
+            graph.add_node(graph.fresh_name(f"{n}_identity"), "Identity", [cur], [y],
+                           order=order)
 
 
 def _shifted(graph: Graph, n: str, v: str, s: int, axis: int, reverse: bool,
