@@ -1,8 +1,11 @@
 """Ops the dynamo exporter (torch.onnx.export(dynamo=True)) and RoBERTa write outside the
 issue's list: GatherND with indices known at compile time (attention_mask[batch_idx, kv_idx]),
 CumSum over run-time integers (RoBERTa's position ids), gathers of a constant whose elements
-are all equal, and Casts between integers and bools. Each compiles and matches onnxruntime
-(or the onnx reference) exactly; what is not lowered is a one-line error."""
+are all equal, and Casts between integers and bools; and what other families write: Tile
+(GPT-J's, CodeGen's and Cohere's rotary tables), a NaN guard around a Softmax whose -inf mask
+masks whole rows (TorchScript's sdpa with left padding), two float32-min masks added (GPT-Neo),
+a squared ReLU (Nemotron). Each compiles and matches onnxruntime (or the onnx reference); what
+is not lowered is a one-line error."""
 
 from __future__ import annotations
 
@@ -414,3 +417,115 @@ def test_a_large_constant_transposed_folds_past_the_size_limit():
     fold_constants(g, max_elements=16)
     assert g.is_const("wt") and np.array_equal(g.const_array("wt"), w.T)
     assert not g.is_const("big") and "e" in g.g
+
+
+# --- Tile ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reps", [[1, 2, 1], [2, 1, 3], [1, 1, 1]])
+def test_tile_of_a_run_time_input_is_exact(reps):
+    shp = [2, 3, 4]
+    m = _model([helper.make_node("Tile", ["x", "r"], ["y"])],
+               [helper.make_tensor_value_info("x", F, shp)],
+               [helper.make_tensor_value_info("y", F, [a * b for a, b in zip(shp, reps)])],
+               [_const("r", np.array(reps, np.int64))])
+    assert "Tile" not in _ops(m)
+    x = np.random.default_rng(0).standard_normal(shp).astype(np.float32)
+    res = lpusim.run_onnx(m, {"x": x})
+    assert np.array_equal(res.outputs["y"], np.tile(x, reps))
+
+
+def test_tile_with_run_time_or_zero_repeats_is_a_clear_error():
+    x = helper.make_tensor_value_info("x", F, [2, 3])
+    run_time = _model([helper.make_node("Tile", ["x", "r"], ["y"])],
+                      [x, helper.make_tensor_value_info("r", I64, [2])],
+                      [helper.make_tensor_value_info("y", F, [None, None])])
+    with pytest.raises(CompileError, match=r"output of node .*Tile\) has no static shape"):
+        import_onnx(run_time)
+    zero = _model([helper.make_node("Tile", ["x", "r"], ["y"], name="t")], [x],
+                  [helper.make_tensor_value_info("y", F, [2, 0])],
+                  [_const("r", np.array([1, 0], np.int64))])
+    with pytest.raises(CompileError, match="give an empty tensor"):
+        import_onnx(zero)
+
+
+# --- masks that make whole rows -inf --------------------------------------------------------
+
+def _attention_probs(rows_masked: int, guard: bool, s: int = 11):
+    """scores + Where(mask, 0, -inf), Softmax, (the NaN guard,) @ V: the first rows_masked
+    query rows see no key, as left padding makes them in TorchScript's sdpa export."""
+    nodes = [helper.make_node("Where", ["m", "zero", "ninf"], ["bias"]),
+             helper.make_node("Add", ["x", "bias"], ["xs"]),
+             helper.make_node("Softmax", ["xs"], ["p"], axis=-1)]
+    if guard:
+        nodes += [helper.make_node("IsNaN", ["p"], ["isn"]),
+                  helper.make_node("Where", ["isn", "zero", "p"], ["pg"])]
+    nodes.append(helper.make_node("MatMul", ["pg" if guard else "p", "v"], ["o"]))
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, [1, 2, s, s]),
+                       helper.make_tensor_value_info("m", B, [1, 1, s, s]),
+                       helper.make_tensor_value_info("v", F, [1, 2, s, 16])],
+               [helper.make_tensor_value_info("o", F, [1, 2, s, 16])],
+               [_const("zero", np.float32(0)), _const("ninf", np.float32(-np.inf))], opset=17)
+    rng = np.random.default_rng(0)
+    mask = np.tril(np.ones((s, s), bool))[None, None].copy()
+    mask[..., :rows_masked, :] = False
+    return m, {"x": rng.standard_normal((1, 2, s, s)).astype(np.float32), "m": mask,
+               "v": rng.standard_normal((1, 2, s, 16)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_a_guarded_softmax_over_rows_masked_whole_is_zero_there(precision):
+    """Those rows' Softmax is NaN (0 / 0) and the guard makes them 0; lanes past the last
+    column must stay finite too, or the MatMul's zero weight rows make the rows NaN."""
+    m, feeds = _attention_probs(3, guard=True)
+    res = lpusim.run_onnx(m, feeds, precision=precision)
+    o = res.outputs["o"]
+    assert np.isfinite(o).all() and not o[0, :, :3].any()
+    tol = {"fp32": 1e-6, "fp16": 4 * 2.0 ** -11, "int8": 4 * 2.0 ** -11}[precision]
+    assert res.report["errors"]["o"]["max_rel"] <= tol
+
+
+def test_an_unguarded_softmax_over_rows_masked_whole_is_nan_there_only():
+    m, feeds = _attention_probs(3, guard=False)
+    o = lpusim.run_onnx(m, feeds).outputs["o"]
+    assert np.isnan(o[0, :, :3]).all() and np.isfinite(o[0, :, 3:]).all()
+
+
+def test_two_float32_min_masks_added_stay_finite_past_the_last_column():
+    """GPT-Neo: Where(causal, scores, min) + Where(padding, 0, min): the sum is -inf where
+    both mask (as in the reference) and must not be -inf in the pad lanes, where -inf - -inf
+    made every row NaN."""
+    s, lo = 11, np.finfo(np.float32).min
+    nodes = [helper.make_node("Where", ["c", "x", "lo"], ["a"]),
+             helper.make_node("Where", ["pad", "zero", "lo"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["xs"]),
+             helper.make_node("Softmax", ["xs"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["o"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, [2, 2, s, s]),
+                       helper.make_tensor_value_info("pad", B, [2, 1, 1, s]),
+                       helper.make_tensor_value_info("v", F, [2, 2, s, 16])],
+               [helper.make_tensor_value_info("o", F, [2, 2, s, 16])],
+               [_const("c", np.tril(np.ones((s, s), bool))[None, None]),
+                _const("zero", np.float32(0)), _const("lo", np.float32(lo))], opset=17)
+    rng = np.random.default_rng(1)
+    pad = np.ones((2, 1, 1, s), bool)
+    pad[1, ..., :3] = False
+    res = lpusim.run_onnx(m, {"x": rng.standard_normal((2, 2, s, s)).astype(np.float32),
+                              "pad": pad,
+                              "v": rng.standard_normal((2, 2, s, 16)).astype(np.float32)})
+    assert np.isfinite(res.outputs["o"]).all()
+    assert res.report["errors"]["o"]["max_rel"] <= 1e-5
+
+
+def test_a_squared_relu_feeds_a_matmul():
+    """Nemotron's MLP: Pow(Relu(x @ W1), 2) @ W2; Pow(0, 2) is 0 in the pad lanes."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Pow", ["r", "two"], ["q"]),
+             helper.make_node("MatMul", ["q", "w2"], ["y"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, [3, 24])],
+               [helper.make_tensor_value_info("y", F, [3, 8])],
+               [_const("w1", rng.standard_normal((24, 40)).astype(np.float32)),
+                _const("two", np.float32(2)),
+                _const("w2", rng.standard_normal((40, 8)).astype(np.float32))])
+    res = lpusim.run_onnx(m, {"x": rng.standard_normal((3, 24)).astype(np.float32)})
+    assert res.report["errors"]["y"]["max_rel"] <= 1e-5
