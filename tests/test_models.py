@@ -340,7 +340,10 @@ def test_bundled_tiny_models_are_current(name):
 
 
 HF = ["hf-gpt2", "hf-llama", "hf-bert", "hf-gpt2-dynamo", "hf-llama-dynamo", "hf-bert-dynamo",
-      "hf-roberta-dynamo"]
+      "hf-roberta-dynamo", "hf-llama-sdpa"]
+# sdpa decoders: torch differs from onnxruntime (and the graph) in the query rows that left
+# padding masks whole (tools/export_hf.py); those rows are compared with nothing but finiteness
+WHOLE_ROWS_DIFFER = {"hf-llama-sdpa"}
 ENCODERS = ("hf-bert", "hf-bert-dynamo", "hf-roberta-dynamo")
 # onnx's ReferenceEvaluator cannot run these (onnxruntime, the other runtime, does)
 REFERENCE_FAILS = {"hf-roberta-dynamo": "the ReferenceEvaluator's GatherElements fails along an "
@@ -382,8 +385,10 @@ def test_hf_exports_run_and_match_torch(name, runtime):
     expected = np.load(path.with_suffix(".expected.npz"))
     feeds = {i.name: expected[i.name] for i in model.graph.input}
     out = run(model, feeds, runtime)
+    keep = feeds["attention_mask"].astype(bool) if name in WHOLE_ROWS_DIFFER else ...
     for n in out_names:
-        assert_close(out[n], expected[n].astype(np.float64), f"{name} {n} vs torch")
+        assert np.isfinite(out[n]).all(), f"{name} {n} not finite with padding"
+        assert_close(out[n][keep], expected[n][keep].astype(np.float64), f"{name} {n} vs torch")
 
 
 # --- shape-only presets -------------------------------------------------------------------

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import lpusim
 
 DATA = Path(__file__).resolve().parents[1] / "models" / "data"
 MODELS = ["tiny-gpt2", "tiny-llama", "tiny-bert", "hf-gpt2", "hf-llama", "hf-bert",
-          "hf-gpt2-dynamo", "hf-llama-dynamo", "hf-bert-dynamo", "hf-roberta-dynamo"]
+          "hf-gpt2-dynamo", "hf-llama-dynamo", "hf-bert-dynamo", "hf-roberta-dynamo",
+          "hf-llama-sdpa"]
 TOL = {"fp32": 1e-4, "fp16": 4 * 2.0 ** -11, "bf16": 4 * 2.0 ** -8, "int8": 5e-2,
        "fp8": 2 * 2.0 ** -4 + 2.0 ** -8}
 
@@ -61,6 +63,24 @@ def test_bundled_models_in_reduced_precision(name, precision):
                                   "hf-llama-dynamo", "hf-bert-dynamo"])
 def test_other_bundled_models_in_reduced_precision(name, precision):
     _run(name, precision)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_left_padding_under_sdpa_masks_rows_whole_and_stays_finite(precision):
+    """TorchScript's sdpa Llama with torch's own feeds (batch 3, seq 11, three left-padded
+    positions): -inf masks make those query rows NaN, which the graph's IsNaN guard makes 0;
+    every logit must stay finite (a 0 / 0 past the last column made the whole padded
+    sequence NaN) and match onnxruntime, and torch wherever a token is not padding."""
+    expected = np.load(DATA / "hf-llama-sdpa.expected.npz")
+    feeds = {k: expected[k] for k in ("input_ids", "attention_mask")}
+    res = lpusim.run_onnx(DATA / "hf-llama-sdpa.onnx", feeds, precision=precision,
+                          dims={"batch": 3, "seq": 11})
+    out, want = res.outputs["logits"], expected["logits"]
+    assert np.isfinite(out).all()
+    assert res.report["errors"]["logits"]["max_rel"] <= TOL[precision]
+    keep = feeds["attention_mask"].astype(bool)
+    err = np.abs(out[keep] - want[keep]).max() / np.abs(want[keep]).max()
+    assert err <= TOL[precision], err
 
 
 def test_a_longer_sequence_than_the_export():

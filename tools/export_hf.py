@@ -17,6 +17,10 @@ this script); the dynamo exports need onnxscript too. The committed files were m
         padding masks completely: 0.07 to 0.31 in the logits there, onnxruntime against
         torch); hf-roberta-dynamo adds RoBERTa (position ids from a cumulative sum over
         input_ids != pad);
+    hf-llama-sdpa: the TorchScript exporter at opset 17 with sdpa attention, which masks
+        with -inf and guards the Softmax with IsNaN/Where (rows that left padding masks
+        whole are NaN, then 0); torch's outputs differ from onnxruntime's in those rows
+        only, as above;
     all with dynamic axes batch/seq on every input and output.
 
 Beside each model, NAME.expected.npz holds torch's inputs and outputs for a shape other than
@@ -41,11 +45,11 @@ SEED = 0
 DATA_DIR = Path(__file__).resolve().parent.parent / "models" / "data"
 
 
-# export name -> (model family, dynamo exporter)
+# export name -> (model family, dynamo exporter[, attention implementation])
 EXPORTS = {"hf-gpt2": ("hf-gpt2", False), "hf-llama": ("hf-llama", False),
            "hf-bert": ("hf-bert", False), "hf-gpt2-dynamo": ("hf-gpt2", True),
            "hf-llama-dynamo": ("hf-llama", True), "hf-bert-dynamo": ("hf-bert", True),
-           "hf-roberta-dynamo": ("hf-roberta", True)}
+           "hf-roberta-dynamo": ("hf-roberta", True), "hf-llama-sdpa": ("hf-llama", False, "sdpa")}
 
 
 def _configs():
@@ -72,12 +76,13 @@ def export(name: str, out_dir: Path) -> Path:
     import transformers
     from transformers import BertModel, GPT2LMHeadModel, LlamaForCausalLM, RobertaModel
 
-    family, dynamo = EXPORTS[name]
+    family, dynamo, *attn = EXPORTS[name]
     config = _configs()[family]
     # sdpa, transformers' default, for the dynamo encoders; eager for the rest (the decoders'
-    # sdpa graphs give other values than torch in fully masked rows: left padding)
-    config._attn_implementation = "sdpa" if dynamo and family in ("hf-bert", "hf-roberta") \
-        else "eager"
+    # sdpa graphs give other values than torch in fully masked rows: left padding), unless
+    # the export names its own
+    config._attn_implementation = attn[0] if attn else \
+        "sdpa" if dynamo and family in ("hf-bert", "hf-roberta") else "eager"
     torch.manual_seed(SEED)
     cls = {"hf-gpt2": GPT2LMHeadModel, "hf-llama": LlamaForCausalLM, "hf-bert": BertModel,
            "hf-roberta": RobertaModel}[family]

@@ -36,8 +36,8 @@ def lower_where(graph, sch, alloc, nd, place, new, start, what, clean, spread, s
     integers, when it is not).
     Scalar constant branches are immediates; a non-finite one, or one so large that two of
     them add up to inf (a mask's float32 min: GPT-Neo adds two such masks), is a constant row,
-    so that lanes past the last column stay 0 and finite whatever is added to them. Returns (ready cycle, whether those lanes stay
-    finite)."""
+    so that lanes past the last column stay 0 and finite whatever is added to them. Returns
+    (ready cycle, whether those lanes stay finite)."""
     c, a, b = nd["inputs"]
     out = nd["outputs"][0]
     full = tuple(graph.values[out].shape)

@@ -183,8 +183,12 @@ def test_value_without_static_shape_is_named():
 
 
 BUNDLED = ["tiny-gpt2", "tiny-bert", "tiny-llama", "hf-gpt2", "hf-bert", "hf-llama",
-           "hf-gpt2-dynamo", "hf-llama-dynamo", "hf-bert-dynamo", "hf-roberta-dynamo"]
+           "hf-gpt2-dynamo", "hf-llama-dynamo", "hf-bert-dynamo", "hf-roberta-dynamo",
+           "hf-llama-sdpa"]
 EXPORTED = [n for n in BUNDLED if n.startswith("hf-")]
+# sdpa decoders: onnxruntime (and the graph) differ from torch in the query rows that left
+# padding masks whole (tools/export_hf.py), so those rows are not compared with torch
+WHOLE_ROWS_DIFFER = {"hf-llama-sdpa"}
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -220,8 +224,10 @@ def test_exported_models_match_torch(name):
     g = run_pipeline(import_onnx(path, {"batch": ids.shape[0], "seq": ids.shape[1]}),
                      default_pipeline(), verify=True)
     got = interp.run(g, {k: exp[k] for k in g.inputs})
+    keep = exp["attention_mask"].astype(bool) if name in WHOLE_ROWS_DIFFER else ...
     for k, v in got.items():
-        np.testing.assert_allclose(v, exp[k], rtol=1e-4, atol=1e-4, err_msg=k)
+        assert np.isfinite(v).all(), k
+        np.testing.assert_allclose(v[keep], exp[k][keep], rtol=1e-4, atol=1e-4, err_msg=k)
 
 
 def test_castlike_and_sum_become_cast_and_adds():

@@ -424,9 +424,10 @@ def test_a_large_constant_transposed_folds_past_the_size_limit():
 @pytest.mark.parametrize("reps", [[1, 2, 1], [2, 1, 3], [1, 1, 1]])
 def test_tile_of_a_run_time_input_is_exact(reps):
     shp = [2, 3, 4]
+    out = [a * b for a, b in zip(shp, reps, strict=True)]
     m = _model([helper.make_node("Tile", ["x", "r"], ["y"])],
                [helper.make_tensor_value_info("x", F, shp)],
-               [helper.make_tensor_value_info("y", F, [a * b for a, b in zip(shp, reps)])],
+               [helper.make_tensor_value_info("y", F, out)],
                [_const("r", np.array(reps, np.int64))])
     assert "Tile" not in _ops(m)
     x = np.random.default_rng(0).standard_normal(shp).astype(np.float32)
