@@ -953,14 +953,15 @@ def _split_columns(graph: Graph, sp: str, v: str) -> tuple[int, int] | None:
 
 
 def _guarded_softmax(graph: Graph) -> None:
-    """Where(IsNaN(s), 0, s) with s = Softmax(x) read by nothing else (the guard an exporter
-    writes around attention's Softmax when its mask holds -inf; DecomposeSoftmaxGuards keeps
-    it then): one Softmax node with attribute nan_to_zero, whose lowering divides by
-    max(row sum, 1) instead of the row sum (lower_softmax). A row sum is at least 1 (its
-    largest term is exp(0)) unless every column is -inf, where it is 0: such a row is then all
-    0, as the guard makes it, and its lanes past the last column stay finite (the row's pads
-    are exp(0) = 1 there, and 1 / 0 would be inf, which the guard does not see and a MatMul
-    turns into NaN). One pass over the probabilities fewer, too."""
+    """Where(IsNaN(s), 0, s) with s = Softmax(x) (the guard an exporter writes around
+    attention's Softmax when its mask holds -inf; DecomposeSoftmaxGuards keeps it then): a
+    Softmax node with attribute nan_to_zero, whose lowering divides by max(row sum, 1) instead
+    of the row sum (lower_softmax). A row sum is at least 1 (its largest term is exp(0))
+    unless every column is -inf, where it is 0: such a row is then all 0, as the guard makes
+    it, and its lanes past the last column stay finite (the row's pads are exp(0) = 1 there,
+    and 1 / 0 would be inf, which the guard does not see and a MatMul turns into NaN). If s
+    is read elsewhere too (or is a graph output), the guarded Softmax is a second node beside
+    it; else it replaces it (one pass over the probabilities fewer, too)."""
     for name in graph.topo_order():
         if name not in graph.g.nodes:
             continue
@@ -968,26 +969,32 @@ def _guarded_softmax(graph: Graph) -> None:
         if nd["op"] != "Softmax" or nd["attrs"].get("nan_to_zero"):
             continue
         s = nd["outputs"][0]
-        users = graph.consumers(s)
-        if s in graph.outputs or len(users) != 2 or graph.values[s].shape[-1:] in ((1,), ()):
+        if graph.values[s].shape[-1:] in ((1,), ()):
             continue  # (over one element: lower_softmax_one, guard kept)
-        isnan = next((u for u in users if graph.node(u)["op"] == "IsNaN"), None)
-        where = next((u for u in users if graph.node(u)["op"] == "Where"), None)
-        if isnan is None or where is None:
-            continue
-        c = graph.node(isnan)["outputs"][0]
-        cond, zero, val = graph.node(where)["inputs"]
-        arr = graph.const_array(zero) if graph.is_const(zero) else None
-        if cond != c or val != s or graph.consumers(c) != [where] or c in graph.outputs \
-                or arr is None or arr.size != 1 or float(np.asarray(arr).reshape(-1)[0]) != 0 \
-                or graph.values[graph.node(where)["outputs"][0]] != graph.values[s]:
-            continue
-        y = graph.node(where)["outputs"][0]
-        attrs = dict(nd["attrs"], nan_to_zero=1)
-        ins, order, ty = list(nd["inputs"]), nd["order"], graph.values[y]
-        for n in (where, isnan, name):
-            graph.remove_node(n)
-        graph.add_node(name, "Softmax", ins, [y], attrs, types=[ty], order=order)
+        for isnan in [u for u in graph.consumers(s) if graph.node(u)["op"] == "IsNaN"]:
+            c = graph.node(isnan)["outputs"][0]
+            where = graph.consumers(c)
+            if len(where) != 1 or c in graph.outputs or graph.node(where[0])["op"] != "Where":
+                continue
+            where = where[0]
+            cond, zero, val = graph.node(where)["inputs"]
+            arr = graph.const_array(zero) if graph.is_const(zero) else None
+            y = graph.node(where)["outputs"][0]
+            if cond != c or val != s or arr is None or arr.size != 1 \
+                    or float(np.asarray(arr).reshape(-1)[0]) != 0 \
+                    or graph.values[y] != graph.values[s]:
+                continue
+            attrs = dict(nd["attrs"], nan_to_zero=1)
+            ins, order, ty = list(nd["inputs"]), nd["order"], graph.values[y]
+            graph.remove_node(where)
+            graph.remove_node(isnan)
+            if s in graph.outputs or graph.consumers(s):  # s itself is read elsewhere
+                graph.add_node(graph.fresh_name(f"{name}_guarded"), "Softmax", ins, [y], attrs,
+                               types=[ty], order=order)
+            else:
+                graph.remove_node(name)
+                graph.add_node(name, "Softmax", ins, [y], attrs, types=[ty], order=order)
+                break
     graph.prune()
 
 

@@ -294,10 +294,11 @@ def lower_softmax(graph, arch, sch, alloc, nd, place, new, start, what, zero, cl
     masks: list[tuple[Placement | None, int]] = [(None, start)] * n_blk
     if len(nd["inputs"]) > 1 and nd["inputs"][1]:
         src = place[nd["inputs"][1]]
-        low = place[_pad_mask(graph, arch, x, True)] if x.cols < arch.lanes else None
+        low = place[_pad_mask(graph, arch, x, True)] if x.cols % arch.lanes else None
         masks, taken = [], frozenset(src.slices)
         for _ in range(n_blk):
-            mb, a = alloc.alloc(x.dtype, (1, arch.lanes), len(x.slices), avoid=taken)
+            mb, a = alloc.alloc(x.dtype, (1, arch.lanes) if x.vpr == 1 else (1, x.cols),
+                                len(x.slices), avoid=taken)
             taken |= frozenset(mb.slices)
             # from when the mask is ready (before the scores, as a rule): off their path
             masks.append((mb, binary(sch, alloc, ["min"], src, low, mb, max(mask_ready, a),
@@ -469,14 +470,15 @@ def _softmax_rows(graph, arch, sch, alloc, nd, place, x, x_clean, shape, out, st
         return _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero,
                                  sd, graph, place, numerators, nd)
     e, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices))
+    per_row = dict(y_mode="col") if x.vpr > 1 else {}  # m: one vector per row
     if narrow:
         d, a2 = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices) | frozenset(m.slices)
                             | frozenset(e.slices))
-        t = binary(sch, alloc, ["sub"], xm, m, d, max(t, a, a2), what + " x - max")
+        t = binary(sch, alloc, ["sub"], xm, m, d, max(t, a, a2), what + " x - max", **per_row)
         t = lower.elementwise(sch, ["exp"], d, None, None, e, t, what + " exp")
         alloc.release(d, t)
     else:
-        t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp")
+        t = binary(sch, alloc, ["sub", "exp"], xm, m, e, max(t, a), what + " exp", **per_row)
     es = e
     if sd != x.dtype:
         es, a = alloc.alloc(sd, shape, dtype_info(sd).nbytes, avoid=frozenset(e.slices))
@@ -529,16 +531,19 @@ def _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, ze
     and e is written once, in sd, not in fp32 and again in sd (BERT-base int8 seq 128: one
     pass of 512 vectors fewer per block of rows). With `numerators`, e (in sd) is the result
     and the sums and the division are left to the reader."""
+    per_row = dict(y_mode="col") if x.vpr > 1 else {}  # m: one vector per row
     if numerators:
         es, a = out(t)
-        t = binary(sch, alloc, ["sub", "exp", "cvt"], xm, m, es, max(t, a), what + " exp")
+        t = binary(sch, alloc, ["sub", "exp", "cvt"], xm, m, es, max(t, a), what + " exp",
+                   **per_row)
         alloc.release(m, t)
         for p in temps:
             alloc.release(p, t)
         return t
     es, a = alloc.alloc(sd, shape, dtype_info(sd).nbytes,
                         avoid=frozenset(xm.slices) | frozenset(m.slices))
-    t = binary(sch, alloc, ["sub", "exp", "cvt"], xm, m, es, max(t, a), what + " exp")
+    t = binary(sch, alloc, ["sub", "exp", "cvt"], xm, m, es, max(t, a), what + " exp",
+               **per_row)
     J = row_matrix(graph, arch, place, x.cols, 1.0, sd)
     s, a = alloc.alloc("fp32", (x.rows, arch.lanes), 4, avoid=frozenset(es.slices))
     t = lower.matmul(sch, es, J, s, max(t, a), what + " sum", zero=zero(sd))
@@ -589,7 +594,7 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
     pads zero) the first pass adds it instead of masking the pads. `copy` k > 0 reads the
     pad mask from its own copy (a constant in other slices: blocks of rows side by side each
     read it once per row)."""
-    if x.cols > arch.lanes:
+    if x.cols > arch.lanes and not real_lanes:
         raise CompileError(f"{what}: a row max over more than {arch.lanes} columns is not "
                            "lowered yet")
     if not x_clean and x.cols % arch.lanes:
@@ -600,6 +605,8 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
     def temp():
         return alloc.alloc(x.dtype, shape, g, avoid=frozenset(x.slices))
 
+    if x.cols > arch.lanes:
+        return _row_max_wide(graph, arch, sch, alloc, place, x, start, what, plus, copy)
     t = start
     temps = []
     cur = x
@@ -620,6 +627,39 @@ def row_max(graph, arch, sch, alloc, place, x: Placement, x_clean: bool, shape, 
     m, t = lanes_max(sch, alloc, cur, shape, t, what + " max", free_input=False,
                      cols=x.cols if real_lanes else None, side=copy % 2)
     return cur, m, t, temps
+
+
+def _row_max_wide(graph, arch, sch, alloc, place, x: Placement, start: int, what: str,
+                  plus: Placement | None, copy: int):
+    """row_max with real_lanes for rows of more than one vector (a Softmax over more than
+    320 keys): x's pads (past the last column, in each row's last vector) set to the lowest
+    finite value as row_max does (a min with the pad mask row, or the add of `plus`); the
+    row's vectors folded by a VXM chain, each link the max of one vector of the row with the
+    running result; then lanes_max over every lane of the folded vector (the pads there hold
+    the lowest value, so every lane of the result is the row's max)."""
+    g, vpr = len(x.slices), x.vpr
+    t, temps, xm = start, [], x
+    if plus is not None or x.cols % arch.lanes:
+        xm, a = alloc.alloc(x.dtype, x.shape, g, avoid=frozenset(x.slices))
+        temps.append(xm)
+        if plus is not None:
+            t = binary(sch, alloc, ["add"], x, plus, xm, max(t, a), what + " plus mask")
+        else:
+            mp = place[_pad_mask(graph, arch, x, True, copy)]
+            t = binary(sch, alloc, ["min"], x, mp, xm, max(t, a), what + " pad mask")
+    shape = (x.rows, arch.lanes)
+    m = None
+    for c in range(vpr):
+        nxt, a = alloc.alloc(x.dtype, shape, g, avoid=frozenset(xm.slices)
+                             | frozenset(m.slices if m is not None else ()))
+        t = lower.elementwise(sch, ["copy"] if m is None else ["max"], xm, m, None, nxt,
+                              max(t, a), what + " max", x_of=lambda v, c=c: v * vpr + c,
+                              y_mode="col")
+        if m is not None:
+            alloc.release(m, t)
+        m = nxt
+    m, t = lanes_max(sch, alloc, m, shape, t, what + " max", side=copy % 2)
+    return xm, m, t, temps
 
 
 def lanes_max(sch, alloc, m: Placement, shape, ready: int, what: str,

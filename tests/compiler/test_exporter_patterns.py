@@ -530,3 +530,88 @@ def test_a_squared_relu_feeds_a_matmul():
                 _const("w2", rng.standard_normal((40, 8)).astype(np.float32))])
     res = lpusim.run_onnx(m, {"x": rng.standard_normal((3, 24)).astype(np.float32)})
     assert res.report["errors"]["y"]["max_rel"] <= 1e-5
+
+
+# --- Softmax over more than 320 columns -----------------------------------------------------
+
+def _wide_softmax(cols, op="Softmax", mask=None, guard=False, rows=6):
+    """x [2, rows, cols] (+ a mask row or a -inf mask), op over the last axis, (a NaN guard,)
+    @ W [cols, 24]: a Softmax over more keys than the VXM has lanes (a sequence of more than
+    320 tokens), its rows folded vector by vector before the lanes' max."""
+    nodes, inits, xs = [], [_const("w", np.random.default_rng(5).standard_normal(
+        (cols, 24)).astype(np.float32))], "x"
+    ins = [helper.make_tensor_value_info("x", F, [2, rows, cols])]
+    if mask == "row":  # one row for every query: compile's Softmax with a mask input
+        ins.append(helper.make_tensor_value_info("mrow", F, [1, 1, cols]))
+        nodes.append(helper.make_node("Add", ["x", "mrow"], ["xa"]))
+        xs = "xa"
+    elif mask == "-inf":
+        ins.append(helper.make_tensor_value_info("m", B, [2, rows, cols]))
+        inits += [_const("zero", np.float32(0)), _const("ninf", np.float32(-np.inf))]
+        nodes += [helper.make_node("Where", ["m", "zero", "ninf"], ["bias"]),
+                  helper.make_node("Add", ["x", "bias"], ["xa"])]
+        xs = "xa"
+    nodes.append(helper.make_node(op, [xs], ["p"], axis=-1))
+    p = "p"
+    if guard:
+        nodes += [helper.make_node("IsNaN", ["p"], ["isn"]),
+                  helper.make_node("Where", ["isn", "zero", "p"], ["pg"])]
+        p = "pg"
+    nodes.append(helper.make_node("MatMul", [p, "w"], ["y"]))
+    m = _model(nodes, ins, [helper.make_tensor_value_info("y", F, [2, rows, 24]),
+                            helper.make_tensor_value_info("p", F, [2, rows, cols])],
+               inits, opset=17)
+    rng = np.random.default_rng(6)
+    feeds = {"x": (3 * rng.standard_normal((2, rows, cols))).astype(np.float32)}
+    if mask == "row":
+        feeds["mrow"] = np.where(rng.random((1, 1, cols)) < 0.2, np.float32(-1e9),
+                                 np.float32(0)).astype(np.float32)
+    elif mask == "-inf":
+        mm = rng.random((2, rows, cols)) < 0.7
+        mm[0, :2] = False  # two rows masked whole
+        feeds["m"] = mm
+    return m, feeds
+
+
+@pytest.mark.parametrize("cols", [330, 640, 700])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_softmax_over_more_than_320_columns(cols, precision):
+    m, feeds = _wide_softmax(cols)
+    res = lpusim.run_onnx(m, feeds, precision=precision)
+    tol = {"fp32": 1e-5, "fp16": 4 * 2.0 ** -11, "int8": 5e-2}[precision]
+    for name, err in res.report["errors"].items():
+        assert err["max_rel"] <= tol, (name, err)
+    if precision == "fp32":
+        np.testing.assert_allclose(res.outputs["p"].sum(-1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_wide_softmax_with_a_mask_row(op):
+    m, feeds = _wide_softmax(400, op=op, mask="row")
+    res = lpusim.run_onnx(m, feeds)
+    for name, err in res.report["errors"].items():
+        assert err["max_rel"] <= 1e-5, (name, err)
+
+
+@pytest.mark.parametrize("cols", [200, 400])
+def test_a_guarded_softmax_also_read_unguarded(cols):
+    """The probabilities are a graph output too (output_attentions): NaN in the rows masked
+    whole, as in the reference, while the guarded copy feeding the MatMul is 0 there."""
+    m, feeds = _wide_softmax(cols, mask="-inf", guard=True)
+    res = lpusim.run_onnx(m, feeds)
+    assert np.isfinite(res.outputs["y"]).all() and not res.outputs["y"][0, :2].any()
+    assert np.isnan(res.outputs["p"][0, :2]).all() and np.isfinite(res.outputs["p"][1]).all()
+    assert res.report["errors"]["y"]["max_rel"] <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_sequence_longer_than_the_lanes_end_to_end(family):
+    """A tiny BERT and GPT-2 at sequence 400 (attention over 400 keys) in fp32 and int8."""
+    import models
+
+    m = models.bert(1, 64, 4, 128, 256, 512, seq=400, batch=1) if family == "bert" else \
+        models.gpt2(1, 64, 4, 256, 512, 128, seq=400, batch=1)
+    for precision, tol in (("fp32", 1e-4), ("int8", 5e-2)):
+        res = lpusim.run_onnx(m, precision=precision)
+        for name, err in res.report["errors"].items():
+            assert err["max_rel"] <= tol, (precision, name, err)
