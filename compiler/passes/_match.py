@@ -70,10 +70,14 @@ def is_last_axis_reduce(graph: Graph, node: str, rank: int) -> bool:
             and int(a["attrs"].get("keepdims", 1)) == 1)
 
 
-def eps_sqrt(graph: Graph, value: str) -> tuple[str, float, str, str] | None:
+def eps_sqrt(graph: Graph, value: str) -> tuple[str | None, float, str, str] | None:
     """`Sqrt(value + eps)` with eps a scalar constant, each op the only reader of its input:
-    (the Add node, eps, the Sqrt node, the Sqrt's output), else None."""
+    (the Add node, eps, the Sqrt node, the Sqrt's output); `Sqrt(value)` (an epsilon the
+    exporter dropped, as the dynamo exporter does with Helium's 1e-8): (None, 0.0, ...); else
+    None."""
     add = only_user(graph, value)
+    if add is not None and graph.node(add)["op"] == "Sqrt":
+        return None, 0.0, add, graph.node(add)["outputs"][0]
     if add is None or graph.node(add)["op"] != "Add":
         return None
     eps_v = other(graph.node(add)["inputs"], value)

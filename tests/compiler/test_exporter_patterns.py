@@ -615,3 +615,34 @@ def test_a_sequence_longer_than_the_lanes_end_to_end(family):
         res = lpusim.run_onnx(m, precision=precision)
         for name, err in res.report["errors"].items():
             assert err["max_rel"] <= tol, (precision, name, err)
+
+
+@pytest.mark.parametrize("norm", ["rms", "layer"])
+def test_a_norm_without_epsilon_is_recognized(norm):
+    """The dynamo exporter drops Helium's 1e-8 epsilon: Sqrt(ReduceMean(x * x)) with no Add.
+    It is still one norm (epsilon 0), so its output feeds a MatMul."""
+    rng = np.random.default_rng(3)
+    nodes = []
+    x = "x"
+    if norm == "layer":
+        nodes += [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+                  helper.make_node("Sub", ["x", "mu"], ["d"])]
+        x = "d"
+    nodes += [helper.make_node("Pow", [x, "two"], ["sq"]),
+              helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1]),
+              helper.make_node("Sqrt", ["ms"], ["r"]),
+              helper.make_node("Reciprocal", ["r"], ["ir"]),
+              helper.make_node("Mul", [x, "ir"], ["n"]),
+              helper.make_node("MatMul", ["n", "w"], ["y"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", F, [3, 40])],
+               [helper.make_tensor_value_info("y", F, [3, 8])],
+               [_const("two", np.float32(2)),
+                _const("w", rng.standard_normal((40, 8)).astype(np.float32))], opset=17)
+    from compiler.pipeline import default_pipeline, run_pipeline
+
+    g = run_pipeline(import_onnx(m), default_pipeline())
+    ops = {g.node(n)["op"] for n in g.nodes()}
+    assert ("RMSNormalization" if norm == "rms" else "LayerNormalization") in ops
+    assert not ops & {"Sqrt", "Reciprocal", "Pow"}
+    res = lpusim.run_onnx(m, {"x": rng.standard_normal((3, 40)).astype(np.float32)})
+    assert res.report["errors"]["y"]["max_rel"] <= 1e-5
