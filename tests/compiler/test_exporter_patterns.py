@@ -604,7 +604,7 @@ def test_a_guarded_softmax_also_read_unguarded(cols):
     assert res.report["errors"]["y"]["max_rel"] <= 1e-5
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("family", [pytest.param("bert", marks=pytest.mark.slow), "gpt2"])
 def test_a_sequence_longer_than_the_lanes_end_to_end(family):
     """A tiny BERT and GPT-2 at sequence 400 (attention over 400 keys) in fp32 and int8."""
     import models
