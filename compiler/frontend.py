@@ -34,7 +34,7 @@ SUPPORTED_OPS: tuple[str, ...] = tuple(sorted((
     "IsNaN", "Cast", "Constant", "ConstantOfShape", "Shape", "Range", "Trilu", "Identity",
     "Max", "Min", "Clip", "Attention", "RotaryEmbedding", "Size", "LessOrEqual",
     "GreaterOrEqual", "Cos", "Sin", "Or", "CastLike", "Sum", "Mod", "Pad", "GatherND",
-    "CumSum", "Tile",
+    "CumSum", "Tile", "ArgMax",
 )))
 
 SHAPE_ONLY_LOCATION = "__lpusim_shape_only__"  # models/common.py's convention
@@ -390,7 +390,7 @@ def _gathernd_to_gather(graph: Graph) -> None:
     attention_mask[batch_idx, kv_idx], whose indices are ranges over bound dims) as
     Gather(Reshape(x, [prod(x.shape[:b + k]), *x.shape[b + k:]]), flat idx, axis=0): one op
     the backend has; a Reshape alone when the indices take every slice once, in order.
-    Indices computed at run time are an error."""
+    Indices computed at run time: _gathernd_run_time."""
     for n in graph.topo_order():
         a = graph.node(n)
         if a["op"] == "GatherND" and not a.get("domain"):
@@ -401,9 +401,8 @@ def _gathernd_node(graph: Graph, n: str, a: dict) -> None:
     x, idx = a["inputs"][:2]
     arr = graph.const_array(idx)
     if arr is None:
-        raise CompileError(f"GatherND (node {n!r}): indices computed at run time are not "
-                           "lowered yet; only indices known at compile time (for example "
-                           "ranges over the bound dims) are")
+        _gathernd_run_time(graph, n, a)
+        return
     b = int(a["attrs"].get("batch_dims", 0))
     xt = graph.values[x]
     try:
@@ -429,6 +428,66 @@ def _gathernd_node(graph: Graph, n: str, a: dict) -> None:
     rows = graph.fresh_name(f"{y}_rows")
     graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, at], [rows],
                    {"axis": 0}, types=[TensorType(xt.dtype, tuple(flat.shape) + (1,))],
+                   order=order)
+    _reshape_node(graph, n, rows, yt.shape, y, order)
+
+
+def _gathernd_run_time(graph: Graph, n: str, a: dict) -> None:
+    """GatherND with indices computed at run time (the dynamo exporter's
+    logits[arange(batch), last_token] in sequence-classification heads): the flat row of
+    each index tuple, sum_j idx[..., j] * stride_j (a negative index counts from the end of
+    its dim) plus the batch position's offset, in int64 arithmetic, then a Gather of rows of
+    x reshaped to [prod(x.shape[:b + k]), *x.shape[b + k:]]. An index out of range is not
+    checked (the reference would reject it)."""
+    x, idx = a["inputs"][:2]
+    y, order = a["outputs"][0], a["order"]
+    xt, it, yt = graph.values[x], graph.values[idx], graph.values[y]
+    b = int(a["attrs"].get("batch_dims", 0))
+    k = int(it.shape[-1])
+    if not 1 <= k <= xt.rank - b or tuple(it.shape[:b]) != tuple(xt.shape[:b]):
+        raise CompileError(f"GatherND (node {n!r}): indices of shape {list(it.shape)} do not "
+                           f"fit data of shape {list(xt.shape)} with batch_dims {b}")
+    graph.remove_node(n)
+    dims = [int(d) for d in xt.shape[b:b + k]]
+    col_shape = tuple(it.shape[:-1]) + (1,)
+
+    def const(name: str, arr) -> str:
+        return graph.add_const(graph.fresh_name(f"{n}_{name}"), np.asarray(arr), kind="const")
+
+    def node(op: str, ins: list[str], shape: tuple, dtype: str = "int64", **attrs) -> str:
+        out = graph.fresh_name(f"{y}_{op.lower()}")
+        graph.add_node(graph.fresh_name(f"{n}_{op.lower()}"), op, ins, [out], attrs,
+                       types=[TensorType(dtype, shape)], order=order)
+        return out
+
+    zero = const("zero", np.int64(0))
+    flat = None
+    for j, d in enumerate(dims):
+        col = node("Slice", [idx, const("start", [j]), const("end", [j + 1]),
+                             const("axes", [-1])], col_shape)
+        neg = node("Less", [col, zero], col_shape, "bool")
+        col = node("Where", [neg, node("Add", [col, const("dim", np.int64(d))], col_shape),
+                             col], col_shape)
+        stride = int(np.prod(dims[j + 1:], dtype=np.int64))
+        term = col if stride == 1 else node("Mul", [col, const("stride", np.int64(stride))],
+                                            col_shape)
+        flat = term if flat is None else node("Add", [flat, term], col_shape)
+    if b:  # each batch position's first row
+        base = np.arange(int(np.prod(it.shape[:b], dtype=np.int64)), dtype=np.int64) \
+            * int(np.prod(dims, dtype=np.int64))
+        base = base.reshape(tuple(it.shape[:b]) + (1,) * (len(col_shape) - b))
+        flat = node("Add", [flat, const("base", base)], col_shape)
+    flat = _reshape_node(graph, n, flat, tuple(it.shape[:-1]), None, order)
+    lead = int(np.prod(xt.shape[:b + k], dtype=np.int64))
+    rest = tuple(xt.shape[b + k:]) or (1,)  # rows of at least one column
+    flat_x = _reshape_node(graph, n, x, (lead,) + rest, None, order)
+    if rest == tuple(xt.shape[b + k:]):
+        graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, flat], [y],
+                       {"axis": 0}, order=order)
+        return
+    rows = graph.fresh_name(f"{y}_rows")
+    graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, flat], [rows],
+                   {"axis": 0}, types=[TensorType(xt.dtype, tuple(it.shape[:-1]) + (1,))],
                    order=order)
     _reshape_node(graph, n, rows, yt.shape, y, order)
 

@@ -22,8 +22,8 @@ Each case gets one status:
 `--freeze-shape-inputs` runs the value-dependent-shape cases anyway, with the operands that
 set the shape folded into initializers (as exporters write them); their status is then that
 of the frozen run and the reason says so. It also freezes the operands the compiler needs as
-constants though they set no shape (CumSum's axis, GatherND's indices), which otherwise make
-a case NOT LOWERED.
+constants though they set no shape (CumSum's axis), which otherwise make a case NOT
+LOWERED.
 
     python tools/conformance.py                 # all supported ops
     python tools/conformance.py Add Relu        # some ops
@@ -73,7 +73,7 @@ _SHAPE_ONLY = {"Shape", "Size"}  # outputs depend on the shape of the input, not
 # (op, input indices) the compiler needs as constants though they set no shape (exporters
 # write them so); as graph inputs the compiler refuses them (NOT LOWERED), and
 # --freeze-shape-inputs freezes them too
-CONST_OPERANDS: dict[str, tuple[int, ...]] = {"CumSum": (1,), "GatherND": (1,)}
+CONST_OPERANDS: dict[str, tuple[int, ...]] = {"CumSum": (1,)}
 
 
 @dataclass

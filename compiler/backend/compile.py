@@ -54,7 +54,7 @@ from compiler.backend.ops import (
 )
 from compiler.backend.pad import pads_as_concats
 from compiler.backend.placement import Allocator, Placement, rows_cols
-from compiler.backend.products import canonical_products
+from compiler.backend.products import Emit, canonical_products
 from compiler.backend.ranges import ARITH, WRAP_SAFE, integer_ranges
 from compiler.backend.schedule import Scheduler
 from compiler.backend.select import lower_where
@@ -952,6 +952,69 @@ def _split_columns(graph: Graph, sp: str, v: str) -> tuple[int, int] | None:
     return None
 
 
+# integers up to this magnitude are exact in float32, where ArgMax compares them
+_FLOAT_EXACT = 2**24
+
+
+def _argmax_as_reduces(graph: Graph) -> None:
+    """ArgMax(x, axis) (transformers' sequence-classification heads find each row's last
+    token so) as reductions the backend has, in float32: m = ReduceMax(x); w = Where(x == m,
+    index, n) (with select_last_index: -1); the first index of the maximum is -ReduceMax(-w)
+    (the last: ReduceMax(w)); a Cast to int64 of that whole number, marked exact in
+    [0, n - 1] (lower_cast takes it; the range analysis knows its range). Integer x is compared
+    in float32, so its range must be within +-2^24 (the range analysis says; else a
+    CompileError). A NaN in x is not the maximum here, as it is in ONNX's ArgMax: inputs are
+    taken to be finite."""
+    from compiler.backend.ranges import _propagate
+
+    found = [n for n in graph.topo_order() if graph.node(n)["op"] == "ArgMax"]
+    known = _propagate(graph, {})[0] if found else {}
+    for name in found:
+        nd = graph.node(name)
+        x, y = nd["inputs"][0], nd["outputs"][0]
+        xt, yt = graph.values[x], graph.values[y]
+        rank = xt.rank
+        axis = int(nd["attrs"].get("axis", 0))
+        if not -rank <= axis < rank:
+            raise CompileError(f"ArgMax (node {name!r}): axis {axis} is out of range for rank "
+                               f"{rank}")
+        axis %= rank
+        keep = int(nd["attrs"].get("keepdims", 1))
+        last = int(nd["attrs"].get("select_last_index", 0))
+        n = int(xt.shape[axis])
+        emit = Emit(graph, name, nd["order"])
+        graph.remove_node(name)
+        xf = x
+        if not xt.dtype.startswith(("float", "bfloat")):
+            lo, hi = known.get(x, (-(2**31), 2**31 - 1))
+            if xt.dtype == "bool":
+                lo, hi = 0, 1
+            if max(-lo, hi) > _FLOAT_EXACT:
+                raise CompileError(f"ArgMax (node {name!r}): its {xt.dtype} input may exceed "
+                                   f"2^24 in magnitude (range {lo}..{hi}); it is compared in "
+                                   "float32, where such integers are not all exact")
+            xf = emit("Cast", [x], TensorType("float32", xt.shape), {"to": 1})
+        elif xt.dtype != "float32":
+            xf = emit("Cast", [x], TensorType("float32", xt.shape), {"to": 1})
+        kept = tuple(1 if d == axis else e for d, e in enumerate(xt.shape))
+        m = emit("ReduceMax", [xf], TensorType("float32", kept), {"axes": (axis,), "keepdims": 1})
+        eq = emit("Equal", [xf, m], TensorType("bool", xt.shape))
+        idx = graph.add_const(graph.fresh_name(f"{name}_index"), np.arange(
+            n, dtype=np.float32).reshape((n,) + (1,) * (rank - 1 - axis)), kind="const")
+        other = graph.add_const(graph.fresh_name(f"{name}_none"),
+                                np.array(-1.0 if last else float(n), np.float32), kind="const")
+        w = emit("Where", [eq, idx, other], TensorType("float32", xt.shape))
+        red, kt = {"axes": (axis,), "keepdims": 1}, TensorType("float32", kept)
+        if last:
+            r = emit("ReduceMax", [w], kt, red)
+        else:
+            nw = emit("Neg", [w], TensorType("float32", xt.shape))
+            r = emit("Neg", [emit("ReduceMax", [nw], kt, red)], kt)
+        if not keep:
+            r = emit.shaped("Reshape", r, tuple(yt.shape))
+        emit("Cast", [r], yt, {"to": 7, "integral": 1, "value_range": (0, n - 1)}, out=y)
+
+
 def _guarded_softmax(graph: Graph) -> None:
     """Where(IsNaN(s), 0, s) with s = Softmax(x) (the guard an exporter writes around
     attention's Softmax when its mask holds -inf; DecomposeSoftmaxGuards keeps it then): a
@@ -1069,6 +1132,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     """Lower a canonicalised graph to a single-chip Program for `arch` (the caller's graph is
     not changed: lowering adds constants of its own to a copy)."""
     graph = graph.copy()
+    _argmax_as_reduces(graph)
     gather_elements_as_selects(graph)
     pads_as_concats(graph)
     canonical_products(graph)

@@ -2355,7 +2355,9 @@ def lower_cast(graph, sch, alloc, nd, place, new, start, what, clean) -> tuple[i
         return lower.elementwise(sch, ops, x, None, 0.0 if src != "bool" else None, z, t,
                                  what), True
     if not dtype_info(z.dtype).is_float and src != "bool" \
-            and dtype_info(x.dtype).is_float:  # bools and integers convert exactly
+            and dtype_info(x.dtype).is_float and not nd["attrs"].get("integral"):
+        # bools and integers convert exactly; so do whole numbers (compile's ArgMax marks
+        # its Cast so)
         raise CompileError(f"{what}: a cast to {dst} is not lowered yet (the VXM rounds to "
                            "nearest where Cast truncates)")
     if not dtype_info(z.dtype).is_float and not dtype_info(x.dtype).is_float \

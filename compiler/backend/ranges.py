@@ -120,8 +120,9 @@ def _propagate(graph: Graph, given: dict) -> tuple[dict, set]:
                 lo, hi = min(ps), max(ps)
                 r[o] = (lo, hi) if HELD[dt][0] <= lo and hi <= HELD[dt][1] else HELD[dt]
             elif op == "Cast" and ins:  # a bool is 0 or 1; an integer keeps its range where
-                src = graph.values[ins[0]].dtype  # the new type holds it
-                lo, hi = (0, 1) if src == "bool" else ints[0] if ints else HELD[dt]
+                src = graph.values[ins[0]].dtype  # the new type holds it; a marked one of
+                lo, hi = (0, 1) if src == "bool" else ints[0] if ints else \
+                    tuple(nd["attrs"].get("value_range", HELD[dt]))  # floats (ArgMax) its own
                 r[o] = (lo, hi) if HELD[dt][0] <= lo and hi <= HELD[dt][1] else HELD[dt]
             elif op == "Neg" and dt in WIDE and ints:
                 r[o] = (-ints[0][1], -ints[0][0])

@@ -1,11 +1,13 @@
 """Ops the dynamo exporter (torch.onnx.export(dynamo=True)) and RoBERTa write outside the
-issue's list: GatherND with indices known at compile time (attention_mask[batch_idx, kv_idx]),
-CumSum over run-time integers (RoBERTa's position ids), gathers of a constant whose elements
-are all equal, and Casts between integers and bools; and what other families write: Tile
-(GPT-J's, CodeGen's and Cohere's rotary tables), a NaN guard around a Softmax whose -inf mask
-masks whole rows (TorchScript's sdpa with left padding), two float32-min masks added (GPT-Neo),
-a squared ReLU (Nemotron). Each compiles and matches onnxruntime (or the onnx reference); what
-is not lowered is a one-line error."""
+issue's list: GatherND (attention_mask[batch_idx, kv_idx] with indices known at compile time,
+a classification head's logits[arange(batch), last_token] with indices computed at run time),
+ArgMax (that head's last token), CumSum over run-time integers (RoBERTa's position ids),
+gathers of a constant whose elements are all equal, and Casts between integers and bools; and
+what other families write: Tile (GPT-J's, CodeGen's and Cohere's rotary tables), a NaN guard
+around a Softmax whose -inf mask masks whole rows (TorchScript's sdpa with left padding), two
+float32-min masks added (GPT-Neo), a squared ReLU (Nemotron), a norm without epsilon (Helium),
+a Softmax over more than 320 columns. Each compiles and matches onnxruntime (or the onnx
+reference); what is not lowered is a one-line error."""
 
 from __future__ import annotations
 
@@ -144,16 +146,91 @@ def test_gathernd_of_single_elements():
     np.testing.assert_array_equal(res.outputs["y"], [7, 0, 5])
 
 
-def test_gathernd_with_run_time_indices_is_a_clear_error():
-    m = _model([helper.make_node("GatherND", ["x", "idx"], ["y"], name="gnd")],
-               [helper.make_tensor_value_info("x", F, [2, 4]),
-                helper.make_tensor_value_info("idx", I64, [3, 2])],
-               [helper.make_tensor_value_info("y", F, [3])])
-    with pytest.raises(CompileError) as e:
-        import_onnx(m)
-    assert str(e.value) == ("GatherND (node 'gnd'): indices computed at run time are not lowered "
-                            "yet; only indices known at compile time (for example ranges over "
-                            "the bound dims) are")
+@pytest.mark.parametrize("batch_dims", [0, 1])
+def test_gathernd_with_run_time_indices(batch_dims):
+    """Indices computed on chip (the dynamo exporter's logits[arange(batch), last_token]):
+    the flat row of each tuple in int64 arithmetic, negative indices from the end, then a
+    Gather of rows; single elements too (k = rank)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    cases = [(2, (3, 2)), (1, (3, 2, 1))] if batch_dims == 0 else [(1, (3, 1)), (2, (3, 2, 2))]
+    for k, ishape in cases:
+        dims = x.shape[batch_dims:batch_dims + k]
+        cols = [rng.integers(-d, d, ishape[:-1]) for d in dims]
+        idx = np.stack(cols, -1).astype(np.int64)
+        want = _gathernd([x, idx], {"batch_dims": batch_dims})[0]
+        m = _model([helper.make_node("GatherND", ["x", "i"], ["y"], batch_dims=batch_dims)],
+                   [helper.make_tensor_value_info("x", F, list(x.shape)),
+                    helper.make_tensor_value_info("i", I64, list(idx.shape))],
+                   [helper.make_tensor_value_info("y", F, list(want.shape))])
+        assert "GatherND" not in _ops(m)
+        res = lpusim.run_onnx(m, {"x": x, "i": idx})
+        assert np.array_equal(res.outputs["y"], want), (k, ishape)
+
+
+def _classification_head(dynamo: bool):
+    """transformers' sequence-classification pooling as the exporters write it: the last
+    token that is not padding, argmax(arange(seq) * (ids != pad)), then that row of the
+    logits: a Gather of the flattened rows at b * seq + index (TorchScript), or a GatherND
+    with [arange(batch), index] (dynamo)."""
+    b, s, c = 3, 7, 5
+    nodes = [helper.make_node("Equal", ["ids", "pad"], ["is_pad"]),
+             helper.make_node("Not", ["is_pad"], ["tok"]),
+             helper.make_node("Cast", ["tok"], ["tok_i"], to=TensorProto.INT32),
+             helper.make_node("Mul", ["pos", "tok_i"], ["scored"]),
+             helper.make_node("ArgMax", ["scored"], ["last"], axis=-1, keepdims=0)]
+    if dynamo:
+        nodes += [helper.make_node("Unsqueeze", ["last", "ax"], ["last1"]),
+                  helper.make_node("Concat", ["rows", "last1"], ["idx"], axis=1),
+                  helper.make_node("GatherND", ["logits", "idx"], ["y"])]
+        inits = [_const("rows", np.arange(b, dtype=np.int64)[:, None]),
+                 _const("ax", np.array([1], np.int64))]
+    else:
+        nodes += [helper.make_node("Add", ["last", "offsets"], ["flat"]),
+                  helper.make_node("Reshape", ["logits", "rs"], ["rows2"]),
+                  helper.make_node("Gather", ["rows2", "flat"], ["y"], axis=0)]
+        inits = [_const("offsets", np.arange(b, dtype=np.int64) * s),
+                 _const("rs", np.array([b * s, c], np.int64))]
+    inits += [_const("pad", np.int64(0)), _const("pos", np.arange(s, dtype=np.int32))]
+    m = _model(nodes, [helper.make_tensor_value_info("ids", I64, [b, s]),
+                       helper.make_tensor_value_info("logits", F, [b, s, c])],
+               [helper.make_tensor_value_info("y", F, [b, c])], inits, opset=17)
+    rng = np.random.default_rng(8)
+    ids = rng.integers(1, 50, (b, s))
+    ids[1, 4:] = 0  # right padding
+    ids[2, 6:] = 0
+    logits = rng.standard_normal((b, s, c)).astype(np.float32)
+    return m, {"ids": ids, "logits": logits}, logits[np.arange(b), [6, 3, 5]]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_sequence_classification_head(dynamo):
+    m, feeds, want = _classification_head(dynamo)
+    assert "ArgMax" in _ops(m)  # lowered in the backend, as reductions
+    res = lpusim.run_onnx(m, feeds)
+    assert np.array_equal(res.outputs["y"], want)
+
+
+@pytest.mark.parametrize("keepdims,last", [(1, 0), (0, 0), (0, 1)])
+def test_argmax_of_floats_with_ties(keepdims, last):
+    x = np.array([[1, 3, 3, 0], [2, 2, 2, 2], [-1, -5, -1, -9]], np.float32)
+    m = _model([helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=keepdims,
+                                 select_last_index=last)],
+               [helper.make_tensor_value_info("x", F, [3, 4])],
+               [helper.make_tensor_value_info("y", I64, [3, 1] if keepdims else [3])])
+    res = lpusim.run_onnx(m, {"x": x})
+    want = (3 - np.argmax(x[:, ::-1], 1)) if last else np.argmax(x, 1)
+    assert res.outputs["y"].dtype == np.int64
+    assert np.array_equal(res.outputs["y"].reshape(-1), want)
+
+
+def test_argmax_of_integers_beyond_float32_is_a_clear_error():
+    m = _model([helper.make_node("ArgMax", ["x"], ["y"], axis=-1, name="am")],
+               [helper.make_tensor_value_info("x", TensorProto.INT32, [2, 4])],
+               [helper.make_tensor_value_info("y", I64, [2, 1])])
+    with pytest.raises(CompileError, match=r"ArgMax \(node 'am'\): its int32 input may exceed "
+                                           r"2\^24"):
+        lpusim.compile_onnx(m)
 
 
 # --- CumSum -------------------------------------------------------------------------------
@@ -280,8 +357,9 @@ def test_roberta_positions_in_onnx_form_compile():
 
 def test_onnx_node_cases_with_the_constant_operands_frozen():
     """The ONNX project's GatherND and CumSum node cases give their indices and axis as graph
-    inputs (NOT LOWERED here: the compiler needs them at compile time); frozen to constants,
-    as exporters write them, every case of a type the machine has passes."""
+    inputs (CumSum's is NOT LOWERED then: the compiler needs it at compile time; GatherND's
+    indices may be computed at run time); frozen to constants, as exporters write them, every
+    case of a type the machine has passes."""
     import importlib.util
     import sys
     from pathlib import Path
