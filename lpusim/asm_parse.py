@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,7 +424,7 @@ class _Assembler:
         path = self._path(text)
         try:
             arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise self.err(f"tensor {spec.name}: cannot read {path}: {exc}", tok.col) from None
         if not isinstance(arr, np.ndarray):
             raise self.err(f"tensor {spec.name}: {path} is not a single .npy array", tok.col)

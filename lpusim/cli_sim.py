@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import click
@@ -62,18 +64,23 @@ def random_inputs(program, seed: int) -> dict[str, np.ndarray]:
 
 
 def _load_inputs(path: Path | None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, read once (a pipe works too); a file that is not one, or
+    a truncated or corrupt one, is a one-line LpusimError."""
     if path is None:
         return {}
+    what = ".npz of arrays named after the program's tensors"
     try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
-                raise LpusimError(f"{path}: not an .npz archive (numpy.savez writes one, with "
-                                  "an array per input tensor name)")
-        with np.load(path, allow_pickle=False) as z:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise LpusimError(f"{path}: cannot read inputs ({what}): {exc}") from None
+    if data[:4] != b"PK\x03\x04":  # every .npz is a zip archive
+        raise LpusimError(f"{path}: not an .npz archive (numpy.savez writes one, with an array "
+                          "per input tensor name)")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise LpusimError(f"{path}: cannot read inputs (.npz of arrays named after the "
-                          f"program's tensors): {exc}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise LpusimError(f"{path}: cannot read inputs ({what}): {exc}") from None
 
 
 def summary(report: dict) -> str:

@@ -107,6 +107,21 @@ def test_tensor_data(tmp_path) -> None:
     assert info.value.column == text.index("w.npy") + 1
 
 
+@pytest.mark.parametrize("cut", ["npy", "npz"])
+def test_tensor_data_from_a_truncated_file_is_an_asm_error(tmp_path, cut) -> None:
+    """A truncated .npy (or a truncated .npz named as data) is an AsmError at the data= token,
+    not an EOFError or BadZipFile traceback."""
+    import io
+
+    buf = io.BytesIO()
+    arr = np.arange(600, dtype=np.float32).reshape(20, 30)
+    (np.save if cut == "npy" else np.savez)(buf, arr)
+    (tmp_path / "w.npy").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    text = ".tensor w weight fp32 [20,30] slices=MEM_W0,MEM_W1,MEM_W2,MEM_W3 addr=0 data=w.npy\n"
+    with pytest.raises(AsmError, match="cannot read"):
+        assemble(text, base_dir=tmp_path)
+
+
 def test_disassemble_round_trip() -> None:
     p = assemble(SOURCE)
     text = disassemble(p)

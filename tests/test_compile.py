@@ -355,6 +355,32 @@ def test_cli_inputs_that_are_not_an_npz(tmp_path):
     assert r.exit_code == 1 and "not an .npz archive" in r.output
 
 
+def test_cli_inputs_from_a_truncated_npz_or_a_pipe(tmp_path):
+    """A truncated .npz is a one-line error, not a traceback; an .npz read from a pipe (the
+    file is read once) works."""
+    import io
+    import os
+    import threading
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp(16, 8, 4), str(path))
+    buf = io.BytesIO()
+    np.savez(buf, x=RNG.standard_normal((1, 16)).astype(np.float32))
+    data = buf.getvalue()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    r = CliRunner().invoke(main, ["run", str(path), "--dim", "batch=1", "--inputs", str(cut)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert "cannot read inputs" in r.output and len(r.output.strip().splitlines()) == 1
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    r = CliRunner().invoke(main, ["run", str(path), "--dim", "batch=1", "--inputs", str(fifo)])
+    writer.join()
+    assert r.exit_code == 0, r.output
+
+
 def i64(name, vals):
     return h.make_tensor(name, T.INT64, [len(vals)], vals)
 
