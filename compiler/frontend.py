@@ -417,17 +417,26 @@ def _gathernd_node(graph: Graph, n: str, a: dict) -> None:
     if flat.size == lead and np.array_equal(flat.reshape(-1), np.arange(lead)):
         _reshape_node(graph, n, x, yt.shape, y, order)  # every slice once, in order
         return
-    # rows of at least one column: the backend gathers rows, not lanes
-    rest = tuple(xt.shape[b + k:]) or (1,)
-    flat_x = _reshape_node(graph, n, x, (lead,) + rest, None, order)
     at = graph.add_const(graph.fresh_name(f"{n}_indices"), flat, kind="const")
-    if rest == tuple(xt.shape[b + k:]):
+    _gather_rows(graph, n, x, b + k, at, tuple(flat.shape), y, order)
+
+
+def _gather_rows(graph: Graph, n: str, x: str, lead_dims: int, at: str,
+                 index_shape: tuple[int, ...], y: str, order: float) -> None:
+    """y = Gather(Reshape(x, [prod(x.shape[:lead_dims]), *rest]), at, axis=0), rest at least
+    one column (the backend gathers rows, not lanes; single elements are rows of one column,
+    reshaped to y's shape after)."""
+    xt, yt = graph.values[x], graph.values[y]
+    lead = int(np.prod(xt.shape[:lead_dims], dtype=np.int64))
+    rest = tuple(xt.shape[lead_dims:]) or (1,)
+    flat_x = _reshape_node(graph, n, x, (lead,) + rest, None, order)
+    if rest == tuple(xt.shape[lead_dims:]):
         graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, at], [y],
                        {"axis": 0}, order=order)
         return
     rows = graph.fresh_name(f"{y}_rows")
     graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, at], [rows],
-                   {"axis": 0}, types=[TensorType(xt.dtype, tuple(flat.shape) + (1,))],
+                   {"axis": 0}, types=[TensorType(xt.dtype, index_shape + (1,))],
                    order=order)
     _reshape_node(graph, n, rows, yt.shape, y, order)
 
@@ -441,7 +450,7 @@ def _gathernd_run_time(graph: Graph, n: str, a: dict) -> None:
     checked (the reference would reject it)."""
     x, idx = a["inputs"][:2]
     y, order = a["outputs"][0], a["order"]
-    xt, it, yt = graph.values[x], graph.values[idx], graph.values[y]
+    xt, it = graph.values[x], graph.values[idx]
     b = int(a["attrs"].get("batch_dims", 0))
     k = int(it.shape[-1])
     if not 1 <= k <= xt.rank - b or tuple(it.shape[:b]) != tuple(xt.shape[:b]):
@@ -478,18 +487,7 @@ def _gathernd_run_time(graph: Graph, n: str, a: dict) -> None:
         base = base.reshape(tuple(it.shape[:b]) + (1,) * (len(col_shape) - b))
         flat = node("Add", [flat, const("base", base)], col_shape)
     flat = _reshape_node(graph, n, flat, tuple(it.shape[:-1]), None, order)
-    lead = int(np.prod(xt.shape[:b + k], dtype=np.int64))
-    rest = tuple(xt.shape[b + k:]) or (1,)  # rows of at least one column
-    flat_x = _reshape_node(graph, n, x, (lead,) + rest, None, order)
-    if rest == tuple(xt.shape[b + k:]):
-        graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, flat], [y],
-                       {"axis": 0}, order=order)
-        return
-    rows = graph.fresh_name(f"{y}_rows")
-    graph.add_node(graph.fresh_name(f"{n}_gather"), "Gather", [flat_x, flat], [rows],
-                   {"axis": 0}, types=[TensorType(xt.dtype, tuple(it.shape[:-1]) + (1,))],
-                   order=order)
-    _reshape_node(graph, n, rows, yt.shape, y, order)
+    _gather_rows(graph, n, x, b + k, flat, tuple(it.shape[:-1]), y, order)
 
 
 def _reshape_node(graph: Graph, n: str, v: str, shape: tuple[int, ...], out: str | None,

@@ -524,7 +524,7 @@ def _guard_sum(sch, alloc, nd, s: Placement, t: int, what: str) -> tuple[Placeme
 
 
 def _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, zero, sd,
-                      graph, place, numerators: bool = False, nd=None) -> int:
+                      graph, place, numerators: bool, nd) -> int:
     """The rest of an fp32 Softmax whose row sums run in the narrow type sd: e = exp(xm - m)
     rounded to sd in the same chain, s = e @ ones (MXM, fp32 sums), y = float(e) / s. The
     division reads the e the sums add up, so every row of y sums to 1 within fp32 rounding,
@@ -547,8 +547,7 @@ def _softmax_narrow_e(arch, sch, alloc, x, xm, m, temps, shape, out, t, what, ze
     J = row_matrix(graph, arch, place, x.cols, 1.0, sd)
     s, a = alloc.alloc("fp32", (x.rows, arch.lanes), 4, avoid=frozenset(es.slices))
     t = lower.matmul(sch, es, J, s, max(t, a), what + " sum", zero=zero(sd))
-    if nd is not None:
-        s, t = _guard_sum(sch, alloc, nd, s, t, what)
+    s, t = _guard_sum(sch, alloc, nd, s, t, what)
     y, a = out(t)
     t = binary(sch, alloc, ["cvt", "div"], es, s, y, max(t, a), what, y_mode="col")
     alloc.release(m, t)
