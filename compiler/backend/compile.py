@@ -58,6 +58,7 @@ from compiler.backend.products import Emit, canonical_products
 from compiler.backend.ranges import ARITH, WRAP_SAFE, integer_ranges
 from compiler.backend.schedule import Scheduler
 from compiler.backend.select import lower_where
+from compiler.backend.splits import head_groups, row_blocks
 from compiler.backend.transpose import lower_transpose_last
 from compiler.backend.trig import lower_trig
 from compiler.backend.widen import narrow_floats_in_fp32
@@ -1148,6 +1149,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _transposed_heads(graph)
     _fold_score_scale(graph)
     _mask_into_softmax(graph)
+    head_groups(graph, arch.lanes)
+    row_blocks(graph, arch.lanes)
     _one_key_merged(graph)
     _one_key_fused_projection(graph)
     _merged_values_product(graph, arch.lanes)
