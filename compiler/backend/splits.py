@@ -109,6 +109,8 @@ def _merge_of(graph: Graph, p: str, axis: int) -> tuple[str, int, int] | None:
             pass
         elif op in _TOWARD_MERGE and ys == vs:
             pass
+        elif op == "Slice" and u["inputs"][0] == v and ys[axis] == vs[axis]:
+            pass  # of other axes (the opset-23 Attention's extra key column)
         elif op == "Transpose":
             perm = list(u["attrs"].get("perm", range(len(vs) - 1, -1, -1)))
             axis = perm.index(axis)
@@ -119,10 +121,11 @@ def _merge_of(graph: Graph, p: str, axis: int) -> tuple[str, int, int] | None:
                         and ys[k] // vs[axis] == math.prod(vs[axis + 1:]) // math.prod(ys[k + 1:]) \
                         and math.prod(vs[axis + 1:]) % math.prod(ys[k + 1:]) == 0:
                     return y, k, ys[k] // vs[axis]
-            if ys == vs:
-                pass
-            else:
+            same = [k for k in range(len(ys)) if ys[k] == vs[axis]
+                    and math.prod(ys[:k]) == math.prod(vs[:axis])]
+            if not same:
                 return None
+            axis = same[0]  # the heads axis kept whole, other axes regrouped
         else:
             return None
         v = y
