@@ -140,6 +140,10 @@ def _read_outputs(program: Program, arch, sram: np.ndarray) -> dict[str, np.ndar
             out[t.name] = out[t.name] != 0
         elif host in _WIDE_INTS:  # held in a narrower signed type; the values fit (the
             out[t.name] = out[t.name].astype(_WIDE_INTS[host])  # compiler only selects them)
+    # outputs the compiler kept in parts (too large for one group of slices): joined
+    for name, how in sorted((program.meta.get("joined_outputs") or {}).items()):
+        parts = [out.pop(p) for p in how["parts"]]
+        out[name] = np.concatenate(parts, axis=int(how["axis"]))
     return out
 
 

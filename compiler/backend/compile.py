@@ -58,7 +58,7 @@ from compiler.backend.products import Emit, canonical_products
 from compiler.backend.ranges import ARITH, WRAP_SAFE, integer_ranges
 from compiler.backend.schedule import Scheduler
 from compiler.backend.select import lower_where
-from compiler.backend.splits import head_groups, row_blocks
+from compiler.backend.splits import head_groups, output_parts, row_blocks
 from compiler.backend.transpose import lower_transpose_last
 from compiler.backend.trig import lower_trig
 from compiler.backend.widen import narrow_floats_in_fp32
@@ -1151,6 +1151,7 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _mask_into_softmax(graph)
     head_groups(graph, arch.lanes)
     row_blocks(graph, arch.lanes)
+    joined = output_parts(graph, arch.lanes)
     _one_key_merged(graph)
     _one_key_fused_projection(graph)
     _merged_values_product(graph, arch.lanes)
@@ -1712,6 +1713,8 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     if ranges.inputs:  # the ranges in which the program's int64/uint32/uint64 sums are exact
         meta["input_ranges"] = {k: list(v) for k, v in sorted(ranges.inputs.items())}
     # which node every instruction word lowers (the report's per-op roofline)
+    if joined:  # graph outputs kept in parts (splits.output_parts), joined by the simulator
+        meta["joined_outputs"] = joined
     meta["ops"] = [list(o) for o in sch.ops]
     meta["op_tags"] = [tags]
     return Program(arch.config, [chip], tensors, meta)

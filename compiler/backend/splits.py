@@ -204,14 +204,14 @@ class _Slicer:
     def _sliced(self, v: str, axis: int, a: int, b: int) -> str:
         """A Slice node of v (of a constant: a smaller constant)."""
         g = self.graph
-        if g.is_const(v) and g.const_array(v) is not None:
-            arr = g.const_array(v)
-            kind = g.consts[v].kind
-            idx = [slice(None)] * arr.ndim
-            idx[axis] = slice(a, b)
-            return g.add_const(g.fresh_name(f"{v}_h{a}"), np.ascontiguousarray(arr[tuple(idx)]),
-                               kind=kind)
         t = self._type(v, axis, a, b)
+        if g.is_const(v):  # a smaller constant (shape-only, for timing, if v is)
+            arr = g.const_array(v)
+            if arr is not None:
+                idx = [slice(None)] * arr.ndim
+                idx[axis] = slice(a, b)
+                arr = np.ascontiguousarray(arr[tuple(idx)])
+            return g.add_const(g.fresh_name(f"{v}_h{a}"), arr, ty=t, kind=g.consts[v].kind)
         if _vectors(g.values[v].shape, self.lanes) > max(self.stop, GROUP_VECTORS):
             self.big = True  # the whole tensor is still computed
         p = g.producer(v)
@@ -240,6 +240,12 @@ class _Slicer:
         if op in ("MatMul", "MatMulBias") and axis == R - 2:  # rows of A @ B: of A
             x = ins[0]
             new = [self(x, len(g.values[x].shape) - 2, a, b)] + ins[1:]
+        elif op in ("MatMul", "MatMulBias") and axis == R - 1 \
+                and len(g.values[ins[1]].shape) >= 2:  # columns of A @ B (+ bias): of B
+            w = ins[1]
+            new = [ins[0], self(w, len(g.values[w].shape) - 1, a, b)]
+            if len(ins) > 2 and ins[2]:
+                new.append(self(ins[2], len(g.values[ins[2]].shape) - 1, a, b))
         elif op in _ELEMENTWISE or (op == "MatMul" and axis < R - 2):
             if op == "Concat" and int(attrs["axis"]) % R == axis:
                 return None
@@ -392,3 +398,63 @@ def _rows_split(graph: Graph, lanes: int, e: str, axis: int, rows: int, step: in
         return not slicer.big
     _join(graph, e, pieces, axis, "rows")
     return True
+
+
+# a graph output of more vectors per byte than this (GPT-2-small's logits from 13 tokens on:
+# 158 vectors a row) is computed and kept in parts of at most this many
+OUTPUT_PART_VECTORS = 1024
+
+
+def output_parts(graph: Graph, lanes: int) -> dict[str, dict]:
+    """Split every graph output of more than OUTPUT_PART_VECTORS vectors per byte into parts
+    along its last axis (columns: an LM head's vocabulary, each part of its own weight
+    columns), else along its rows, each part pushed up (_Slicer) and made a graph output of its
+    own, named `{output}#{k}`. The weights leave every MEM slice about a third of its words free
+    and a tensor lies in one group of slices, so a large output finds no range that holds it
+    whole; its parts do. Returns {output: {"axis": axis, "parts": [names]}}: the simulator
+    joins the parts (simulate). The same numbers: each part's columns or rows are computed as
+    before."""
+    joined: dict[str, dict] = {}
+    for y in list(graph.outputs):
+        shape = tuple(graph.values[y].shape)
+        if len(shape) < 2 or any(not isinstance(d, int) for d in shape) \
+                or _vectors(shape, lanes) <= OUTPUT_PART_VECTORS \
+                or graph.producer(y) is None or y in graph.inputs:
+            continue
+        R = len(shape)
+        rows = math.prod(shape[:-1])
+        vpr = -(-shape[-1] // lanes)
+        # columns: parts of whole vectors, as many vectors a row as fit the budget
+        per = max(1, OUTPUT_PART_VECTORS // rows) * lanes
+        plans = [(R - 1, per)] if per < shape[-1] else []
+        # rows (of the axis before the last): as many as fit
+        lead = math.prod(shape[:-2]) if R > 2 else 1
+        step = max(1, OUTPUT_PART_VECTORS // (lead * vpr))
+        if step < shape[-2]:
+            plans.append((R - 2, step))
+        for axis, step in plans:
+            if _parts(graph.copy(), lanes, y, axis, step, True):
+                joined[y] = {"axis": axis, "parts": _parts(graph, lanes, y, axis, step, False)}
+                break
+    if joined:
+        graph.prune()
+    return joined
+
+
+def _parts(graph: Graph, lanes: int, y: str, axis: int, step: int, check: bool):
+    """y's blocks of `step` on axis as graph outputs `{y}#{k}` in y's place (see output_parts);
+    with `check`, whether that needed no Slice of a larger tensor (else the parts' sources
+    would be as large as y)."""
+    n = graph.values[y].shape[axis]
+    slicer = _Slicer(graph, lanes, stop=OUTPUT_PART_VECTORS)
+    pieces = [slicer(y, axis, a, min(n, a + step), root=True) for a in range(0, n, step)]
+    if check:
+        return not slicer.big and all(p != y for p in pieces)
+    names = []
+    for k, p in enumerate(pieces):
+        name = graph.fresh_name(f"{y}#{k}")
+        graph.rename_value(p, name)
+        names.append(name)
+    i = graph.outputs.index(y)
+    graph.outputs = graph.outputs[:i] + names + graph.outputs[i + 1:]
+    return names

@@ -171,3 +171,46 @@ def test_heads_flattened_into_a_batch(monkeypatch):
     split = lpusim.run_onnx(model)
     np.testing.assert_array_equal(split.outputs["y"], whole.outputs["y"])
     assert split.report["errors"]["y"]["max_rel"] <= 1e-5
+
+
+@pytest.mark.parametrize("source, axis", [("gpt2-vocab-1000", 2), ("tiny-bert", 1)])
+def test_forced_output_parts_give_the_same_numbers(source, axis, monkeypatch, tmp_path):
+    """A graph output larger than the budget is computed in parts, each a program output of
+    its own (`name#k`), and the simulator joins them: GPT-2's logits by vocabulary columns
+    (each part of its own LM-head columns), BERT's hidden states ([.., 64]: one vector a row)
+    by rows. Bit-identical to the whole output in fp32 (and int8, by columns), also through a
+    saved .lpu."""
+    from lpusim.program_io import load_program, save_program
+    from lpusim.simulator import simulate
+
+    model = models.gpt2(1, 64, 4, 1000, 64, 128, seq=11, batch=2) if source.startswith(
+        "gpt2") else build_preset(source, batch=2, seq=11)
+    for precision in ("fp32", "int8"):
+        monkeypatch.setattr(hg, "OUTPUT_PART_VECTORS", 10**9)
+        whole = lpusim.run_onnx(model, None, precision=precision)
+        monkeypatch.setattr(hg, "OUTPUT_PART_VECTORS", 8)
+        program = lpusim.compile_onnx(model, precision=precision)
+        joined = program.meta["joined_outputs"]
+        name = next(iter(joined))
+        assert joined[name]["axis"] == axis and len(joined[name]["parts"]) > 1
+        assert {t.name for t in program.tensors if t.kind == "output"} >= \
+            set(joined[name]["parts"])
+        split = lpusim.run_onnx(model, None, precision=precision)
+        assert sorted(split.outputs) == sorted(whole.outputs)
+        for k, arr in whole.outputs.items():
+            if precision == "fp32" or axis == 2:
+                np.testing.assert_array_equal(split.outputs[k], arr, err_msg=(precision, k))
+            else:  # blocks of at most 16 rows: a norm quantizes its MatMuls' input by a
+                # bound of max |y| found beside its mean (ops.NORM_ABSMAX_ROWS), not by the
+                # exact max: other activation scales, within the same bound
+                assert split.report["errors"][k]["max_rel"] <= 5e-2
+        save_program(program, tmp_path / "p.lpu")
+        feeds = {t.name: v for t, v in zip(
+            [t for t in program.tensors if t.kind == "input"],
+            [np.ones(t.shape, np.int64) for t in program.tensors if t.kind == "input"],
+            strict=True)}
+        a = simulate(program, feeds).outputs
+        b = simulate(load_program(tmp_path / "p.lpu"), feeds).outputs
+        assert sorted(a) == sorted(whole.outputs)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
