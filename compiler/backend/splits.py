@@ -401,12 +401,14 @@ def _rows_split(graph: Graph, lanes: int, e: str, axis: int, rows: int, step: in
 
 
 # a graph output of more vectors per byte than this (GPT-2-small's logits from 13 tokens on:
-# 158 vectors a row) is computed and kept in parts of at most this many
+# 158 vectors a row) is computed and kept in parts of at most OUTPUT_PART_VECTORS (ranges of
+# 2,048 are rare beside GPT-2-small's weights)
+OUTPUT_SPLIT_VECTORS = 2048
 OUTPUT_PART_VECTORS = 1024
 
 
 def output_parts(graph: Graph, lanes: int) -> dict[str, dict]:
-    """Split every graph output of more than OUTPUT_PART_VECTORS vectors per byte into parts
+    """Split every graph output of more than OUTPUT_SPLIT_VECTORS vectors per byte into parts
     along its last axis (columns: an LM head's vocabulary, each part of its own weight
     columns), else along its rows, each part pushed up (_Slicer) and made a graph output of its
     own, named `{output}#{k}`. The weights leave every MEM slice about a third of its words free
@@ -418,7 +420,7 @@ def output_parts(graph: Graph, lanes: int) -> dict[str, dict]:
     for y in list(graph.outputs):
         shape = tuple(graph.values[y].shape)
         if len(shape) < 2 or any(not isinstance(d, int) for d in shape) \
-                or _vectors(shape, lanes) <= OUTPUT_PART_VECTORS \
+                or _vectors(shape, lanes) <= OUTPUT_SPLIT_VECTORS \
                 or graph.producer(y) is None or y in graph.inputs:
             continue
         R = len(shape)

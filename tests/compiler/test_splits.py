@@ -186,8 +186,9 @@ def test_forced_output_parts_give_the_same_numbers(source, axis, monkeypatch, tm
     model = models.gpt2(1, 64, 4, 1000, 64, 128, seq=11, batch=2) if source.startswith(
         "gpt2") else build_preset(source, batch=2, seq=11)
     for precision in ("fp32", "int8"):
-        monkeypatch.setattr(hg, "OUTPUT_PART_VECTORS", 10**9)
+        monkeypatch.setattr(hg, "OUTPUT_SPLIT_VECTORS", 10**9)
         whole = lpusim.run_onnx(model, None, precision=precision)
+        monkeypatch.setattr(hg, "OUTPUT_SPLIT_VECTORS", 8)
         monkeypatch.setattr(hg, "OUTPUT_PART_VECTORS", 8)
         program = lpusim.compile_onnx(model, precision=precision)
         joined = program.meta["joined_outputs"]
