@@ -1,17 +1,23 @@
-"""Attention over long sequences, split into groups of heads.
+"""Tensors too large for one group of MEM slices, computed in pieces that fit.
 
-Attention's tensors between the head split and the head merge hold one row per (head, query)
-pair: BERT-base at sequence 384 has scores of 12 x 384 rows of two vectors, 9,216 vectors per
-byte, more than one MEM slice holds (8,192), and its queries 4,608 vectors, more than the
-weights leave free in any one range. Every op there is independent per head, so the heads can
-be computed in groups: each group's slice of the output of the head merge (columns of
-[.., M, H * hd]) is computed from slices of the sources, found by pushing the slice up
-through the ops (a head slice of a Transpose is a slice of its input's permuted axis; of a
-Reshape that split columns into heads, a column range; of an elementwise op or a batched
-MatMul, the same slice of every input that has the heads axis; of a constant, a smaller
-constant), and the groups' outputs are joined by one Concat. Where a slice cannot be pushed
-further, a Slice node takes it from the tensor itself. The same sums in the same order per head:
-the same numbers.
+A tensor lies in one group of slices (one slice per byte), in one range of addresses, and the
+weights leave every slice about a third of its 8,192 words: BERT-base at sequence 384 has
+attention scores of 12 x 384 rows of two vectors (9,216 vectors per byte, more than a slice
+holds) and queries of 4,608 vectors (more than any free range); GPT-2-small's logits at 16
+tokens take 2,528. Such values are computed in pieces, each made of pieces of its producer's
+inputs (_Slicer: the slice of a Transpose's output is a slice of its input's permuted axis; of
+a Reshape's, a slice of the matching input axis or column range; of an elementwise op or a
+MatMul, the same slice of every input that has the axis, rows of A or columns of B; of a
+constant, a smaller constant), pushed up until the pieces are small or reach the sources,
+where a Slice node takes them. Three rewrites:
+
+- head_groups: attention in groups of heads, joined after the head merge by a Concat;
+- row_blocks: a chain of row-wise ops (an FFN) in blocks of rows, joined by a Concat;
+- output_parts: a graph output in parts that stay separate program outputs, joined by the
+  simulator.
+
+Every head, row and column is computed by the same ops from the same values as before: the
+same numbers.
 """
 
 from __future__ import annotations
@@ -237,15 +243,17 @@ class _Slicer:
         shape = tuple(g.values[v].shape)
         R = len(shape)
         attrs = dict(nd["attrs"])
-        if op in ("MatMul", "MatMulBias") and axis == R - 2:  # rows of A @ B: of A
-            x = ins[0]
-            new = [self(x, len(g.values[x].shape) - 2, a, b)] + ins[1:]
-        elif op in ("MatMul", "MatMulBias") and axis == R - 1 \
-                and len(g.values[ins[1]].shape) >= 2:  # columns of A @ B (+ bias): of B
-            w = ins[1]
-            new = [ins[0], self(w, len(g.values[w].shape) - 1, a, b)]
+        ranks = [len(g.values[u].shape) if u else 0 for u in ins]
+        if op in ("MatMul", "MatMulBias") and axis == R - 2 and ranks[0] >= 2 \
+                and ranks[1] >= 2:  # rows of A @ B: of A
+            new = [self(ins[0], ranks[0] - 2, a, b)] + ins[1:]
+        elif op in ("MatMul", "MatMulBias") and axis == R - 1 and ranks[1] >= 2:
+            # columns of A @ B (+ bias): of B (and of the bias, unless it broadcasts)
+            new = [ins[0], self(ins[1], ranks[1] - 1, a, b)]
             if len(ins) > 2 and ins[2]:
-                new.append(self(ins[2], len(g.values[ins[2]].shape) - 1, a, b))
+                bias = ins[2]
+                new.append(self(bias, ranks[2] - 1, a, b) if ranks[2] and
+                           g.values[bias].shape[-1] == shape[-1] else bias)
         elif op in _ELEMENTWISE or (op == "MatMul" and axis < R - 2):
             if op == "Concat" and int(attrs["axis"]) % R == axis:
                 return None
