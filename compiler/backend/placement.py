@@ -105,6 +105,10 @@ class Allocator:
         A resident tensor (a constant or input, in SRAM before the program starts) only takes
         space no other tensor has used, from the top of the slices down."""
         got = self.try_alloc(dtype, shape, nbytes, avoid, resident, only)
+        if got is None and not resident:  # last resort: a range across free space written
+            # before and space never written (kept apart for constants, so a tensor larger
+            # than either part found no range though the whole was free)
+            got = self.try_alloc(dtype, shape, nbytes, avoid, resident, only, straddle=True)
         if got is not None:
             return got
         rows, cols = rows_cols(shape)
@@ -119,11 +123,12 @@ class Allocator:
     def try_alloc(self, dtype: str, shape: tuple[int, ...], nbytes: int,
                   avoid: frozenset[int] = frozenset(), resident: bool = False,
                   only: frozenset[int] | None = None, bank: int | None = None,
-                  ) -> tuple[Placement, int] | None:
+                  straddle: bool = False) -> tuple[Placement, int] | None:
         """alloc, or None where it would raise for want of space (a preference the caller
         can drop cheaply). With `bank`, the placement lies in that bank of its slices (a
         slice reads one bank while it writes the other: placements in different banks may
-        share slices in one cycle's reads and writes)."""
+        share slices in one cycle's reads and writes). With `straddle`, a range may span
+        adjacent free ranges (written before and never written)."""
         rows, cols = rows_cols(shape)
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
@@ -136,13 +141,13 @@ class Allocator:
         got = None
         if self.near and only is None and not resident and bank is None \
                 and n <= NEAR_VECTORS:
-            got = self._find(groups, n, avoid, self.near_slices, resident, bank)
+            got = self._find(groups, n, avoid, self.near_slices, resident, bank, straddle)
         if got is None and self.region is not None and not resident:
             pref = self.region if only is None else self.region & only
             if pref:
-                got = self._find(groups, n, avoid, pref, resident, bank)
+                got = self._find(groups, n, avoid, pref, resident, bank, straddle)
         if got is None:
-            got = self._find(groups, n, avoid, only, resident, bank)
+            got = self._find(groups, n, avoid, only, resident, bank, straddle)
         if got is None:
             return None
         j, addr, after = got
@@ -152,7 +157,7 @@ class Allocator:
         self.cursor = (j + 1) % len(groups)
         return Placement(dtype, shape, rows, cols, vpr, tuple(grp), addr), after
 
-    def _find(self, groups, n: int, avoid, only, resident: bool, bank):
+    def _find(self, groups, n: int, avoid, only, resident: bool, bank, straddle: bool = False):
         """(group index, address, first free cycle) for n vectors: the first group from the
         cursor free by now, else the one free soonest (see _LOOK_AHEAD)."""
         best = None  # (j, addr, after, k of the first that fits)
@@ -163,7 +168,7 @@ class Allocator:
             grp = groups[j]
             if avoid & set(grp) or (only is not None and not set(grp) <= only):
                 continue
-            got = self._common(grp, n, resident, bank)
+            got = self._spanning(grp, n) if straddle else self._common(grp, n, resident, bank)
             if got is None:
                 continue
             addr, after, free_now = got
@@ -241,6 +246,26 @@ class Allocator:
                 if first is None:
                     first = (addr, after, False)
         return first
+
+    def _spanning(self, grp, n):
+        """_common's (address, first free cycle, free now) for n words in every slice of grp,
+        a range that may span adjacent free ranges; the lowest such address."""
+        def runs(s):  # adjacent free ranges merged: (start, end)
+            out: list[list[int]] = []
+            for a, e, _ in self.free[s]:
+                if out and a == out[-1][1]:
+                    out[-1][1] = e
+                else:
+                    out.append([a, e])
+            return out
+
+        per = [runs(s) for s in grp]
+        for addr in sorted({a for r in per for a, e in r if e - a >= n}):
+            if all(any(a <= addr and addr + n <= e for a, e in r) for r in per):
+                after = max(f for s in grp for a, e, f in self.free[s]
+                            if a < addr + n and e > addr)
+                return addr, after, after <= self.now
+        return None
 
     def _ample(self, grp, n) -> bool:
         """Would every slice of grp keep a quarter of its words never written after taking n
