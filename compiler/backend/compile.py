@@ -62,7 +62,7 @@ from compiler.backend.splits import head_groups, output_parts, row_blocks
 from compiler.backend.transpose import lower_transpose_last
 from compiler.backend.trig import lower_trig
 from compiler.backend.widen import narrow_floats_in_fp32
-from compiler.errors import CompileError
+from compiler.errors import CompileError, NoRoomError
 from compiler.ir import Graph, TensorType
 from isa.dtypes import dtype as dtype_info
 from isa.dtypes import numpy_dtype
@@ -1129,9 +1129,28 @@ def _round_before_moves(graph: Graph, product_dtype: str) -> None:
                 graph.values[out] = TensorType(ir, tuple(graph.values[out].shape))
 
 
+# a model in which a tensor finds no free range is compiled again with the size thresholds of
+# splits.py halved, up to this many times (large tensors in smaller pieces): GPT-2-small's
+# int8 prefill of 256 tokens, whose queries [1, 12, 256, 64] found no range. A model that
+# fits at the first try keeps its program.
+TIGHT_RETRIES = 2
+
+
 def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     """Lower a canonicalised graph to a single-chip Program for `arch` (the caller's graph is
-    not changed: lowering adds constants of its own to a copy)."""
+    not changed: lowering adds constants of its own to a copy). Where a tensor finds no room,
+    again with large tensors in smaller pieces (TIGHT_RETRIES); the last error if none fits."""
+    for tight in range(TIGHT_RETRIES + 1):
+        try:
+            return _compile_graph(graph, arch, precision, tight)
+        except NoRoomError:
+            if tight == TIGHT_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _compile_graph(graph: Graph, arch, precision: str, tight: int) -> Program:
+    """compile_graph with splits.py's thresholds halved `tight` times."""
     graph = graph.copy()
     _argmax_as_reduces(graph)
     gather_elements_as_selects(graph)
@@ -1149,9 +1168,9 @@ def compile_graph(graph: Graph, arch, *, precision: str = "fp32") -> Program:
     _transposed_heads(graph)
     _fold_score_scale(graph)
     _mask_into_softmax(graph)
-    head_groups(graph, arch.lanes)
-    row_blocks(graph, arch.lanes)
-    joined = output_parts(graph, arch.lanes)
+    head_groups(graph, arch.lanes, tight)
+    row_blocks(graph, arch.lanes, tight)
+    joined = output_parts(graph, arch.lanes, tight)
     _one_key_merged(graph)
     _one_key_fused_projection(graph)
     _merged_values_product(graph, arch.lanes)

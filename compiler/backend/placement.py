@@ -12,7 +12,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from compiler.errors import CompileError
+from compiler.errors import CompileError, NoRoomError
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Allocator:
         n = max(1, rows * max(1, math.ceil(cols / self.arch.lanes)))
         need = n * nbytes * self.arch.lanes
         have = sum(e - a for s in self.slices for (a, e, _) in self.free[s])
-        raise CompileError(f"the model does not fit one chip: a tensor of shape {list(shape)} "
+        raise NoRoomError(f"the model does not fit one chip: a tensor of shape {list(shape)} "
                            f"needs {need:,} bytes in {nbytes} slice(s) and no range is free "
                            f"({have * self.arch.lanes:,} bytes free in all, fragmented); "
                            f"SRAM is {self.arch.sram_bytes:,} bytes")
@@ -133,7 +133,7 @@ class Allocator:
         vpr = max(1, math.ceil(cols / self.arch.lanes))
         n = max(1, rows * vpr)
         if n > self.words:
-            raise CompileError(f"a tensor of shape {list(shape)} ({dtype}) takes {n:,} vectors "
+            raise NoRoomError(f"a tensor of shape {list(shape)} ({dtype}) takes {n:,} vectors "
                                f"per byte, more than one MEM slice holds ({self.words:,}); "
                                "tensors spread over several slices are not lowered yet")
         groups = [run[i:i + nbytes] for run in self.runs

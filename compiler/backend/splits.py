@@ -55,9 +55,10 @@ def _vectors(shape, lanes: int) -> int:
     return math.prod(shape[:-1]) * -(-shape[-1] // lanes)
 
 
-def head_groups(graph: Graph, lanes: int) -> None:
+def head_groups(graph: Graph, lanes: int, tight: int = 0) -> None:
     """Compute every attention whose Softmax input has more than SPLIT_VECTORS vectors per
-    byte (rows x vectors a row, `lanes` a vector) in groups of heads (module docstring)."""
+    byte (rows x vectors a row, `lanes` a vector) in groups of heads (module docstring).
+    `tight`: the thresholds halved that many times (a retry of a model that did not fit)."""
     changed = False
     for name in graph.topo_order():
         if name not in graph.g.nodes or graph.node(name)["op"] != "Softmax":
@@ -71,21 +72,21 @@ def head_groups(graph: Graph, lanes: int) -> None:
             continue
         vectors = _vectors(shape, lanes)
         heads = shape[n - 3]
-        if vectors <= SPLIT_VECTORS or heads < 2:
+        if vectors <= SPLIT_VECTORS >> tight or heads < 2:
             continue
         merge = _merge_of(graph, nd["outputs"][0], n - 3)
         if merge is None:
             continue
         per_head = vectors // heads
         fits = [h for h in range(heads - 1, 0, -1) if heads % h == 0]
-        limit = max(1, GROUP_VECTORS // per_head)
+        limit = max(1, (GROUP_VECTORS >> tight) // per_head)
         # the largest group within the limit whose slices reach the sources, else the
         # smallest beyond it (grouped-query attention: a multiple of the key heads' repeats),
         # else one head a group
         order = [h for h in fits if h <= limit] + [h for h in reversed(fits) if h > limit]
         choice = next((h for h in order
-                       if _split(graph.copy(), lanes, merge, heads, h, check=True)), 1)
-        _split(graph, lanes, merge, heads, choice, check=False)
+                       if _split(graph.copy(), lanes, merge, heads, h, True, tight)), 1)
+        _split(graph, lanes, merge, heads, choice, False, tight)
         changed = True
     if changed:
         graph.prune()
@@ -153,12 +154,12 @@ def _guard_of(graph: Graph, v: str, users: list[str]) -> str | None:
 
 
 def _split(graph: Graph, lanes: int, merge: tuple[str, int, int], heads: int, h: int,
-           check: bool) -> bool:
+           check: bool, tight: int = 0) -> bool:
     """Replace the merge output by a Concat of its head groups of h heads, each pushed up to
     the sources. With `check`, say whether every group reached the sources without a Slice of a
     computed tensor of more than GROUP_VECTORS rows."""
     y, axis, unit = merge
-    slicer = _Slicer(graph, lanes)
+    slicer = _Slicer(graph, lanes, big=GROUP_VECTORS >> tight)
     pieces = [slicer(y, axis, a * unit, min(heads, a + h) * unit, root=True)
               for a in range(0, heads, h)]
     if check:
@@ -181,8 +182,9 @@ class _Slicer:
     `stop`, a computed tensor of at most that many vectors (`lanes` a vector) is sliced where
     it is, not pushed further (except the first, the one being split)."""
 
-    def __init__(self, graph: Graph, lanes: int, stop: int = 0) -> None:
+    def __init__(self, graph: Graph, lanes: int, stop: int = 0, big: int = 0) -> None:
         self.graph, self.lanes, self.stop = graph, lanes, stop
+        self.limit = max(stop, big)  # a Slice of a tensor larger than this sets `big`
         self.memo: dict[tuple[str, int, int, int], str] = {}
         self.big = False  # a Slice node of a large computed tensor was needed
 
@@ -218,7 +220,7 @@ class _Slicer:
                 idx[axis] = slice(a, b)
                 arr = np.ascontiguousarray(arr[tuple(idx)])
             return g.add_const(g.fresh_name(f"{v}_h{a}"), arr, ty=t, kind=g.consts[v].kind)
-        if _vectors(g.values[v].shape, self.lanes) > max(self.stop, GROUP_VECTORS):
+        if _vectors(g.values[v].shape, self.lanes) > self.limit:
             self.big = True  # the whole tensor is still computed
         p = g.producer(v)
         order = g.node(p)["order"] + 0.25 if p is not None else None
@@ -331,7 +333,7 @@ ROW_SPLIT_VECTORS = 4096
 ROW_BLOCK_VECTORS = 2048
 
 
-def row_blocks(graph: Graph, lanes: int) -> None:
+def row_blocks(graph: Graph, lanes: int, tight: int = 0) -> None:
     """Compute every chain of row-wise ops through a tensor of more than ROW_SPLIT_VECTORS
     vectors per byte in blocks of rows: from that tensor down to the first tensor of at most
     ROW_BLOCK_VECTORS (the chain's end; BERT's FFN: the second MatMul's output), whose row
@@ -346,23 +348,24 @@ def row_blocks(graph: Graph, lanes: int) -> None:
             continue
         shape = tuple(graph.values[outs[0]].shape)
         if len(shape) < 2 or any(not isinstance(d, int) for d in shape) \
-                or _vectors(shape, lanes) <= ROW_SPLIT_VECTORS:
+                or _vectors(shape, lanes) <= ROW_SPLIT_VECTORS >> tight:
             continue
-        end = _row_end(graph, outs[0], lanes)
+        end = _row_end(graph, outs[0], lanes, ROW_BLOCK_VECTORS >> tight)
         if end is None:
             continue
         e, largest = end
         axis = len(graph.values[e].shape) - 2
         rows = graph.values[e].shape[axis]
-        blocks = min(rows, -(-largest // ROW_BLOCK_VECTORS))
+        blocks = min(rows, -(-largest // (ROW_BLOCK_VECTORS >> tight)))
         step = -(-rows // blocks)
-        if blocks < 2 or not _rows_split(graph.copy(), lanes, e, axis, rows, step, True):
+        stop = ROW_BLOCK_VECTORS >> tight
+        if blocks < 2 or not _rows_split(graph.copy(), lanes, e, axis, rows, step, True, stop):
             continue
-        _rows_split(graph, lanes, e, axis, rows, step, False)
+        _rows_split(graph, lanes, e, axis, rows, step, False, stop)
         graph.prune()
 
 
-def _row_end(graph: Graph, x: str, lanes: int) -> tuple[str, int] | None:
+def _row_end(graph: Graph, x: str, lanes: int, block: int) -> tuple[str, int] | None:
     """From x down its single readers that compute a row from a row (x their left MatMul
     operand, or an elementwise input of their own shape), the first tensor of at most
     ROW_BLOCK_VECTORS vectors, and the most vectors of any tensor on the way; None if the
@@ -371,7 +374,7 @@ def _row_end(graph: Graph, x: str, lanes: int) -> tuple[str, int] | None:
     for _ in range(32):
         vs = tuple(graph.values[v].shape)
         n = _vectors(vs, lanes)
-        if n <= ROW_BLOCK_VECTORS:
+        if n <= block:
             return (v, largest) if v != x else None
         largest = max(largest, n)
         users = graph.consumers(v)
@@ -397,10 +400,10 @@ def _row_end(graph: Graph, x: str, lanes: int) -> tuple[str, int] | None:
 
 
 def _rows_split(graph: Graph, lanes: int, e: str, axis: int, rows: int, step: int,
-                check: bool) -> bool:
+                check: bool, stop: int) -> bool:
     """e := the Concat of its blocks of `step` rows on axis, each pushed up to inputs of at most
     ROW_BLOCK_VECTORS. With `check`, say whether that needed no Slice of a larger tensor."""
-    slicer = _Slicer(graph, lanes, stop=ROW_BLOCK_VECTORS)
+    slicer = _Slicer(graph, lanes, stop=stop, big=GROUP_VECTORS)
     pieces = [slicer(e, axis, a, min(rows, a + step), root=True) for a in range(0, rows, step)]
     if check:
         return not slicer.big
@@ -415,7 +418,7 @@ OUTPUT_SPLIT_VECTORS = 2048
 OUTPUT_PART_VECTORS = 1024
 
 
-def output_parts(graph: Graph, lanes: int) -> dict[str, dict]:
+def output_parts(graph: Graph, lanes: int, tight: int = 0) -> dict[str, dict]:
     """Split every graph output of more than OUTPUT_SPLIT_VECTORS vectors per byte into parts
     along its last axis (columns: an LM head's vocabulary, each part of its own weight
     columns), else along its rows, each part pushed up (_Slicer) and made a graph output of its
@@ -428,35 +431,37 @@ def output_parts(graph: Graph, lanes: int) -> dict[str, dict]:
     for y in list(graph.outputs):
         shape = tuple(graph.values[y].shape)
         if len(shape) < 2 or any(not isinstance(d, int) for d in shape) \
-                or _vectors(shape, lanes) <= OUTPUT_SPLIT_VECTORS \
+                or _vectors(shape, lanes) <= OUTPUT_SPLIT_VECTORS >> tight \
                 or graph.producer(y) is None or y in graph.inputs:
             continue
         R = len(shape)
         rows = math.prod(shape[:-1])
         vpr = -(-shape[-1] // lanes)
         # columns: parts of whole vectors, as many vectors a row as fit the budget
-        per = max(1, OUTPUT_PART_VECTORS // rows) * lanes
+        part = OUTPUT_PART_VECTORS >> tight
+        per = max(1, part // rows) * lanes
         plans = [(R - 1, per)] if per < shape[-1] else []
         # rows (of the axis before the last): as many as fit
         lead = math.prod(shape[:-2]) if R > 2 else 1
-        step = max(1, OUTPUT_PART_VECTORS // (lead * vpr))
+        step = max(1, part // (lead * vpr))
         if step < shape[-2]:
             plans.append((R - 2, step))
         for axis, step in plans:
-            if _parts(graph.copy(), lanes, y, axis, step, True):
-                joined[y] = {"axis": axis, "parts": _parts(graph, lanes, y, axis, step, False)}
+            if _parts(graph.copy(), lanes, y, axis, step, True, part):
+                joined[y] = {"axis": axis,
+                             "parts": _parts(graph, lanes, y, axis, step, False, part)}
                 break
     if joined:
         graph.prune()
     return joined
 
 
-def _parts(graph: Graph, lanes: int, y: str, axis: int, step: int, check: bool):
+def _parts(graph: Graph, lanes: int, y: str, axis: int, step: int, check: bool, part: int):
     """y's blocks of `step` on axis as graph outputs `{y}#{k}` in y's place (see output_parts);
     with `check`, whether that needed no Slice of a larger tensor (else the parts' sources
     would be as large as y)."""
     n = graph.values[y].shape[axis]
-    slicer = _Slicer(graph, lanes, stop=OUTPUT_PART_VECTORS)
+    slicer = _Slicer(graph, lanes, stop=part, big=GROUP_VECTORS)
     pieces = [slicer(y, axis, a, min(n, a + step), root=True) for a in range(0, n, step)]
     if check:
         return not slicer.big and all(p != y for p in pieces)

@@ -215,3 +215,18 @@ def test_forced_output_parts_give_the_same_numbers(source, axis, monkeypatch, tm
         assert sorted(a) == sorted(whole.outputs)
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_model_that_finds_no_room_is_compiled_again_in_smaller_pieces(monkeypatch):
+    """With the head-split threshold above its scores' 9,600 vectors, the model's scores are
+    more than a MEM slice holds: compile_graph compiles it again with the thresholds halved
+    (4,096 x 2 / 2 < 9,600), and it fits; without retries the NoRoomError is the result."""
+    from compiler.errors import NoRoomError
+
+    m = models.bert(1, 96, 12, 128, 256, 512, seq=400, batch=1)
+    monkeypatch.setattr(hg, "SPLIT_VECTORS", 10_000)
+    program = lpusim.compile_onnx(m)
+    assert any("_heads" in name for name, _ in program.meta["ops"])
+    monkeypatch.setattr(cc, "TIGHT_RETRIES", 0)
+    with pytest.raises(NoRoomError, match="more than one MEM slice holds"):
+        lpusim.compile_onnx(m)
