@@ -1131,8 +1131,8 @@ def _round_before_moves(graph: Graph, product_dtype: str) -> None:
 
 # a model in which a tensor finds no free range is compiled again with the size thresholds of
 # splits.py halved, up to this many times (large tensors in smaller pieces): GPT-2-small's
-# int8 prefill of 256 tokens, whose queries [1, 12, 256, 64] found no range. A model that
-# fits at the first try keeps its program.
+# int8 prefill of 160 tokens, whose FFN output [1, 160, 1920] found no range, fits at the
+# second retry. A model that fits at the first try keeps its program.
 TIGHT_RETRIES = 2
 
 
@@ -1731,9 +1731,9 @@ def _compile_graph(graph: Graph, arch, precision: str, tight: int) -> Program:
         meta["index_inputs"] = {k: list(v) for k, v in sorted(index_ranges.items())}
     if ranges.inputs:  # the ranges in which the program's int64/uint32/uint64 sums are exact
         meta["input_ranges"] = {k: list(v) for k, v in sorted(ranges.inputs.items())}
-    # which node every instruction word lowers (the report's per-op roofline)
     if joined:  # graph outputs kept in parts (splits.output_parts), joined by the simulator
         meta["joined_outputs"] = joined
+    # which node every instruction word lowers (the report's per-op roofline)
     meta["ops"] = [list(o) for o in sch.ops]
     meta["op_tags"] = [tags]
     return Program(arch.config, [chip], tensors, meta)
